@@ -1,0 +1,64 @@
+"""The on-disk sample format, in one place for the writer (`shard`), `verify` and the trainer's loader.
+
+A shard is a plain tar (no compression: gzip headers carry timestamps) of samples
+`<key>.png`, `<key>.json` and optionally `<key>.seg.png`. Readers decode exactly these entries
+with PIL and json: nothing is unpickled, whatever a tar file contains.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from webdataset.tariterators import tarfile_samples
+
+from data_tools.layout import DataError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+ENTRIES = ("png", "json", "seg.png")
+
+
+def sample_record(key: str, png: bytes, metadata: dict, mask_png: bytes | None) -> dict:
+    record = {"__key__": key, "png": png, "json": json.dumps(metadata, sort_keys=True).encode()}
+    if mask_png is not None:
+        record["seg.png"] = mask_png
+    return record
+
+
+def iter_shard(path: str | Path) -> Iterator[dict]:
+    """Raw samples of one shard, in file order: {"__key__", "png", "json"[, "seg.png"]} as bytes.
+
+    Members with any other extension are skipped unread, so a foreign tar cannot smuggle in
+    something that a later stage would decode.
+    """
+    def ours(name: str) -> bool:
+        return name.split("/")[-1].partition(".")[2] in ENTRIES
+
+    yield from tarfile_samples([{"url": str(path)}], select_files=ours)
+
+
+def decode_gray_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> (H, W) uint8; anything but 8-bit grayscale is an error (shards hold only that)."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.mode != "L":
+            raise ValueError(f"expected an 8-bit grayscale PNG, got mode {img.mode}")
+        return np.asarray(img, dtype=np.uint8)
+
+
+def decode_metadata(data: bytes) -> dict:
+    return json.loads(data.decode("utf-8"))
+
+
+def read_manifest(shard_dir: str | Path) -> dict:
+    path = Path(shard_dir) / MANIFEST
+    if not path.is_file():
+        raise DataError(f"{path}: no manifest; is this a folder written by `python -m data_tools shard`?")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+    return manifest

@@ -1,0 +1,205 @@
+"""Batches of slices from the WebDataset shards, split exactly across ranks and DataLoader workers.
+
+Epoch semantics (what `accelerate launch` on N processes gets):
+- Every epoch, a permutation seeded by (seed, epoch) assigns each sample of the split to exactly one
+  rank (sample g goes to rank perm[g] % world_size). So across all ranks every sample is seen
+  exactly once per epoch, ranks differ by at most one sample, and a rank's share changes from epoch
+  to epoch. Each rank reads every shard but decodes only its own samples: reading the tar bytes is
+  cheap next to decoding PNGs and training, and it keeps the split exact for any number of ranks
+  and any shard count.
+- Within a rank, shards are dealt to DataLoader workers (shard order shuffled per epoch), and each
+  worker shuffles its samples through a buffer. Workers hand small uint8 chunks to the main process,
+  which cuts them into batches of exactly `batch_size`.
+- `epoch_batches` gives one pass (the last batch may be short): evaluation.
+  `train_batches` streams epoch after epoch with full batches that run across epoch boundaries, so
+  every rank takes the same number of steps and no sample is dropped: step-based training.
+Everything is a function of (seed, epoch, rank, world_size, num_workers), so a run can be replayed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data_tools.layout import DataError
+from data_tools.sample_format import decode_gray_png, decode_metadata, iter_shard, read_manifest
+
+CHUNK = 16  # samples per worker -> main-process hand-over
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor            # (B, 1, H, W) float32 in [0, 1]
+    keys: list[str]                 # "case_001_slice_7"
+    meta: list[dict]                # subject, slice, split, source, ...
+    masks: torch.Tensor | None = None  # (B, 1, H, W) uint8 label values, when requested
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def to(self, device: torch.device | str) -> Batch:
+        masks = None if self.masks is None else self.masks.to(device)
+        return Batch(self.images.to(device, non_blocking=True), self.keys, self.meta, masks)
+
+
+class SliceShards(IterableDataset):
+    """One split's samples for one rank. Yields chunks {"pixels": uint8 (n,1,H,W), "keys", "meta"[, "masks"]}."""
+
+    def __init__(self, shard_dir: str | Path, split: str, *, rank: int = 0, world_size: int = 1,
+                 shuffle: bool = False, seed: int = 0, shuffle_buffer: int = 256, with_masks: bool = False):
+        manifest = read_manifest(shard_dir)
+        if split not in manifest["splits"]:
+            raise DataError(f"{shard_dir}: no split '{split}' (has {sorted(manifest['splits'])})")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, {world_size})")
+        entry = manifest["splits"][split]
+        if with_masks and not entry["has_masks"]:
+            raise DataError(f"{shard_dir}: split '{split}' has no masks")
+        self.shard_dir, self.split = Path(shard_dir), split
+        self.shards = [s["name"] for s in entry["shards"]]
+        self.offsets = np.cumsum([0] + [s["num_samples"] for s in entry["shards"]])
+        self.num_samples = int(self.offsets[-1])
+        self.image_size = manifest["image_size"]
+        self.rank, self.world_size = rank, world_size
+        self.shuffle, self.seed, self.shuffle_buffer = shuffle, seed, shuffle_buffer
+        self.with_masks = with_masks
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before iterating (DataLoader workers copy the dataset when an epoch starts)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Samples this rank sees per epoch."""
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+    def owners(self) -> np.ndarray:
+        """owners[g] = the rank that reads global sample g in this epoch."""
+        if not self.shuffle:
+            return np.arange(self.num_samples) % self.world_size
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples) % self.world_size
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        order = list(range(len(self.shards)))
+        if self.shuffle:
+            random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
+        owners = self.owners()
+        rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker_id}")
+
+        def mine() -> Iterator[dict]:
+            for shard in order[worker_id::num_workers]:
+                for position, raw in enumerate(iter_shard(self.shard_dir / self.shards[shard])):
+                    if owners[self.offsets[shard] + position] == self.rank:
+                        yield raw
+
+        samples = buffer_shuffle(mine(), self.shuffle_buffer, rng) if self.shuffle else mine()
+        chunk: list[dict] = []
+        for raw in samples:
+            chunk.append(raw)
+            if len(chunk) == CHUNK:
+                yield self.decode(chunk)
+                chunk = []
+        if chunk:
+            yield self.decode(chunk)
+
+    def decode(self, raws: list[dict]) -> dict:
+        """Decode only the entries we write (PNG via PIL, metadata via json): never pickle."""
+        pixels = np.stack([decode_gray_png(r["png"]) for r in raws])[:, None]
+        out = {"pixels": torch.from_numpy(pixels), "keys": [r["__key__"] for r in raws],
+               "meta": [decode_metadata(r["json"]) for r in raws]}
+        if self.with_masks:
+            out["masks"] = torch.from_numpy(np.stack([decode_gray_png(r["seg.png"]) for r in raws])[:, None])
+        return out
+
+
+def buffer_shuffle(items: Iterator, size: int, rng: random.Random) -> Iterator:
+    """Classic streaming shuffle: keep `size` items, emit a random one as each new one arrives."""
+    buffer = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        i = rng.randrange(size)
+        yield buffer[i]
+        buffer[i] = item
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def _chunks(dataset: SliceShards, epoch: int, num_workers: int) -> Iterator[dict]:
+    dataset.set_epoch(epoch)
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    yield from loader
+
+
+def _rebatch(chunks: Iterator[dict], batch_size: int, keep_last: bool) -> Iterator[Batch]:
+    pending: list[dict] = []
+    count = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        count += len(chunk["keys"])
+        while count >= batch_size:
+            merged = _concat(pending)
+            yield _to_batch(merged, slice(0, batch_size))
+            rest = _slice_chunk(merged, slice(batch_size, None))
+            pending, count = ([rest] if rest["keys"] else []), count - batch_size
+    if count and keep_last:
+        yield _to_batch(_concat(pending), slice(0, count))
+
+
+def _concat(chunks: list[dict]) -> dict:
+    if len(chunks) == 1:
+        return chunks[0]
+    out = {"pixels": torch.cat([c["pixels"] for c in chunks]),
+           "keys": [k for c in chunks for k in c["keys"]], "meta": [m for c in chunks for m in c["meta"]]}
+    if "masks" in chunks[0]:
+        out["masks"] = torch.cat([c["masks"] for c in chunks])
+    return out
+
+
+def _slice_chunk(chunk: dict, part: slice) -> dict:
+    return {k: v[part] for k, v in chunk.items()}
+
+
+def _to_batch(chunk: dict, part: slice) -> Batch:
+    chunk = _slice_chunk(chunk, part)
+    return Batch(chunk["pixels"].float().div_(255.0), chunk["keys"], chunk["meta"], chunk.get("masks"))
+
+
+def epoch_batches(dataset: SliceShards, batch_size: int, *, epoch: int = 0, num_workers: int = 0) -> Iterator[Batch]:
+    """One pass over this rank's share of the split; the last batch may be short."""
+    yield from _rebatch(_chunks(dataset, epoch, num_workers), batch_size, keep_last=True)
+
+
+def train_batches(dataset: SliceShards, batch_size: int, *, start_sample: int = 0,
+                  num_workers: int = 0) -> Iterator[Batch]:
+    """Endless stream of full batches; batches run across epoch boundaries.
+
+    A rank sees exactly len(dataset) samples per epoch, so a position in the stream is one number:
+    `start_sample` (= batches consumed x batch_size) resumes a run at exactly the batch it would
+    have seen next. Epoch of a position: start_sample // len(dataset).
+    """
+    if batch_size > len(dataset):
+        raise DataError(f"batch size {batch_size} exceeds the {len(dataset)} samples this rank sees per epoch")
+
+    def stream() -> Iterator[dict]:
+        epoch, skip = divmod(start_sample, len(dataset))
+        while True:
+            for chunk in _chunks(dataset, epoch, num_workers):
+                if skip >= len(chunk["keys"]):
+                    skip -= len(chunk["keys"])
+                    continue
+                yield _slice_chunk(chunk, slice(skip, None))
+                skip = 0
+            epoch += 1
+
+    yield from _rebatch(stream(), batch_size, keep_last=False)
