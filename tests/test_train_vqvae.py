@@ -1,0 +1,149 @@
+"""Stage 1 training: resume exactness, multi-process codebooks, wandb offline, NaN stop, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import trainer.train_vqvae as train_module
+from conftest import REPO
+from test_loader import free_port
+from trainer.__main__ import main as cli
+from trainer.checkpoint import list_checkpoints, load_training_state, load_weights
+from trainer.config import ConfigError, load_config
+from trainer.train_vqvae import TrainingDiverged, train_vqvae
+from wandb_log import history
+
+DEMO_CONFIG = REPO / "configs" / "vqvae_demo_cpu.yaml"
+
+
+def tiny(shards: Path, out: Path, *extra: str) -> list[str]:
+    """Overrides that shrink the demo config to seconds on a CPU."""
+    return [f"data.shards={shards}", f"out_dir={out}", "data.batch_size=8", "model.channels=16",
+            "model.res_channels=8", "model.code_dim=8", "quantizer.num_codes=32", "quantizer.compile=false",
+            "train.max_steps=12", "train.warmup_steps=2", "train.log_every=2", "train.eval_every=6",
+            "train.eval_batches=1", "train.checkpoint_every=6", "wandb.enabled=false", *extra]
+
+
+def run_cli(overrides: list[str], *flags: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "trainer", "vqvae", "--config", str(DEMO_CONFIG), "--quiet", *flags]
+    for item in overrides:
+        args += ["--set", item]
+    return subprocess.Popen(args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_killed_and_resumed_run_ends_with_identical_weights(demo_shards: Path, tmp_path: Path):
+    """SIGKILL a run after its step-20 checkpoint (mid-epoch: 8 steps per epoch), resume, compare."""
+    steps = ["train.max_steps=40", "train.checkpoint_every=20", "train.eval_every=20"]
+    straight = run_cli(tiny(demo_shards, tmp_path / "straight", *steps))
+    assert straight.wait(timeout=300) == 0, straight.stdout.read()
+
+    killed = run_cli(tiny(demo_shards, tmp_path / "killed", *steps))
+    checkpoint = tmp_path / "killed" / "checkpoints" / "step_0000020"
+    while not checkpoint.is_dir() and killed.poll() is None:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert list_checkpoints(tmp_path / "killed" / "checkpoints")[-1].name == "step_0000020"
+    resumed = run_cli(tiny(demo_shards, tmp_path / "killed", *steps), "--resume")
+    output = resumed.communicate(timeout=300)[0]
+    assert resumed.returncode == 0 and "resuming from" in output, output
+
+    a = load_weights(tmp_path / "straight" / "checkpoints" / "step_0000040")
+    b = load_weights(tmp_path / "killed" / "checkpoints" / "step_0000040")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    state_a = load_training_state(tmp_path / "straight" / "checkpoints" / "step_0000040")
+    state_b = load_training_state(tmp_path / "killed" / "checkpoints" / "step_0000040")
+    assert state_a["scheduler"] == state_b["scheduler"]
+    rows = [json.loads(r) for r in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(2, 41, 2))  # no duplicated rows after resuming
+
+
+def test_two_processes_keep_identical_codebooks_and_learn(demo_shards: Path, tmp_path: Path):
+    config = tmp_path / "cfg.yaml"
+    config.write_text(DEMO_CONFIG.read_text())
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(REPO / "tests" / "scripts" / "train_ranks.py"), str(config), str(tmp_path),
+               *tiny(demo_shards, tmp_path / "run", "train.max_steps=30", "train.eval_every=30",
+                     "train.checkpoint_every=30", "quantizer.dead_code_threshold=2.0")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key in rank0:  # weights (DDP) and every quantizer buffer (our all-reduce) agree exactly
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert rank0["quantizer.restart_count"] > 0  # restarts happened, and identically on both ranks
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["recon_loss"] < 0.9 * rows[0]["recon_loss"]  # the shared model learns (30 tiny steps)
+
+
+def test_wandb_offline_run_holds_the_logged_metrics(demo_shards: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    train_vqvae(load_config(DEMO_CONFIG, tiny(demo_shards, out, "wandb.enabled=true")), show_progress=False)
+    rows = history(out)
+    logged = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["_step"] for r in rows] == [r["step"] for r in logged]
+    for row, expected in zip(rows, logged):
+        for key in ("loss", "recon_loss", "commitment_loss", "perplexity", "lr"):
+            assert row[key] == pytest.approx(expected[key])
+    with_eval = [r for r in rows if "val_ssim" in r]
+    assert [r["_step"] for r in with_eval] == [6, 12]
+    assert all(r["reconstructions/_type"] == "image-file" and 0 < r["val_psnr"] for r in with_eval)
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(demo_shards: Path, tmp_path: Path, monkeypatch):
+    real_mse, calls = train_module.F.mse_loss, []
+
+    def poisoned(prediction, target, **kwargs):  # F is torch.nn.functional: count only the recon loss
+        loss = real_mse(prediction, target, **kwargs)
+        if prediction.shape[1] != 1:
+            return loss
+        calls.append(1)
+        return loss * float("nan") if len(calls) > 8 else loss
+
+    monkeypatch.setattr(train_module.F, "mse_loss", poisoned)
+    out = tmp_path / "run"
+    cfg = load_config(DEMO_CONFIG, tiny(demo_shards, out, "train.checkpoint_every=4", "train.eval_every=100"))
+    with pytest.raises(TrainingDiverged, match=r"loss became nan by step 10.*step_0000008"):
+        train_vqvae(cfg, show_progress=False)
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_0000004", "step_0000008"]
+
+
+def test_refuses_to_overwrite_a_run_without_resume(demo_shards: Path, tmp_path: Path, capsys):
+    out = tmp_path / "run"
+    args = ["vqvae", "--config", str(DEMO_CONFIG), "--quiet"] + [a for o in tiny(demo_shards, out, "train.max_steps=2")
+                                                               for a in ("--set", o)]
+    assert cli(args) == 0
+    assert cli(args) == 2 and "pass --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_step=5", "train.max_step: unknown key; did you mean 'max_steps'?"),
+    ("quantizer.update=kmeans", "quantizer.update: must be 'ema' or 'loss'"),
+    ("train.lr=fast", "train.lr: expected float, got 'fast'"),
+    ("model.downsample=3", "model.downsample: must be 2, 4, 8 or 16"),
+    ("train.mixed_precision=fp8", "train.mixed_precision: must be 'no', 'bf16' or 'fp16'"),
+])
+def test_wrong_config_key_or_value_is_a_clear_error(override: str, message: str, capsys):
+    with pytest.raises(ConfigError, match=str(DEMO_CONFIG).replace(".", r"\.")) as err:
+        load_config(DEMO_CONFIG, [override])
+    assert message in str(err.value)
+    assert cli(["vqvae", "--config", str(DEMO_CONFIG), "--set", override]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_shipped_config_loads():
+    for path in sorted((REPO / "configs").glob("vqvae_*.yaml")):
+        load_config(path)

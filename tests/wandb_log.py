@@ -1,0 +1,50 @@
+"""Read the history rows of an offline wandb run (its run-*.wandb file), with no network.
+
+The file is wandb's transaction log: a 7-byte header, then LevelDB-style log records (32 KiB
+blocks; each record: crc32, length, type; FULL=1, FIRST=2, MIDDLE=3, LAST=4) holding protobuf
+`Record`s. This wandb version ships no Python reader, so tests use this one.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from wandb.proto import wandb_internal_pb2
+
+BLOCK = 32768
+
+
+def records(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", f"{path}: not a wandb run file"
+    out, pending, pos = [], b"", 7
+    while pos + 7 <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pos += 7
+        if kind == 0 and length == 0:  # zero padding up to the block end
+            pos += left - 7
+            continue
+        pending += data[pos:pos + length]
+        pos += length
+        if kind in (1, 4):
+            out.append(pending)
+            pending = b""
+    return out
+
+
+def history(run_dir: Path) -> list[dict]:
+    """Every history row (what wandb.log / accelerator.log recorded) of the single offline run."""
+    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    rows = []
+    for raw in records(run_file):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
+    return rows

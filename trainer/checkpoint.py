@@ -1,0 +1,77 @@
+"""Checkpoints that are safe to load and never half-written.
+
+A checkpoint is a folder `step_0000250/` holding
+    model.safetensors   weights and buffers (the EMA codebook included): loading runs no code
+    state.pt            optimizer, scheduler, step, RNG states: plain tensors and numbers, loaded
+                        with torch.load(weights_only=True)
+    config.yaml         the config it was trained with
+It is written as `.step_0000250.tmp/` and renamed when complete, so a crash mid-write leaves
+the previous checkpoints intact; only the newest `keep` are kept.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+STEP_DIR = re.compile(r"^step_(\d{7})$")
+
+
+def rng_state() -> dict:
+    """torch's RNGs. Data order and quantizer restarts use their own seeded generators, and
+    nothing draws from Python's or numpy's global RNG, so these are all a step can touch."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, training_state: dict,
+                    config: dict, keep: int) -> Path:
+    """Write checkpoint `step` atomically under `directory`, then prune to the newest `keep`."""
+    final = directory / f"step_{step:07d}"
+    tmp = directory / f".step_{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(weights, tmp / "model.safetensors")
+    torch.save({**training_state, "step": step, "rng": rng_state()}, tmp / "state.pt")
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders are never listed)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
+
+
+def load_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    path = checkpoint / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no model weights (is {checkpoint} a checkpoint folder?)")
+    return load_file(path)
+
+
+def load_training_state(checkpoint: Path) -> dict:
+    return torch.load(checkpoint / "state.pt", weights_only=True)
+
+
+def load_checkpoint_config(checkpoint: Path) -> dict:
+    return yaml.safe_load((checkpoint / "config.yaml").read_text())

@@ -1,0 +1,196 @@
+"""Configs: YAML files in `configs/` are the single source of hyper-parameters.
+
+A config is a nested dataclass; loading checks every key and value, so a typo or a bad value
+fails at start-up with the file, the key and what would be valid, not hours into a run.
+`--set section.key=value` on the command line overrides single values (parsed as YAML).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message says which and why."""
+
+
+@dataclass
+class DataConfig:
+    shards: str = "runs/demo/shards"      # folder written by `python -m data_tools shard`
+    batch_size: int = 16                   # per process, per micro-step
+    num_workers: int = 0                   # DataLoader workers per process
+    shuffle_buffer: int = 256
+    eval_split: str = "validate"           # split used for validation during training
+
+    def check(self) -> None:
+        require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        require(self.eval_split in ("train", "validate", "test"), "data.eval_split", "must be train, validate or test")
+
+
+@dataclass
+class ModelConfig:
+    downsample: int = 4         # 4: 256x256 -> 64x64 code grid; 8: -> 32x32
+    channels: int = 64          # width after the last downsampling conv
+    res_blocks: int = 2
+    res_channels: int = 32
+    code_dim: int = 64          # D, the codebook vector size
+
+    def check(self) -> None:
+        require(self.downsample in (2, 4, 8, 16), "model.downsample", "must be 2, 4, 8 or 16")
+        require(self.channels >= 2 and self.res_channels >= 1 and self.code_dim >= 1,
+                "model", "channels must be >= 2, res_channels and code_dim >= 1")
+        require(self.res_blocks >= 0, "model.res_blocks", "must be >= 0")
+
+
+@dataclass
+class QuantizerConfig:
+    num_codes: int = 512        # K
+    beta: float = 0.25          # commitment weight
+    update: str = "ema"         # "ema" (moving averages + dead-code restarts) or "loss" (paper's codebook loss)
+    decay: float = 0.99
+    dead_code_threshold: float = 1.0
+    compile: bool = True        # torch.compile the nearest-code kernel
+
+    def check(self) -> None:
+        require(self.num_codes >= 2, "quantizer.num_codes", "must be >= 2")
+        require(self.beta >= 0, "quantizer.beta", "must be >= 0")
+        require(self.update in ("ema", "loss"), "quantizer.update", "must be 'ema' or 'loss'")
+        require(0 <= self.decay < 1, "quantizer.decay", "must be in [0, 1)")
+        require(self.dead_code_threshold >= 0, "quantizer.dead_code_threshold", "must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000             # optimizer steps
+    lr: float = 3e-4
+    warmup_steps: int = 100           # linear warm-up, then cosine decay to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0            # max gradient norm (0: off)
+    grad_accum: int = 1               # micro-batches per optimizer step
+    mixed_precision: str = "no"       # "no", "bf16" or "fp16"
+    compile: bool = False             # torch.compile the whole model
+    log_every: int = 20               # also how often NaN/Inf is checked
+    eval_every: int = 250
+    eval_batches: int = 8             # validation batches per evaluation during training (0: whole split)
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+
+    def check(self) -> None:
+        require(self.max_steps >= 1, "train.max_steps", "must be >= 1")
+        require(self.lr > 0, "train.lr", "must be > 0")
+        require(self.warmup_steps >= 0 and 0 <= self.min_lr_ratio <= 1, "train", "warmup_steps >= 0, min_lr_ratio in [0, 1]")
+        require(self.grad_clip >= 0 and self.weight_decay >= 0, "train", "grad_clip and weight_decay must be >= 0")
+        require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
+        require(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", "must be 'no', 'bf16' or 'fp16'")
+        for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+            require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        require(self.eval_batches >= 0, "train.eval_batches", "must be >= 0")
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = True
+    project: str = "brain-vqvae"
+    mode: str = "auto"          # "auto": online if WANDB_API_KEY is set, else offline; or "online"/"offline"
+    images_every: int = 0       # log image grids every N steps (0: at each evaluation)
+
+    def check(self) -> None:
+        require(self.mode in ("auto", "online", "offline"), "wandb.mode", "must be auto, online or offline")
+
+
+@dataclass
+class VQVAEConfig:
+    out_dir: str = "runs/vqvae"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def check(self) -> None:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if dataclasses.is_dataclass(section):
+                section.check()
+
+
+def require(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {problem}")
+
+
+def build(cls: type, values: dict, where: str) -> Any:
+    """Make dataclass `cls` from a dict, rejecting unknown keys and values of the wrong type."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(values).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        name = f"{where}.{key}" if where else key
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise ConfigError(f"{name}: unknown key{hint}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            kwargs[key] = build(kind, value, name)
+            continue
+        if kind is float and not isinstance(value, bool):
+            value = as_float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def as_float(value: Any) -> Any:
+    """Ints, and strings like '3e-4' (YAML 1.1 reads a float without a dot as a string), as floats."""
+    if isinstance(value, (int, str)):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def apply_overrides(values: dict, overrides: list[str]) -> dict:
+    """Apply `section.key=value` strings (value parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        path, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        *parents, leaf = path.strip().split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return values
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), cls: type = VQVAEConfig) -> Any:
+    values = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        values = yaml.safe_load(path.read_text()) or {}
+    try:
+        config = build(cls, apply_overrides(values, list(overrides)), "")
+        config.check()
+    except ConfigError as err:
+        raise ConfigError(f"{path or 'config'}: {err}") from None
+    return config
+
+
+def config_to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
