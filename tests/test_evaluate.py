@@ -18,6 +18,7 @@ from trainer.__main__ import main as cli
 from trainer.config import load_config
 from trainer.evaluate import evaluate, load_vqvae
 from trainer.train_vqvae import train_vqvae
+from wandb_log import history
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +55,14 @@ def test_evaluate_writes_consistent_csv_summary_and_figures(trained_run: Path, t
     assert float(row["ssim"]) == pytest.approx(float(expected), abs=1e-5)
 
 
-def test_evaluate_cli_and_missing_checkpoint(trained_run: Path, tmp_path: Path, capsys):
+def test_evaluate_cli_logs_to_wandb_offline_and_missing_checkpoint(trained_run: Path, tmp_path: Path, capsys,
+                                                                   monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
     assert cli(["evaluate", "--checkpoint", str(trained_run), "--split", "validate", "--out", str(tmp_path / "e"),
-                "--quiet"]) == 0
+                "--quiet", "--wandb"]) == 0
     assert json.loads(capsys.readouterr().out)["images"] == 32
+    (row,) = history(tmp_path / "e")
+    assert {"validate/reconstructions/_type", "validate/code_maps/_type", "validate/codebook_usage/_type"} <= set(row)
     assert cli(["evaluate", "--checkpoint", str(tmp_path / "nothing"), "--out", str(tmp_path / "f")]) == 2
     assert "neither a checkpoint folder nor a run folder" in capsys.readouterr().err

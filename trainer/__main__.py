@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--shards", help="shard folder (default: the one in the checkpoint's config)")
     evaluate.add_argument("--batch-size", type=int, default=32, help="images per batch (default: %(default)s)")
     evaluate.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+    evaluate.add_argument("--wandb", action="store_true",
+                          help="also log the summary and figures to wandb (offline unless WANDB_API_KEY is set)")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
 
     args = parser.parse_args(argv)
@@ -53,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             from trainer.evaluate import evaluate as run_evaluation
 
             summary = run_evaluation(args.checkpoint, args.split, args.out, shards=args.shards,
-                                     batch_size=args.batch_size, device=args.device, show_progress=not args.quiet)
+                                     batch_size=args.batch_size, device=args.device, show_progress=not args.quiet,
+                                     log_wandb=args.wandb)
             print(json.dumps(summary, indent=1))
     except (ConfigError, DataError, FileExistsError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -60,8 +60,9 @@ def load_vqvae(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[VQ
 
 
 def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None, batch_size: int = 32,
-             device: str = "cpu", show_progress: bool = True) -> dict:
-    """Evaluate on a whole split; writes per_image.csv, summary.json and figures to `out`."""
+             device: str = "cpu", show_progress: bool = True, log_wandb: bool = False) -> dict:
+    """Evaluate on a whole split; writes per_image.csv, summary.json and figures to `out`
+    (and, with `log_wandb`, logs the summary and figures as a wandb run of the config's project)."""
     model, cfg = load_vqvae(checkpoint, device)
     dataset = SliceShards(shards or cfg.data.shards, split)
     rows, counts = [], torch.zeros(cfg.quantizer.num_codes, dtype=torch.long)
@@ -99,4 +100,18 @@ def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None,
     if metrics_file.is_file():
         history = [json.loads(line) for line in metrics_file.read_text().splitlines()]
         figures.loss_curves(history, out / "loss_curves.png")
+    if log_wandb:
+        log_to_wandb(summary, out, cfg)
     return summary
+
+
+def log_to_wandb(summary: dict, out: Path, cfg: VQVAEConfig) -> None:
+    import wandb
+
+    from trainer.train_vqvae import wandb_mode
+
+    run = wandb.init(project=cfg.wandb.project, dir=str(out), name=f"evaluate-{summary['split']}",
+                     job_type="evaluate", mode=wandb_mode(cfg.wandb.mode), config={"checkpoint": summary["checkpoint"]})
+    run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    run.log({f"{summary['split']}/{path.stem}": wandb.Image(str(path)) for path in sorted(out.glob("*.png"))})
+    run.finish()

@@ -29,6 +29,7 @@ from trainer.config import TrainConfig, VQVAEConfig, config_to_dict
 from trainer.data import SliceShards, epoch_batches, train_batches
 from trainer.evaluate import reconstruction_metrics
 from trainer.figures import reconstruction_grid
+from trainer.quantizer import codebook_stats
 from trainer.vqvae import VQVAE
 
 
@@ -58,26 +59,31 @@ def is_due(step: int, every: int, last: int) -> bool:
 
 
 @torch.no_grad()
-def validate(model: VQVAE, cfg: VQVAEConfig, accelerator: Accelerator) -> tuple[dict, object]:
-    """Mean SSIM/PSNR on `eval_batches` batches of the eval split per rank, averaged over ranks."""
+def validate(model: VQVAE, cfg: VQVAEConfig, accelerator: Accelerator) -> tuple[dict, tuple | None]:
+    """SSIM/PSNR and codebook usage on `eval_batches` batches of the eval split per rank (all ranks
+    together); also returns a few examples for the image grid."""
     dataset = SliceShards(cfg.data.shards, cfg.data.eval_split, rank=accelerator.process_index,
                           world_size=accelerator.num_processes)
     model.eval()
     totals = torch.zeros(3, device=accelerator.device)  # ssim sum, psnr sum, count
+    counts = torch.zeros(cfg.quantizer.num_codes, device=accelerator.device)
     first = None
     for i, batch in enumerate(epoch_batches(dataset, cfg.data.batch_size)):
         if cfg.train.eval_batches and i == cfg.train.eval_batches:
             break
         images = batch.images.to(accelerator.device)
         with accelerator.autocast():
-            recon, ssim, psnr, _ = reconstruction_metrics(model, images)
+            recon, ssim, psnr, indices = reconstruction_metrics(model, images)
         totals += torch.stack([ssim.sum(), psnr.sum(), torch.tensor(float(len(ssim)), device=ssim.device)])
+        counts += torch.bincount(indices.flatten(), minlength=cfg.quantizer.num_codes)
         if first is None:
             first = (images[:8, 0].float().cpu().numpy(), recon[:8, 0].float().cpu().numpy(),
                      ssim[:8].cpu().numpy(), batch.keys[:8])
     model.train()
     ssim_sum, psnr_sum, count = accelerator.reduce(totals, "sum").tolist()
-    return {"val_ssim": ssim_sum / count, "val_psnr": psnr_sum / count}, first
+    perplexity, used = codebook_stats(accelerator.reduce(counts, "sum"))
+    return {"val_ssim": ssim_sum / count, "val_psnr": psnr_sum / count,
+            "val_codebook_perplexity": float(perplexity), "val_codes_used": int(used)}, first
 
 
 def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = True) -> tuple[Path, VQVAE]:
