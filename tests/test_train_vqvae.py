@@ -100,6 +100,7 @@ def test_wandb_offline_run_holds_the_logged_metrics(demo_shards: Path, tmp_path:
             assert row[key] == pytest.approx(expected[key])
     with_eval = [r for r in rows if "val_ssim" in r]
     assert [r["_step"] for r in with_eval] == [6, 12]
+    assert all(0 < r["val_codes_used"] <= 32 for r in with_eval)
     assert all(r["reconstructions/_type"] == "image-file" and 0 < r["val_psnr"] for r in with_eval)
 
 
@@ -119,6 +120,17 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(demo_shards:
     with pytest.raises(TrainingDiverged, match=r"loss became nan by step 10.*step_0000008"):
         train_vqvae(cfg, show_progress=False)
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_0000004", "step_0000008"]
+
+
+def test_evaluation_and_checkpoints_run_on_their_own_schedule(demo_shards: Path, tmp_path: Path):
+    """eval_every / checkpoint_every need not be multiples of log_every."""
+    out = tmp_path / "run"
+    cfg = load_config(DEMO_CONFIG, tiny(demo_shards, out, "train.max_steps=9", "train.log_every=4",
+                                        "train.eval_every=3", "train.checkpoint_every=5", "train.keep_checkpoints=5"))
+    train_vqvae(cfg, show_progress=False)
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "val_ssim" in r] == [3, 6, 9]
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_0000005", "step_0000009"]
 
 
 def test_refuses_to_overwrite_a_run_without_resume(demo_shards: Path, tmp_path: Path, capsys):

@@ -100,7 +100,6 @@ class WandbConfig:
     enabled: bool = True
     project: str = "brain-vqvae"
     mode: str = "auto"          # "auto": online if WANDB_API_KEY is set, else offline; or "online"/"offline"
-    images_every: int = 0       # log image grids every N steps (0: at each evaluation)
 
     def check(self) -> None:
         require(self.mode in ("auto", "online", "offline"), "wandb.mode", "must be auto, online or offline")

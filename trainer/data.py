@@ -43,10 +43,6 @@ class Batch:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def to(self, device: torch.device | str) -> Batch:
-        masks = None if self.masks is None else self.masks.to(device)
-        return Batch(self.images.to(device, non_blocking=True), self.keys, self.meta, masks)
-
 
 class SliceShards(IterableDataset):
     """One split's samples for one rank. Yields chunks {"pixels": uint8 (n,1,H,W), "keys", "meta"[, "masks"]}."""
@@ -65,7 +61,6 @@ class SliceShards(IterableDataset):
         self.shards = [s["name"] for s in entry["shards"]]
         self.offsets = np.cumsum([0] + [s["num_samples"] for s in entry["shards"]])
         self.num_samples = int(self.offsets[-1])
-        self.image_size = manifest["image_size"]
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.shuffle_buffer = shuffle, seed, shuffle_buffer
         self.with_masks = with_masks

@@ -107,7 +107,7 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(tc))
 
-    start_step, history = 0, []
+    start_step, kept_rows = 0, []
     metrics_file = out / "metrics.jsonl"
     if resume and list_checkpoints(checkpoints):
         latest = list_checkpoints(checkpoints)[-1]
@@ -118,14 +118,14 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
         set_rng_state(state["rng"])
         start_step = state["step"]
         if metrics_file.is_file():  # drop rows logged after the checkpoint we resume from
-            history = [r for r in map(json.loads, metrics_file.read_text().splitlines()) if r["step"] <= start_step]
+            kept_rows = [r for r in metrics_file.read_text().splitlines() if json.loads(r)["step"] <= start_step]
         accelerator.print(f"resuming from {latest} (step {start_step})")
 
     trained = torch.compile(model) if tc.compile else model
     trained, optimizer = accelerator.prepare(trained, optimizer)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        metrics_file.write_text("".join(json.dumps(r) + "\n" for r in history))
+        metrics_file.write_text("".join(r + "\n" for r in kept_rows))
     if cfg.wandb.enabled:
         accelerator.init_trackers(cfg.wandb.project, config=config_to_dict(cfg), init_kwargs={
             "wandb": {"mode": wandb_mode(cfg.wandb.mode), "dir": str(out), "name": out.name}})
@@ -160,7 +160,7 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
         window_steps += 1
         done = step + 1
 
-        if is_due(done, tc.log_every, tc.max_steps) or is_due(done, tc.checkpoint_every, tc.max_steps):
+        if any(is_due(done, every, tc.max_steps) for every in (tc.log_every, tc.eval_every, tc.checkpoint_every)):
             means = (accelerator.reduce(window, "mean") / (window_steps * tc.grad_accum)).tolist()  # one sync
             if not all(map(math.isfinite, means)):
                 last = list_checkpoints(checkpoints)
@@ -182,7 +182,6 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
                         accelerator.get_tracker("wandb", unwrap=True).log(
                             {"reconstructions": wandb.Image(str(grid))}, step=done)
             accelerator.log(record, step=done)
-            history.append(record)
             if accelerator.is_main_process:
                 with metrics_file.open("a") as f:
                     f.write(json.dumps(record) + "\n")
