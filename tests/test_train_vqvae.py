@@ -75,15 +75,17 @@ def test_two_processes_keep_identical_codebooks_and_learn(demo_shards: Path, tmp
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                str(free_port()), str(REPO / "tests" / "scripts" / "train_ranks.py"), str(config), str(tmp_path),
                *tiny(demo_shards, tmp_path / "run", "train.max_steps=30", "train.eval_every=30",
-                     "train.checkpoint_every=30", "quantizer.dead_code_threshold=2.0")]
+                     "train.checkpoint_every=30", "quantizer.dead_code_threshold=100.0")]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert int(rank0.pop("num_processes")) == int(rank1.pop("num_processes")) == 2
     for key in rank0:  # weights (DDP) and every quantizer buffer (our all-reduce) agree exactly
         assert torch.equal(rank0[key], rank1[key]), key
     assert rank0["quantizer.restart_count"] > 0  # restarts happened, and identically on both ranks
     rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(2, 31, 2))  # written by the main process only
     assert rows[-1]["recon_loss"] < 0.9 * rows[0]["recon_loss"]  # the shared model learns (30 tiny steps)
 
 

@@ -48,9 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "vqvae":
             from trainer.train_vqvae import train_vqvae
 
-            final, _ = train_vqvae(load_config(args.config, args.overrides), resume=args.resume,
-                                show_progress=not args.quiet)
-            print(f"final checkpoint: {final}")
+            train_vqvae(load_config(args.config, args.overrides), resume=args.resume, show_progress=not args.quiet)
         else:
             from trainer.evaluate import evaluate as run_evaluation
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -95,6 +96,9 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
                               f"or choose another out_dir")
     tc = cfg.train
     accelerator = Accelerator(
+        # Without cpu=True, Accelerate on a CUDA-less machine ignores torchrun's ranks and every
+        # process trains alone; with it, the processes form one gloo job.
+        cpu=not torch.cuda.is_available(),
         mixed_precision=tc.mixed_precision,
         log_with="wandb" if cfg.wandb.enabled else None,
         project_dir=str(out),
@@ -122,7 +126,9 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
         accelerator.print(f"resuming from {latest} (step {start_step})")
 
     trained = torch.compile(model) if tc.compile else model
-    trained, optimizer = accelerator.prepare(trained, optimizer)
+    with warnings.catch_warnings():  # torch renames broadcast_buffers; Accelerate cannot pass the new name yet
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        trained, optimizer = accelerator.prepare(trained, optimizer)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         metrics_file.write_text("".join(r + "\n" for r in kept_rows))
@@ -197,4 +203,6 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
                 accelerator.wait_for_everyone()
 
     accelerator.end_training()
-    return list_checkpoints(checkpoints)[-1], model
+    final = list_checkpoints(checkpoints)[-1]
+    accelerator.print(f"final checkpoint: {final}")
+    return final, model
