@@ -19,7 +19,8 @@ from test_loader import free_port
 from trainer.__main__ import main as cli
 from trainer.checkpoint import list_checkpoints, load_training_state, load_weights
 from trainer.config import ConfigError, load_config
-from trainer.train_vqvae import TrainingDiverged, train_vqvae
+from trainer.train_vqvae import train_vqvae
+from trainer.training_run import TrainingDiverged
 from wandb_log import history
 
 DEMO_CONFIG = REPO / "configs" / "vqvae_demo_cpu.yaml"

@@ -5,12 +5,14 @@ A checkpoint is a folder `step_0000250/` holding
     state.pt            optimizer, scheduler, step, RNG states: plain tensors and numbers, loaded
                         with torch.load(weights_only=True)
     config.yaml         the config it was trained with
+    *.json              facts the config does not hold (stage 2: the grid, K and the VQ-VAE it models)
 It is written as `.step_0000250.tmp/` and renamed when complete, so a crash mid-write leaves
 the previous checkpoints intact; only the newest `keep` are kept.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -38,7 +40,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, training_state: dict,
-                    config: dict, keep: int) -> Path:
+                    config: dict, keep: int, extra_json: dict[str, dict] | None = None) -> Path:
     """Write checkpoint `step` atomically under `directory`, then prune to the newest `keep`."""
     final = directory / f"step_{step:07d}"
     tmp = directory / f".step_{step:07d}.tmp"
@@ -48,6 +50,8 @@ def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, training
     save_file(weights, tmp / "model.safetensors")
     torch.save({**training_state, "step": step, "rng": rng_state()}, tmp / "state.pt")
     (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for name, content in (extra_json or {}).items():
+        (tmp / name).write_text(json.dumps(content, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in list_checkpoints(directory)[:-keep]:

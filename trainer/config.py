@@ -116,10 +116,60 @@ class VQVAEConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def check(self) -> None:
-        for f in dataclasses.fields(self):
-            section = getattr(self, f.name)
-            if dataclasses.is_dataclass(section):
-                section.check()
+        check_sections(self)
+
+
+@dataclass
+class CodesConfig:
+    dir: str = "runs/demo/codes"          # written by `python -m trainer encode`
+    batch_size: int = 32                   # per process, per micro-step
+    eval_split: str = "validate"
+
+    def check(self) -> None:
+        require(self.batch_size >= 1, "codes.batch_size", "must be >= 1")
+        require(self.eval_split in ("train", "validate", "test"), "codes.eval_split", "must be train, validate or test")
+
+
+@dataclass
+class PixelCNNConfig:
+    channels: int = 128
+    layers: int = 12                 # gated layers: one type A, then type B
+    kernel: int = 3                  # odd; the first layer uses first_kernel
+    first_kernel: int = 7
+    head_channels: int = 512
+    condition_on_slice: bool = True  # learn p(codes | slice position); sampling can still omit it
+
+    def check(self) -> None:
+        require(self.channels >= 1 and self.head_channels >= 1, "model", "channels and head_channels must be >= 1")
+        require(self.layers >= 1, "model.layers", "must be >= 1")
+        for name in ("kernel", "first_kernel"):
+            value = getattr(self, name)
+            require(value >= 3 and value % 2 == 1, f"model.{name}", "must be odd and >= 3")
+
+
+@dataclass
+class PriorConfig:
+    """Stage 2. The grid, K and the VQ-VAE come from the codes folder, not from here."""
+    out_dir: str = "runs/prior"
+    seed: int = 0
+    codes: CodesConfig = field(default_factory=CodesConfig)
+    model: PixelCNNConfig = field(default_factory=PixelCNNConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    sample_every: int = 0            # log a grid of generated brains every N steps (0: only at the end)
+    sample_count: int = 8
+
+    def check(self) -> None:
+        check_sections(self)
+        require(self.sample_every >= 0, "sample_every", "must be >= 0")
+        require(self.sample_count >= 1, "sample_count", "must be >= 1")
+
+
+def check_sections(config: Any) -> None:
+    for f in dataclasses.fields(config):
+        section = getattr(config, f.name)
+        if dataclasses.is_dataclass(section):
+            section.check()
 
 
 def require(ok: bool, key: str, problem: str) -> None:

@@ -108,7 +108,7 @@ def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None,
 def log_to_wandb(summary: dict, out: Path, cfg: VQVAEConfig) -> None:
     import wandb
 
-    from trainer.train_vqvae import wandb_mode
+    from trainer.training_run import wandb_mode
 
     run = wandb.init(project=cfg.wandb.project, dir=str(out), name=f"evaluate-{summary['split']}",
                      job_type="evaluate", mode=wandb_mode(cfg.wandb.mode), config={"checkpoint": summary["checkpoint"]})

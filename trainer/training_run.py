@@ -1,0 +1,132 @@
+"""What both training stages share around their loop: the Accelerator, resuming, the metrics log,
+wandb, divergence checks and checkpoints. The loops themselves (train_vqvae.py, train_prior.py) stay
+plain PyTorch and read top to bottom; this module only keeps them from repeating each other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+
+from trainer.checkpoint import list_checkpoints, load_training_state, load_weights, save_checkpoint, set_rng_state
+from trainer.config import TrainConfig, WandbConfig, config_to_dict
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+
+
+def lr_schedule(cfg: TrainConfig):
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio at max_steps."""
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def wandb_mode(mode: str) -> str:
+    """'auto' goes online only when an API key is set, so a fresh machine never waits on a login."""
+    if mode != "auto":
+        return mode
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+def is_due(step: int, every: int, last: int) -> bool:
+    return step % every == 0 or step == last
+
+
+class TrainingRun:
+    """One run folder: `checkpoints/`, `metrics.jsonl`, `figures/` and (when enabled) wandb's files."""
+
+    def __init__(self, out_dir: str, train: TrainConfig, wandb: WandbConfig, resume: bool):
+        self.out = Path(out_dir)
+        self.checkpoints = self.out / "checkpoints"
+        self.metrics_file = self.out / "metrics.jsonl"
+        self.train, self.wandb, self.resume = train, wandb, resume
+        if list_checkpoints(self.checkpoints) and not resume:
+            raise FileExistsError(f"{self.checkpoints} already holds checkpoints: pass --resume to continue that "
+                                  f"run, or choose another out_dir")
+        self.accelerator = Accelerator(
+            # Without cpu=True, Accelerate on a CUDA-less machine ignores torchrun's ranks and every
+            # process trains alone; with it, the processes form one gloo job.
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=train.mixed_precision,
+            log_with="wandb" if wandb.enabled else None,
+            project_dir=str(self.out),
+            # Stage 1's buffers are kept identical by the quantizer's own all-reduce; DDP's broadcast
+            # of rank 0's buffers at every forward would only cost bandwidth.
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        )
+
+    def start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+              config: Any) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
+        """Restore the newest checkpoint when resuming, wrap model and optimizer for the devices
+        (compiling first if asked), open the logs. Returns (wrapped model, optimizer, start step)."""
+        accelerator, start_step, kept_rows = self.accelerator, 0, []
+        found = list_checkpoints(self.checkpoints)
+        if self.resume and found:
+            model.load_state_dict(load_weights(found[-1]))
+            state = load_training_state(found[-1])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            start_step = state["step"]
+            if self.metrics_file.is_file():  # drop rows logged after the checkpoint we resume from
+                kept_rows = [r for r in self.metrics_file.read_text().splitlines()
+                             if json.loads(r)["step"] <= start_step]
+            accelerator.print(f"resuming from {found[-1]} (step {start_step})")
+
+        trained = torch.compile(model) if self.train.compile else model
+        with warnings.catch_warnings():  # torch renames broadcast_buffers; Accelerate cannot pass the new name yet
+            warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+            trained, optimizer = accelerator.prepare(trained, optimizer)
+        if accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics_file.write_text("".join(r + "\n" for r in kept_rows))
+        if self.wandb.enabled:
+            accelerator.init_trackers(self.wandb.project, config=config_to_dict(config), init_kwargs={
+                "wandb": {"mode": wandb_mode(self.wandb.mode), "dir": str(self.out), "name": self.out.name}})
+        return trained, optimizer, start_step
+
+    def check_finite(self, means: list[float], step: int) -> None:
+        """Stop on NaN/Inf in any logged mean (the loss comes first)."""
+        if not all(map(math.isfinite, means)):
+            last = list_checkpoints(self.checkpoints)
+            raise TrainingDiverged(
+                f"loss became {means[0]} by step {step}; stopping. Last good checkpoint: "
+                f"{last[-1] if last else 'none'} (lower train.lr, or keep train.grad_clip on)")
+
+    def log(self, record: dict, images: dict[str, Path] | None = None) -> None:
+        """Append a metrics row (main process) and send it, with any figures, to the trackers."""
+        step = record["step"]
+        if self.wandb.enabled and images and self.accelerator.is_main_process:
+            import wandb
+            self.accelerator.get_tracker("wandb", unwrap=True).log(
+                {name: wandb.Image(str(path)) for name, path in images.items()}, step=step)
+        self.accelerator.log(record, step=step)
+        if self.accelerator.is_main_process:
+            with self.metrics_file.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+             config: Any, extra_json: dict[str, dict] | None = None) -> None:
+        if self.accelerator.is_main_process:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            save_checkpoint(self.checkpoints, step, model, state, config_to_dict(config),
+                            self.train.keep_checkpoints, extra_json)
+        self.accelerator.wait_for_everyone()
+
+    def finish(self) -> Path:
+        self.accelerator.end_training()
+        final = list_checkpoints(self.checkpoints)[-1]
+        self.accelerator.print(f"final checkpoint: {final}")
+        return final
