@@ -1,0 +1,176 @@
+"""Stage 2: train the gated PixelCNN prior on the frozen VQ-VAE's code grids. A plain PyTorch loop;
+Accelerate wraps the model and optimizer (devices, DDP, mixed precision) and carries wandb.
+
+    python -m trainer encode --checkpoint runs/oasis32 --out runs/oasis32/codes   # once
+    python -m trainer prior --config configs/prior_oasis_32.yaml                 # one process
+    bash launch.sh stage2 configs/prior_oasis_32.yaml                            # N GPUs
+
+The loss is the cross-entropy of every cell's code given the cells before it (teacher forcing),
+reported as bits per code; top-1 accuracy is how often the most likely code is the true one.
+The code grids are small (8,000 OASIS slices at 32x32 are 16 MB), so they live on the device and
+each epoch is a seeded permutation split between ranks: no loader, and resuming is exact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm import tqdm
+
+from trainer.codes import load_codes, read_codes_meta
+from trainer.config import PriorConfig
+from trainer.evaluate import load_vqvae
+from trainer.figures import generated_grid
+from trainer.pixelcnn import GatedPixelCNN, PriorShape
+from trainer.sample import PRIOR_INFO, build_prior, generate
+from trainer.training_run import TrainingRun, is_due, lr_schedule
+
+LN2 = math.log(2)
+
+
+def code_batches(num_samples: int, batch_size: int, rank: int, world_size: int, seed: int,
+                 start_batch: int = 0) -> Iterator[torch.Tensor]:
+    """Endless sample indices for this rank: epoch e is permutation(seed + e) dealt round-robin to
+    the ranks, cut into full batches (the remainder is dropped, so all ranks take the same steps).
+    Starting at `start_batch` skips exactly what an earlier run consumed."""
+    per_epoch = num_samples // world_size // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"{num_samples} code grids cannot fill one batch of {batch_size} on each of {world_size} ranks")
+    epoch, offset = divmod(start_batch, per_epoch)
+    while True:
+        order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed + epoch))
+        mine = order[rank::world_size]
+        for b in range(offset, per_epoch):
+            yield mine[b * batch_size: (b + 1) * batch_size]
+        epoch, offset = epoch + 1, 0
+
+
+def prior_loss(logits: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy in nats per code, fraction of cells whose most likely code is right)."""
+    loss = F.cross_entropy(logits.float(), codes)
+    accuracy = (logits.argmax(dim=1) == codes).float().mean()
+    return loss, accuracy
+
+
+@torch.no_grad()
+def evaluate_prior(prior: torch.nn.Module, codes: torch.Tensor, conditions: torch.Tensor | None, batch_size: int,
+                   accelerator: Accelerator, max_batches: int = 0) -> dict:
+    """Bits per code and top-1 accuracy over this rank's share of a split, summed over ranks."""
+    was_training = prior.training
+    prior.eval()
+    totals = torch.zeros(3, device=accelerator.device)    # nats sum, correct sum, cells
+    mine = torch.arange(accelerator.process_index, len(codes), accelerator.num_processes)
+    for number, start in enumerate(range(0, len(mine), batch_size)):
+        if max_batches and number == max_batches:
+            break
+        index = mine[start: start + batch_size]
+        batch = codes[index].to(accelerator.device)
+        cond = conditions[index].to(accelerator.device) if conditions is not None else None
+        with accelerator.autocast():
+            logits = prior(batch, cond).float()
+        totals += torch.stack([F.cross_entropy(logits, batch, reduction="sum"),
+                               (logits.argmax(dim=1) == batch).sum().float(), torch.tensor(batch.numel(),
+                                                                                     device=batch.device).float()])
+    prior.train(was_training)
+    nats, correct, cells = accelerator.reduce(totals, "sum").tolist()
+    return {"bits_per_code": nats / max(cells, 1) / LN2, "accuracy": correct / max(cells, 1)}
+
+
+def load_split(directory: str, split: str, shape: PriorShape) -> tuple[torch.Tensor, torch.Tensor | None]:
+    code_set = load_codes(directory, split)
+    codes = torch.from_numpy(code_set.codes.astype("int64"))
+    conditions = torch.from_numpy(code_set.slices.astype("int64")) if shape.num_conditions else None
+    if conditions is not None and int(conditions.max()) >= shape.num_conditions:
+        raise ValueError(f"{directory}/{split}.npz: slice {int(conditions.max())} is beyond the "
+                         f"{shape.num_conditions} positions seen in train")
+    return codes, conditions
+
+
+def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = True) -> tuple[Path, GatedPixelCNN]:
+    """Train stage 2; returns the final checkpoint folder and the trained prior."""
+    meta = read_codes_meta(cfg.codes.dir)
+    shape = PriorShape(meta["num_codes"], meta["height"], meta["width"],
+                       meta["num_slices"] if cfg.model.condition_on_slice else 0)
+    info = {**vars(shape), "vqvae_checkpoint": meta["vqvae_checkpoint"], "vqvae_sha256": meta["checkpoint_sha256"],
+            "codes_dir": str(cfg.codes.dir)}
+    tc = cfg.train
+    run = TrainingRun(cfg.out_dir, tc, cfg.wandb, resume)
+    accelerator = run.accelerator
+    set_seed(cfg.seed)
+    prior = build_prior(cfg, shape)
+    optimizer = torch.optim.AdamW(prior.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(tc))
+    trained, optimizer, start_step = run.start(prior, optimizer, scheduler, cfg)
+
+    codes, conditions = load_split(cfg.codes.dir, "train", shape)
+    eval_codes, eval_conditions = load_split(cfg.codes.dir, cfg.codes.eval_split, shape)
+    codes = codes.to(accelerator.device)
+    conditions = conditions.to(accelerator.device) if conditions is not None else None
+    batches = code_batches(len(codes), cfg.codes.batch_size, accelerator.process_index, accelerator.num_processes,
+                           cfg.seed, start_batch=start_step * tc.grad_accum)
+    vqvae = None  # loaded on first use, only where sample grids are drawn
+
+    window = torch.zeros(2, device=accelerator.device)  # loss, accuracy sums
+    window_steps, window_start = 0, time.perf_counter()
+    samples_per_step = cfg.codes.batch_size * tc.grad_accum * accelerator.num_processes
+    progress = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc="prior",
+                    disable=not (show_progress and accelerator.is_main_process))
+    prior.train()
+    for step in progress:
+        for micro in range(tc.grad_accum):
+            index = next(batches).to(accelerator.device)
+            sync = nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(trained)
+            with sync:
+                logits = trained(codes[index], conditions[index] if conditions is not None else None)
+                loss, accuracy = prior_loss(logits, codes[index])
+                accelerator.backward(loss / tc.grad_accum)
+            window += torch.stack([loss, accuracy]).detach()
+        if tc.grad_clip:
+            accelerator.clip_grad_norm_(prior.parameters(), tc.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        window_steps += 1
+        done = step + 1
+
+        if any(is_due(done, every, tc.max_steps) for every in (tc.log_every, tc.eval_every, tc.checkpoint_every)):
+            means = (accelerator.reduce(window, "mean") / (window_steps * tc.grad_accum)).tolist()  # one sync
+            run.check_finite(means, done)
+            record = {"step": done, "loss": means[0], "bits_per_code": means[0] / LN2, "accuracy": means[1],
+                      "lr": scheduler.get_last_lr()[0],
+                      "codes_per_s": window_steps * samples_per_step * shape.height * shape.width
+                      / (time.perf_counter() - window_start)}
+            if is_due(done, tc.eval_every, tc.max_steps):
+                metrics = evaluate_prior(prior, eval_codes, eval_conditions, cfg.codes.batch_size, accelerator,
+                                         tc.eval_batches)
+                record.update({f"val_{key}": value for key, value in metrics.items()})
+            images = {}
+            if accelerator.is_main_process and (done == tc.max_steps or (cfg.sample_every
+                                                                        and done % cfg.sample_every == 0)):
+                if vqvae is None:
+                    vqvae, _ = load_vqvae(Path(meta["vqvae_checkpoint"]), accelerator.device)
+                prior.eval()
+                grids, _, decoded = generate(prior, vqvae, cfg.sample_count, seed=done, show_progress=False)
+                prior.train()
+                images["samples"] = generated_grid(grids, decoded, run.out / "figures" / "samples_latest.png",
+                                                   num_codes=shape.num_codes)
+            run.log(record, images)
+            if accelerator.is_main_process:
+                progress.set_postfix(bits=f"{record['bits_per_code']:.3f}", acc=f"{means[1]:.3f}",
+                                     **({"val_bits": f"{record['val_bits_per_code']:.3f}"}
+                                        if "val_bits_per_code" in record else {}))
+            window.zero_()
+            window_steps, window_start = 0, time.perf_counter()
+
+            if is_due(done, tc.checkpoint_every, tc.max_steps):
+                run.save(done, prior, optimizer, scheduler, cfg, extra_json={PRIOR_INFO: info})
+
+    return run.finish(), prior
