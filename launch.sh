@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # Entry point for the project's jobs. Usage: bash launch.sh COMMAND [ARGS]
 #
-#   demo [OUT]                 the whole chain on the embedded demo data (default OUT: runs/demo):
-#                              shard + verify, train the VQ-VAE, evaluate it, write the figures
+#   demo [OUT]                 the whole chain on the embedded demo data (default OUT: runs/demo): shard,
+#                              stage 1, encode, stage 2, export to ONNX, sample with onnxruntime, figures
 #   stage1 CONFIG [ARGS...]    train the VQ-VAE (python -m trainer vqvae --config CONFIG ARGS...)
 #                              on all local GPUs, several machines, or CPU processes
+#   stage2 CONFIG [ARGS...]    train the PixelCNN prior (python -m trainer prior --config CONFIG ARGS...)
+#   all VQVAE_CONFIG PRIOR_CONFIG
+#                              stage 1, then encode every split with its final checkpoint into the
+#                              prior config's codes.dir, then stage 2
 #
 # Processes and machines come from the environment (defaults in brackets):
 #   NUM_PROCESSES  processes on this machine [number of GPUs, or 1 without a GPU]
@@ -15,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
 gpu_count() {
     python -c "import torch; print(torch.cuda.device_count())"
@@ -44,27 +48,59 @@ stage1() {
     run_distributed trainer vqvae --config "$config" "$@"
 }
 
+stage2() {
+    local config=${1:?usage: launch.sh stage2 CONFIG [ARGS...]}; shift
+    run_distributed trainer prior --config "$config" "$@"
+}
+
+# config_value CONFIG CLASS KEY: one value of a config, as the trainer reads it
+config_value() {
+    python -c "from trainer.config import $2, load_config; c = load_config('$1', cls=$2); print(c.$3)"
+}
+
+all() {
+    local vqvae_config=${1:?usage: launch.sh all VQVAE_CONFIG PRIOR_CONFIG} prior_config=${2:?usage: launch.sh all VQVAE_CONFIG PRIOR_CONFIG}
+    local device=cpu; (( $(gpu_count) > 0 )) && device=cuda
+    stage1 "$vqvae_config"
+    python -m trainer encode --checkpoint "$(config_value "$vqvae_config" VQVAEConfig out_dir)" \
+        --out "$(config_value "$prior_config" PriorConfig codes.dir)" --device "$device"
+    stage2 "$prior_config"
+}
+
 demo() {
     local out=${1:-runs/demo}
-    echo "== 1/4 shard the embedded demo data -> $out/shards"
+    echo "== 1/7 shard the embedded demo data -> $out/shards"
     python -m data_tools shard --src data_tools/demo_data/keras_png_slices_data --out "$out/shards" \
         --samples-per-shard 16 --force --quiet
     python -m data_tools verify "$out/shards" --quiet
     python -m data_tools preview "$out/shards" --split train --count 16 --out "$out/figures/shards_preview.png"
-    echo "== 2/4 stage 1: train the VQ-VAE (configs/vqvae_demo_cpu.yaml)"
-    rm -rf "$out/vqvae"
+    echo "== 2/7 stage 1: train the VQ-VAE (configs/vqvae_demo_cpu.yaml)"
+    rm -rf "$out/vqvae" "$out/codes" "$out/prior"
     python -m trainer vqvae --config configs/vqvae_demo_cpu.yaml --set "data.shards=$out/shards" \
         --set "out_dir=$out/vqvae"
-    echo "== 3/4 evaluate on the demo test split"
+    echo "== 3/7 evaluate stage 1 on the demo test split"
     python -m trainer evaluate --checkpoint "$out/vqvae" --split test --out "$out/figures/vqvae_test" --quiet \
         | python -c "import json,sys; s=json.load(sys.stdin); print(f\"test SSIM mean {s['ssim_mean']:.3f} (min {s['ssim_min']:.3f}), PSNR {s['psnr_mean']:.1f} dB, {s['codes_used']} of {s['num_codes']} codes used\")"
-    echo "== 4/4 figures in $out/figures"
-    ls "$out/figures" "$out/figures/vqvae_test"
+    echo "== 4/7 encode every split, then stage 2: train the prior (configs/prior_demo_cpu.yaml)"
+    python -m trainer encode --checkpoint "$out/vqvae" --out "$out/codes" --quiet
+    python -m trainer prior --config configs/prior_demo_cpu.yaml --set "codes.dir=$out/codes" --set "out_dir=$out/prior"
+    echo "== 5/7 evaluate stage 2: test bits per code, and generated vs real brains"
+    python -m trainer evaluate-prior --checkpoint "$out/prior" --out "$out/figures/prior_test" --n 16 \
+        --max-pairs 120 --quiet \
+        | python -c "import json,sys; s=json.load(sys.stdin); print(f\"test {s['test_bits_per_code']:.2f} bits per code, top-1 accuracy {s['test_accuracy']:.3f}; Frechet distance to test: generated {s['frechet_generated_vs_test']:.2f}, train slices {s['frechet_train_vs_test']:.2f}, reconstructions {s['frechet_reconstructed_vs_test']:.2f}\")"
+    echo "== 6/7 export the encoder, decoder and prior to ONNX -> $out/onnx"
+    python -m export onnx --checkpoint "$out/prior" --out "$out/onnx" --force
+    echo "== 7/7 sample 16 brains on the CPU with onnxruntime only -> $out/samples"
+    python -m export sample --model-dir "$out/onnx" --n 16 --seed 0 --out "$out/samples"
+    echo "== figures in $out/figures and $out/samples/generated.png"
+    ls "$out/figures" "$out/figures/vqvae_test" "$out/figures/prior_test"
 }
 
 case "${1:-}" in
     demo) shift; demo "$@" ;;
     stage1) shift; stage1 "$@" ;;
+    stage2) shift; stage2 "$@" ;;
+    all) shift; all "$@" ;;
     -h|--help|help|"") usage ;;
     *) echo "launch.sh: unknown command '$1'" >&2; usage >&2; exit 2 ;;
 esac

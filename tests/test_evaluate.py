@@ -37,7 +37,7 @@ def test_evaluate_writes_consistent_csv_summary_and_figures(trained_run: Path, t
     assert summary["ssim_mean"] == pytest.approx(ssim.mean())
     assert summary["ssim_median"] == pytest.approx(np.median(ssim))
     assert summary["ssim_min"] == pytest.approx(ssim.min())
-    assert summary["grid"] == [64, 64] and summary["num_codes"] == 32
+    assert summary["grid"] == [32, 32] and summary["num_codes"] == 32
     assert 1 <= summary["codes_used"] <= 32 and 1.0 <= summary["codebook_perplexity"] <= summary["codes_used"]
     assert json.loads((out / "summary.json").read_text()) == summary
     for name in ("reconstructions.png", "code_maps.png", "codebook_usage.png", "loss_curves.png"):

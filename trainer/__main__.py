@@ -96,6 +96,26 @@ def main(argv: list[str] | None = None) -> int:
     sample.add_argument("--wandb", action="store_true", help="also log the figure to wandb (offline without a key)")
     sample.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    judge = commands.add_parser(
+        "evaluate-prior", help="test bits per code and accuracy, and how real generated brains are",
+        description="Bits per code and top-1 accuracy of the prior on a split's code grids; then sample --n brains "
+                    "and compare them with that split's real slices: nearest-training-slice SSIM (memorisation), "
+                    "mean pairwise MS-SSIM (diversity), Frechet distance in the VQ-VAE encoder's feature space, and "
+                    "code histograms. Prints and writes summary.json, figures and the samples.")
+    judge.add_argument("--checkpoint", type=Path, required=True, help="prior checkpoint folder or run folder")
+    judge.add_argument("--out", type=Path, required=True, help="folder for summary.json, figures and samples")
+    judge.add_argument("--split", default="test", choices=["validate", "test"], help="real split (default: %(default)s)")
+    judge.add_argument("--n", type=int, default=64, help="brains to generate (default: %(default)s)")
+    judge.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    judge.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: %(default)s)")
+    judge.add_argument("--top-k", type=int, default=0, help="sampling top-k, 0 = all codes (default: %(default)s)")
+    judge.add_argument("--max-pairs", type=int, default=500,
+                       help="image pairs per set for the MS-SSIM diversity (default: %(default)s)")
+    judge.add_argument("--batch-size", type=int, default=32, help="batch size for every pass (default: %(default)s)")
+    judge.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    judge.add_argument("--wandb", action="store_true", help="also log the summary and figures to wandb")
+    judge.add_argument("--quiet", action="store_true", help="no progress bar")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "vqvae":
@@ -116,6 +136,15 @@ def main(argv: list[str] | None = None) -> int:
                                    device=args.device, naive=args.naive, vqvae_checkpoint=args.vqvae,
                                    log_wandb=args.wandb, show_progress=not args.quiet)
             print(f"{summary['n']} brains in {summary['seconds']:.1f} s -> {args.out} (figure: {summary['figure']})")
+        elif args.command == "evaluate-prior":
+            from trainer.evaluate_prior import evaluate_generation
+
+            summary = evaluate_generation(args.checkpoint, args.out, n=args.n, seed=args.seed, split=args.split,
+                                          batch_size=args.batch_size, device=args.device,
+                                          temperature=args.temperature, top_k=args.top_k, max_pairs=args.max_pairs,
+                                          log_wandb=args.wandb,
+                                          show_progress=not args.quiet)
+            print(json.dumps(summary, indent=1))
         elif args.command == "encode":
             from trainer.codes import encode_splits
 

@@ -101,17 +101,18 @@ def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None,
         history = [json.loads(line) for line in metrics_file.read_text().splitlines()]
         figures.loss_curves(history, out / "loss_curves.png")
     if log_wandb:
-        log_to_wandb(summary, out, cfg)
+        log_to_wandb(summary, out, cfg.wandb.project, cfg.wandb.mode, f"evaluate-{split}", prefix=split)
     return summary
 
 
-def log_to_wandb(summary: dict, out: Path, cfg: VQVAEConfig) -> None:
+def log_to_wandb(summary: dict, out: Path, project: str, mode: str, name: str, prefix: str) -> None:
+    """One wandb run holding a summary's numbers and every figure in `out`."""
     import wandb
 
     from trainer.training_run import wandb_mode
 
-    run = wandb.init(project=cfg.wandb.project, dir=str(out), name=f"evaluate-{summary['split']}",
-                     job_type="evaluate", mode=wandb_mode(cfg.wandb.mode), config={"checkpoint": summary["checkpoint"]})
+    run = wandb.init(project=project, dir=str(out), name=name, job_type=name.split("-")[0], mode=wandb_mode(mode),
+                     config={"checkpoint": summary.get("checkpoint")})
     run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    run.log({f"{summary['split']}/{path.stem}": wandb.Image(str(path)) for path in sorted(out.glob("*.png"))})
+    run.log({f"{prefix}/{path.stem}": wandb.Image(str(path)) for path in sorted(out.glob("*.png"))})
     run.finish()

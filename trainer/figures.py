@@ -23,9 +23,11 @@ from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = [
     "code_maps",
+    "code_histograms",
     "codebook_usage",
     "generated_grid",
     "loss_curves",
+    "nearest_neighbours",
     "perplexity",
     "reconstruction_grid",
 ]
@@ -34,7 +36,8 @@ PANEL_INCHES = 2.0
 DPI = 128  # 2 in x 128 dpi = 256 px: a 256x256 slice at about its native resolution
 CODE_CMAP = "nipy_spectral"  # many distinct hues, for code maps
 LOSS_KEYS = {"loss": "total", "recon_loss": "reconstruction", "commitment_loss": "commitment"}
-VAL_KEYS = {"val_ssim": "validation SSIM", "val_psnr": "validation PSNR (dB)"}
+VAL_KEYS = {"val_ssim": "validation SSIM", "val_psnr": "validation PSNR (dB)",
+            "val_bits_per_code": "validation bits per code", "val_accuracy": "validation top-1 accuracy"}
 
 
 @contextmanager
@@ -113,14 +116,45 @@ def code_maps(images: np.ndarray, indices: np.ndarray, keys: list[str], path: Pa
 
 
 def generated_grid(indices: np.ndarray, images: np.ndarray, path: Path, num_codes: int,
-                   columns: int = 8) -> Path:
+                   columns: int = 8, titles: list[str] | None = None) -> Path:
     """Prior samples: code grids (N, h, w) above the slices (N, H, W) the decoder makes of them."""
     path = Path(path)
+    titles = titles or [None] * len(indices)
     with _figure(path) as fig:
         pairs = _pair_axes(fig, len(indices), columns)
-        for (top, bottom), grid, image in zip(pairs, indices, images, strict=True):
+        for (top, bottom), grid, image, title in zip(pairs, indices, images, titles, strict=True):
             _code_map(top, grid, num_codes)
+            top.set_title(title or "", fontsize=7)
             _image(bottom, image)
+    return path
+
+
+def nearest_neighbours(generated: np.ndarray, nearest: np.ndarray, ssim: np.ndarray, path: Path,
+                       columns: int = 8) -> Path:
+    """Generated slices (N, H, W) above their most similar training slices (SSIM as captions): a
+    memorisation check one can see."""
+    path = Path(path)
+    with _figure(path) as fig:
+        pairs = _pair_axes(fig, len(generated), columns)
+        for (top, bottom), image, match, score in zip(pairs, generated, nearest, ssim, strict=True):
+            _image(top, image, title="generated")
+            _image(bottom, match, caption=f"nearest train, SSIM {float(score):.3f}")
+    return path
+
+
+def code_histograms(real: np.ndarray, generated: np.ndarray, path: Path) -> Path:
+    """Code frequencies (K,) of real and generated code grids, codes ordered by real frequency."""
+    path = Path(path)
+    real, generated = np.asarray(real, np.float64), np.asarray(generated, np.float64)
+    order = np.argsort(-real, kind="stable")
+    with _figure(path, figsize=(7, 3.5)) as fig:
+        ax = fig.subplots()
+        for counts, label in ((real, "real (encoder)"), (generated, "generated (prior)")):
+            ax.plot(np.arange(len(counts)), counts[order] / max(counts.sum(), 1.0), label=label, lw=1)
+        ax.set_yscale("log")
+        ax.set_xlabel("code (most used in real grids first)")
+        ax.set_ylabel("frequency")
+        ax.legend()
     return path
 
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from trainer.checkpoint import load_checkpoint_config, load_weights
 from trainer.config import PriorConfig, build
-from trainer.evaluate import load_vqvae, resolve_checkpoint
+from trainer.evaluate import load_vqvae, log_to_wandb, resolve_checkpoint
 from trainer.figures import generated_grid
 from trainer.pixelcnn import GatedPixelCNN, PriorShape, sample
 from trainer.sampling_rule import check_sampling_options, sampling_randomness
@@ -86,13 +86,14 @@ def write_samples(out: Path, codes: np.ndarray, conditions: np.ndarray | None, i
         Image.fromarray(np.round(image * 255).astype(np.uint8)).save(out / "images" / f"{i:03d}.png")
     np.savez(out / "samples.npz", codes=codes.astype(np.uint16),
              **({"conditions": conditions.astype(np.int16)} if conditions is not None else {}))
-    return generated_grid(codes, images, out / "generated.png", num_codes=num_codes)
+    titles = None if conditions is None else [f"slice {int(c)}" for c in conditions]
+    return generated_grid(codes, images, out / "generated.png", num_codes=num_codes, titles=titles)
 
 
 def run_sampling(checkpoint: Path, out: Path, n: int = 16, seed: int = 0, temperature: float = 1.0, top_k: int = 0,
                  slice_index: int | None = None, batch_size: int = 16, device: str = "cpu", naive: bool = False,
                  vqvae_checkpoint: Path | None = None, log_wandb: bool = False, show_progress: bool = True) -> dict:
-    prior, _, info = load_prior(checkpoint, device)
+    prior, cfg, info = load_prior(checkpoint, device)
     vqvae, _ = load_vqvae(Path(vqvae_checkpoint or info["vqvae_checkpoint"]), device)
     started = time.perf_counter()
     codes, conditions, images = generate(prior, vqvae, n, seed, temperature, top_k, slice_index, batch_size,
@@ -103,11 +104,6 @@ def run_sampling(checkpoint: Path, out: Path, n: int = 16, seed: int = 0, temper
                "sampler": "naive" if naive else "fast", "seconds": seconds, "figure": str(figure)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     if log_wandb:
-        import wandb
-
-        from trainer.training_run import wandb_mode
-
-        with wandb.init(project="brain-vqvae", job_type="sample", dir=str(out), mode=wandb_mode("auto"),
-                        config=summary) as run:
-            run.log({"generated": wandb.Image(str(figure)), "sampling_seconds": seconds})
+        log_to_wandb({**summary, "checkpoint": str(resolve_checkpoint(checkpoint))}, out, cfg.wandb.project,
+                     cfg.wandb.mode, "sample", prefix="sample")
     return summary

@@ -133,17 +133,12 @@ def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = Tr
                 loss, accuracy = prior_loss(logits, codes[index])
                 accelerator.backward(loss / tc.grad_accum)
             window += torch.stack([loss, accuracy]).detach()
-        if tc.grad_clip:
-            accelerator.clip_grad_norm_(prior.parameters(), tc.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer_step(prior, optimizer, scheduler)
         window_steps += 1
         done = step + 1
 
-        if any(is_due(done, every, tc.max_steps) for every in (tc.log_every, tc.eval_every, tc.checkpoint_every)):
-            means = (accelerator.reduce(window, "mean") / (window_steps * tc.grad_accum)).tolist()  # one sync
-            run.check_finite(means, done)
+        if run.reports_at(done):
+            means = run.window_means(window, window_steps, done)
             record = {"step": done, "loss": means[0], "bits_per_code": means[0] / LN2, "accuracy": means[1],
                       "lr": scheduler.get_last_lr()[0],
                       "codes_per_s": window_steps * samples_per_step * shape.height * shape.width

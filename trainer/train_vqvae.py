@@ -10,7 +10,6 @@ ranks take the same number of steps. Host syncs happen once per `log_every` step
 
 from __future__ import annotations
 
-import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -91,17 +90,12 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
                 loss = recon_loss + quantized.loss
                 accelerator.backward(loss / tc.grad_accum)
             window += torch.stack([loss, recon_loss, quantized.commitment_loss, quantized.perplexity]).detach()
-        if tc.grad_clip:
-            accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer_step(model, optimizer, scheduler)
         window_steps += 1
         done = step + 1
 
-        if any(is_due(done, every, tc.max_steps) for every in (tc.log_every, tc.eval_every, tc.checkpoint_every)):
-            means = (accelerator.reduce(window, "mean") / (window_steps * tc.grad_accum)).tolist()  # one sync
-            run.check_finite(means, done)
+        if run.reports_at(done):
+            means = run.window_means(window, window_steps, done)
             seconds = time.perf_counter() - window_start
             record = {"step": done, "loss": means[0], "recon_loss": means[1], "commitment_loss": means[2],
                       "perplexity": means[3], "lr": scheduler.get_last_lr()[0],

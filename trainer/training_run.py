@@ -97,13 +97,29 @@ class TrainingRun:
                 "wandb": {"mode": wandb_mode(self.wandb.mode), "dir": str(self.out), "name": self.out.name}})
         return trained, optimizer, start_step
 
-    def check_finite(self, means: list[float], step: int) -> None:
-        """Stop on NaN/Inf in any logged mean (the loss comes first)."""
+    def optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """Clip gradients (if configured), step, advance the schedule, clear the gradients."""
+        if self.train.grad_clip:
+            self.accelerator.clip_grad_norm_(model.parameters(), self.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    def reports_at(self, step: int) -> bool:
+        """Whether `step` logs, evaluates or checkpoints (the only steps that sync with the host)."""
+        tc = self.train
+        return any(is_due(step, every, tc.max_steps) for every in (tc.log_every, tc.eval_every, tc.checkpoint_every))
+
+    def window_means(self, window: torch.Tensor, window_steps: int, step: int) -> list[float]:
+        """Per-micro-step means of the summed metrics, over all ranks (one host sync); stops the run
+        on NaN/Inf (the loss comes first in `window`)."""
+        means = (self.accelerator.reduce(window, "mean") / (window_steps * self.train.grad_accum)).tolist()
         if not all(map(math.isfinite, means)):
             last = list_checkpoints(self.checkpoints)
             raise TrainingDiverged(
                 f"loss became {means[0]} by step {step}; stopping. Last good checkpoint: "
                 f"{last[-1] if last else 'none'} (lower train.lr, or keep train.grad_clip on)")
+        return means
 
     def log(self, record: dict, images: dict[str, Path] | None = None) -> None:
         """Append a metrics row (main process) and send it, with any figures, to the trackers."""

@@ -1,0 +1,180 @@
+"""Stage 2 end to end on tiny models: encode -> train the prior (resume, wandb) -> sample -> evaluate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO
+from test_train_vqvae import DEMO_CONFIG, tiny
+from trainer.__main__ import main as cli
+from trainer.checkpoint import list_checkpoints, load_weights
+from trainer.codes import encode_splits, load_codes, read_codes_meta
+from trainer.config import PriorConfig, load_config
+from trainer.data import SliceShards, epoch_batches
+from trainer.evaluate import load_vqvae
+from trainer.generation_metrics import code_histogram_comparison
+from trainer.train_prior import code_batches, train_prior
+from wandb_log import history
+
+PRIOR_CONFIG = REPO / "configs" / "prior_demo_cpu.yaml"
+
+
+def tiny_prior(codes: Path, out: Path, *extra: str) -> PriorConfig:
+    """The demo prior config shrunk to seconds on a CPU."""
+    return load_config(PRIOR_CONFIG, [f"codes.dir={codes}", f"out_dir={out}", "codes.batch_size=8", "model.channels=8", "model.layers=2",
+            "model.first_kernel=3", "model.head_channels=16", "train.max_steps=12", "train.warmup_steps=2",
+            "train.log_every=2", "train.eval_every=6", "train.checkpoint_every=6", "wandb.enabled=false",
+            "sample_count=2", *extra], cls=PriorConfig)
+
+
+@pytest.fixture(scope="module")
+def codes(demo_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny VQ-VAE (16x16 grid, K = 32) trained for a few steps, and its codes of the demo splits."""
+    root = tmp_path_factory.mktemp("prior")
+    from trainer.train_vqvae import train_vqvae
+
+    checkpoint, _ = train_vqvae(load_config(DEMO_CONFIG, tiny(demo_shards, root / "vqvae", "model.downsample=16")),
+                                show_progress=False)
+    encode_splits(checkpoint, root / "codes", batch_size=16, show_progress=False)
+    return root / "codes"
+
+
+@pytest.fixture(scope="module")
+def trained_prior(codes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prior_run") / "run"
+    train_prior(tiny_prior(codes, out, "train.max_steps=40", "train.lr=1e-2", "train.eval_every=40",
+                           "train.checkpoint_every=40"), show_progress=False)
+    return out
+
+
+def test_encode_stores_the_encoders_codes_with_keys_and_slices(codes: Path, demo_shards: Path):
+    meta = read_codes_meta(codes)
+    assert meta["splits"] == {"train": 64, "validate": 32, "test": 32}
+    assert (meta["height"], meta["width"], meta["num_codes"], meta["num_slices"]) == (16, 16, 32, 32)
+    model, _ = load_vqvae(Path(meta["vqvae_checkpoint"]))
+    batch = next(epoch_batches(SliceShards(demo_shards, "test"), 32))
+    stored = load_codes(codes, "test")
+    assert list(stored.keys) == batch.keys
+    assert np.array_equal(stored.codes, model.encode(batch.images).numpy())
+    assert list(stored.slices) == [m["slice"] for m in batch.meta]
+    assert list(stored.subjects) == [m["subject"] for m in batch.meta]
+    assert stored.codes.dtype == np.uint16
+
+
+def test_encode_resumes_and_redoes_for_another_checkpoint(codes: Path, tmp_path: Path):
+    meta = read_codes_meta(codes)
+    out = tmp_path / "codes"
+    shutil.copytree(codes, out)
+    (out / "test.npz").unlink()  # as if interrupted before the last split
+    meta["splits"].pop("test")
+    (out / "codes.json").write_text(json.dumps(meta))
+    before = (out / "train.npz").stat().st_mtime_ns
+    encode_splits(Path(meta["vqvae_checkpoint"]), out, show_progress=False)
+    assert (out / "train.npz").stat().st_mtime_ns == before  # kept
+    assert np.array_equal(load_codes(out, "test").codes, load_codes(codes, "test").codes)  # redone
+    meta["checkpoint_sha256"] = "another model"
+    (out / "codes.json").write_text(json.dumps(meta))
+    encode_splits(Path(meta["vqvae_checkpoint"]), out, show_progress=False)
+    assert (out / "train.npz").stat().st_mtime_ns != before  # another model's codes are never reused
+
+
+def test_code_batches_cover_each_epoch_once_across_ranks_and_resume_exactly():
+    ranks = [code_batches(50, 4, rank, 2, seed=3) for rank in range(2)]
+    epoch = torch.cat([next(r) for _ in range(6) for r in ranks])  # 50 // 2 // 4 = 6 batches per rank
+    assert len(epoch) == 48 and len(set(epoch.tolist())) == 48
+    straight = code_batches(50, 4, 1, 2, seed=3)
+    seen = [next(straight) for _ in range(15)]
+    resumed = code_batches(50, 4, 1, 2, seed=3, start_batch=9)
+    assert all(torch.equal(seen[9 + i], next(resumed)) for i in range(6))
+    with pytest.raises(ValueError, match="cannot fill one batch"):
+        next(code_batches(7, 4, 0, 2, seed=0))
+
+
+def test_prior_learns_and_logs(trained_prior: Path):
+    rows = [json.loads(r) for r in (trained_prior / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["bits_per_code"] < rows[0]["bits_per_code"] - 1.0
+    assert rows[0]["bits_per_code"] == pytest.approx(5.0, abs=0.5)  # starts near log2(32): uniform
+    assert rows[-1]["val_bits_per_code"] < 5.0 and 0 < rows[-1]["val_accuracy"] <= 1
+    info = json.loads((list_checkpoints(trained_prior / "checkpoints")[-1] / "prior.json").read_text())
+    assert (info["height"], info["width"], info["num_codes"], info["num_conditions"]) == (16, 16, 32, 32)
+    assert (trained_prior / "figures" / "samples_latest.png").is_file()
+
+
+def test_resumed_prior_run_ends_with_identical_weights(codes: Path, tmp_path: Path):
+    straight = tmp_path / "straight"
+    train_prior(tiny_prior(codes, straight), show_progress=False)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_0000012")   # as if stopped after step 6
+    train_prior(tiny_prior(codes, resumed), resume=True, show_progress=False)
+    a = load_weights(straight / "checkpoints" / "step_0000012")
+    b = load_weights(resumed / "checkpoints" / "step_0000012")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [json.loads(r)["step"] for r in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert rows == list(range(2, 13, 2))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_prior(tiny_prior(codes, straight), show_progress=False)
+
+
+def test_prior_wandb_offline_run_holds_metrics_and_sample_grids(codes: Path, tmp_path: Path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "run"
+    train_prior(tiny_prior(codes, out, "wandb.enabled=true", "sample_every=6"),
+                show_progress=False)
+    rows = history(out)
+    logged = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["_step"] for r in rows] == [r["step"] for r in logged]
+    assert all(r["bits_per_code"] == pytest.approx(e["bits_per_code"]) for r, e in zip(rows, logged))
+    assert [r["_step"] for r in rows if "samples/_type" in r] == [6, 12]
+    assert [r["_step"] for r in rows if "val_accuracy" in r] == [6, 12]
+
+
+def test_sample_cli_writes_reproducible_brains(trained_prior: Path, tmp_path: Path):
+    # a hot temperature, since a prior this briefly trained puts most of its mass on the background code
+    args = ["sample", "--checkpoint", str(trained_prior), "--n", "3", "--seed", "5", "--temperature", "3", "--quiet"]
+    assert cli([*args, "--out", str(tmp_path / "a"), "--slice", "7"]) == 0
+    assert cli([*args, "--out", str(tmp_path / "b"), "--slice", "7", "--naive"]) == 0
+    assert cli([*args, "--out", str(tmp_path / "c"), "--slice", "20"]) == 0
+    a, b, c = (np.load(tmp_path / name / "samples.npz") for name in "abc")
+    assert a["codes"].shape == (3, 16, 16) and a["codes"].max() < 32 and len(np.unique(a["codes"])) > 3
+    assert np.array_equal(a["codes"], b["codes"])           # the naive sampler draws the same brains
+    assert not np.array_equal(a["codes"], c["codes"])       # the slice position matters
+    assert list(a["conditions"]) == [7, 7, 7]
+    code_map = np.asarray(Image.open(tmp_path / "a" / "codes" / "001.png"))
+    assert np.array_equal(code_map // (65535 // 31), a["codes"][1])
+    image = np.asarray(Image.open(tmp_path / "a" / "images" / "002.png"))
+    assert image.shape == (256, 256) and image.dtype == np.uint8
+    assert (tmp_path / "a" / "generated.png").is_file()
+
+
+@pytest.mark.parametrize("option,message", [(["--temperature", "0"], "temperature"), (["--top-k", "33"], "top_k"),
+                                            (["--slice", "32"], "slice"), (["--n", "0"], "n must be")])
+def test_sample_cli_refuses_bad_options(trained_prior: Path, tmp_path: Path, capsys, option, message):
+    assert cli(["sample", "--checkpoint", str(trained_prior), "--out", str(tmp_path), "--quiet", *option]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_prior_reports_every_metric(trained_prior: Path, codes: Path, tmp_path: Path, capsys):
+    out = tmp_path / "eval"
+    assert cli(["evaluate-prior", "--checkpoint", str(trained_prior), "--out", str(out), "--n", "6", "--max-pairs", "40", "--temperature", "3",
+                "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary == json.loads(capsys.readouterr().out)
+    assert 0 < summary["test_bits_per_code"] < 5.0 and 0 < summary["test_accuracy"] <= 1
+    for key in ("nearest_train_ssim_generated", "nearest_train_ssim_real", "ms_ssim_generated", "ms_ssim_real"):
+        assert 0 < summary[key] <= 1, key
+    assert summary["frechet_reconstructed_vs_test"] >= 0 and summary["frechet_generated_vs_test"] >= 0
+    generated = np.load(out / "samples" / "samples.npz")["codes"]   # the brains the metrics were computed on
+    expected = code_histogram_comparison(load_codes(codes, "test").codes, generated, 32)
+    assert summary["code_total_variation"] == pytest.approx(expected["total_variation"])
+    assert summary["codes_used_generated"] == expected["codes_used_b"] > 1
+    for name in ("nearest_train.png", "code_histograms.png", "samples/generated.png"):
+        assert (out / name).is_file(), name

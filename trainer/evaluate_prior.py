@@ -1,0 +1,109 @@
+"""How good the prior is, in one command: likelihood on held-out codes and the realism of its brains.
+
+    python -m trainer evaluate-prior --checkpoint runs/prior_oasis32 --out runs/prior_oasis32/eval_test
+
+1. Test bits per code and top-1 accuracy (teacher forcing on the test split's code grids).
+2. Generated brains (`--n` of them, fast sampler, seed `--seed`) against real test slices, with no
+   downloaded weights (trainer/generation_metrics.py says why each is meaningful):
+   a. memorisation: SSIM of each image to its nearest training slice, generated vs real test;
+   b. diversity: mean pairwise MS-SSIM, generated vs real test;
+   c. Fréchet distance in the frozen VQ-VAE encoder's feature space. The decoder cannot make every
+      detail of a real scan, so two references bound it: the test slices' own reconstructions (the
+      floor a perfect prior would reach) and a disjoint set of real training slices;
+   d. the histogram of codes in generated grids vs the encoder's grids of the test slices.
+Everything goes to summary.json (printed too), with figures beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+
+from trainer import figures
+from trainer.codes import load_codes
+from trainer.data import SliceShards, epoch_batches
+from trainer.evaluate import load_vqvae, log_to_wandb, resolve_checkpoint
+from trainer.generation_metrics import (code_histogram_comparison, encoder_features, frechet_distance,
+                                        mean_pairwise_ms_ssim, nearest_ssim)
+from trainer.sample import generate, load_prior, write_samples
+from trainer.train_prior import evaluate_prior, load_split
+
+
+def load_images(shards: str, split: str, limit: int = 0, seed: int = 0) -> torch.Tensor:
+    """A split's slices as uint8 (N, 1, 256, 256), or `limit` of them chosen with a seed (0: all)."""
+    images = torch.cat([batch.images.mul(255).round().to(torch.uint8)
+                        for batch in epoch_batches(SliceShards(shards, split), 256)])
+    if limit and limit < len(images):
+        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:limit]]
+    return images
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float() / 255.0
+
+
+def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0, split: str = "test",
+                        batch_size: int = 32, device: str = "cpu", temperature: float = 1.0, top_k: int = 0,
+                        max_pairs: int = 500, log_wandb: bool = False, show_progress: bool = True) -> dict:
+    prior, cfg, info = load_prior(checkpoint, device)
+    vqvae, vq_cfg = load_vqvae(Path(info["vqvae_checkpoint"]), device)
+    summary: dict = {"checkpoint": str(resolve_checkpoint(checkpoint)), "split": split, "generated": n,
+                     "seed": seed, "temperature": temperature, "top_k": top_k}
+
+    codes, conditions = load_split(info["codes_dir"], split, prior.shape)
+    accelerator = Accelerator(cpu=device == "cpu")
+    summary.update({f"{split}_{k}": v for k, v in evaluate_prior(prior, codes, conditions, batch_size,
+                                                                   accelerator).items()})
+
+    started = time.perf_counter()
+    generated_codes, generated_conditions, generated = generate(prior, vqvae, n, seed, temperature, top_k,
+                                                                batch_size=batch_size, show_progress=show_progress)
+    summary["sampling_seconds"] = time.perf_counter() - started
+    write_samples(out / "samples", generated_codes, generated_conditions, generated, prior.shape.num_codes)
+    generated = torch.from_numpy(generated)[:, None]
+
+    shards = vq_cfg.data.shards
+    real = as_float(load_images(shards, split))
+    train = load_images(shards, "train")
+    with torch.no_grad():
+        reconstructions = torch.cat([vqvae(real[i: i + batch_size].to(device))[0].clamp(0, 1).cpu()
+                                     for i in range(0, len(real), batch_size)])
+
+    # (a) memorisation
+    gen_ssim, gen_nearest = nearest_ssim(generated, as_float(train))
+    real_ssim, _ = nearest_ssim(real, as_float(train))
+    summary.update({"nearest_train_ssim_generated": float(gen_ssim.mean()),
+                    "nearest_train_ssim_generated_max": float(gen_ssim.max()),
+                    "nearest_train_ssim_real": float(real_ssim.mean()),
+                    "nearest_train_ssim_real_max": float(real_ssim.max())})
+    # (b) diversity
+    summary.update({"ms_ssim_generated": mean_pairwise_ms_ssim(generated, max_pairs, seed),
+                    "ms_ssim_real": mean_pairwise_ms_ssim(real, max_pairs, seed)})
+    # (c) Fréchet distance in the encoder's feature space
+    real_features = encoder_features(vqvae, real)
+    references = {"generated": generated, "reconstructed": reconstructions,
+                  "train": as_float(train[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+                                          [:len(real)]])}
+    for name, images in references.items():
+        summary[f"frechet_{name}_vs_{split}"] = frechet_distance(encoder_features(vqvae, images), real_features)
+    # (d) code histograms
+    histograms = code_histogram_comparison(codes.numpy(), generated_codes, prior.shape.num_codes)
+    summary.update({"codes_used_real": histograms["codes_used_a"], "codes_used_generated": histograms["codes_used_b"],
+                    "code_total_variation": histograms["total_variation"],
+                    "code_jensen_shannon_bits": histograms["jensen_shannon_bits"]})
+
+    out.mkdir(parents=True, exist_ok=True)
+    shown = min(16, n)
+    figures.nearest_neighbours(generated[:shown, 0].numpy(), as_float(train[gen_nearest[:shown]])[:, 0].numpy(),
+                               gen_ssim[:shown], out / "nearest_train.png")
+    figures.code_histograms(np.asarray(histograms["counts_a"]), np.asarray(histograms["counts_b"]),
+                            out / "code_histograms.png")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if log_wandb:
+        log_to_wandb(summary, out, cfg.wandb.project, cfg.wandb.mode, f"evaluate-prior-{split}", prefix=split)
+    return summary
