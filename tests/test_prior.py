@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO
+from test_loader import free_port
 from test_train_vqvae import DEMO_CONFIG, tiny
 from trainer.__main__ import main as cli
 from trainer.checkpoint import list_checkpoints, load_weights
@@ -121,6 +125,25 @@ def test_resumed_prior_run_ends_with_identical_weights(codes: Path, tmp_path: Pa
     assert rows == list(range(2, 13, 2))
     with pytest.raises(FileExistsError, match="--resume"):
         train_prior(tiny_prior(codes, straight), show_progress=False)
+
+
+def test_two_processes_train_one_prior(codes: Path, tmp_path: Path):
+    """Under torchrun the ranks form one job: identical weights, one metrics log written by the main process."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), str(REPO / "tests" / "scripts" / "train_ranks.py"), "prior", str(PRIOR_CONFIG),
+               str(tmp_path), f"codes.dir={codes}", f"out_dir={tmp_path / 'run'}", "codes.batch_size=8",
+               "model.channels=8", "model.layers=2", "model.first_kernel=3", "model.head_channels=16",
+               "train.max_steps=8", "train.log_every=4", "train.eval_every=8", "train.checkpoint_every=8",
+               "wandb.enabled=false"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert int(rank0.pop("num_processes")) == int(rank1.pop("num_processes")) == 2
+    assert all(torch.equal(rank0[key], rank1[key]) for key in rank0)
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8]
+    assert rows[-1]["codes_per_s"] > 0 and rows[-1]["val_bits_per_code"] < 5.5
 
 
 def test_prior_wandb_offline_run_holds_metrics_and_sample_grids(codes: Path, tmp_path: Path, monkeypatch):

@@ -74,7 +74,7 @@ def test_two_processes_keep_identical_codebooks_and_learn(demo_shards: Path, tmp
     config = tmp_path / "cfg.yaml"
     config.write_text(DEMO_CONFIG.read_text())
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(REPO / "tests" / "scripts" / "train_ranks.py"), str(config), str(tmp_path),
+               str(free_port()), str(REPO / "tests" / "scripts" / "train_ranks.py"), "vqvae", str(config), str(tmp_path),
                *tiny(demo_shards, tmp_path / "run", "train.max_steps=30", "train.eval_every=30",
                      "train.checkpoint_every=30", "quantizer.dead_code_threshold=100.0")]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

@@ -1,4 +1,7 @@
-"""Run under torchrun: train a tiny VQ-VAE, then save this rank's final state to OUT/rank<N>.pt."""
+"""Run under torchrun: train a tiny model of either stage, then save this rank's final state to OUT/rank<N>.pt.
+
+    train_ranks.py vqvae|prior CONFIG OUT [SECTION.KEY=VALUE ...]
+"""
 
 import os
 import sys
@@ -6,11 +9,13 @@ import sys
 import torch
 from accelerate import PartialState
 
-from trainer.config import load_config
+from trainer.config import PriorConfig, VQVAEConfig, load_config
+from trainer.train_prior import train_prior
 from trainer.train_vqvae import train_vqvae
 
-config, out = sys.argv[1], sys.argv[2]
-_, model = train_vqvae(load_config(config, sys.argv[3:]), show_progress=False)
+stage, config, out = sys.argv[1:4]
+train, cls = {"vqvae": (train_vqvae, VQVAEConfig), "prior": (train_prior, PriorConfig)}[stage]
+_, model = train(load_config(config, sys.argv[4:], cls=cls), show_progress=False)
 state = {k: v.cpu() for k, v in model.state_dict().items()}
 state["num_processes"] = torch.tensor(PartialState().num_processes)  # proves the ranks formed one job
 torch.save(state, f"{out}/rank{os.environ['RANK']}.pt")
