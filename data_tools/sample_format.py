@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from webdataset.tariterators import tarfile_samples
 
 from data_tools.layout import DataError
 
@@ -34,12 +34,23 @@ def iter_shard(path: str | Path) -> Iterator[dict]:
     """Raw samples of one shard, in file order: {"__key__", "png", "json"[, "seg.png"]} as bytes.
 
     Members with any other extension are skipped unread, so a foreign tar cannot smuggle in
-    something that a later stage would decode.
+    something that a later stage would decode. The grouping is WebDataset's (consecutive members
+    sharing a key), read with the standard library so that the CPU runtime, which reads shards
+    too, needs neither webdataset nor the torch it imports.
     """
-    def ours(name: str) -> bool:
-        return name.split("/")[-1].partition(".")[2] in ENTRIES
-
-    yield from tarfile_samples([{"url": str(path)}], select_files=ours)
+    sample: dict = {}
+    with tarfile.open(path) as tar:
+        for member in tar:
+            key, _, entry = member.name.rpartition("/")[2].partition(".")
+            if not member.isfile() or entry not in ENTRIES:
+                continue
+            if sample and sample["__key__"] != key:
+                yield sample
+                sample = {}
+            sample.setdefault("__key__", key)
+            sample[entry] = tar.extractfile(member).read()
+    if sample:
+        yield sample
 
 
 def decode_gray_png(data: bytes) -> np.ndarray:

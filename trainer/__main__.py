@@ -12,6 +12,7 @@ from pathlib import Path
 
 from data_tools.layout import DataError
 from trainer.config import ConfigError, load_config
+from trainer.sampling_rule import add_sampling_arguments
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,24 +78,13 @@ def main(argv: list[str] | None = None) -> int:
                     "prior was trained on, and write code maps, images, samples.npz and a side-by-side figure.")
     sample.add_argument("--checkpoint", type=Path, required=True, help="prior checkpoint folder or run folder")
     sample.add_argument("--out", type=Path, required=True, help="output folder")
-    sample.add_argument("--n", type=int, default=16, help="number of brains (default: %(default)s)")
-    sample.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same brains "
-                                                            "(default: %(default)s)")
-    sample.add_argument("--temperature", type=float, default=1.0,
-                        help="divide the logits by this; < 1 is more conservative (default: %(default)s)")
-    sample.add_argument("--top-k", type=int, default=0,
-                        help="sample only among the k most likely codes per cell; 0 = all (default: %(default)s)")
-    sample.add_argument("--slice", type=int, default=None,
-                        help="slice position to generate (0..31 on OASIS) if the prior is conditional; "
-                             "default: a random position per sample")
-    sample.add_argument("--batch-size", type=int, default=16, help="grids sampled together (default: %(default)s)")
+    add_sampling_arguments(sample)
     sample.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     sample.add_argument("--naive", action="store_true",
                         help="run the whole network for every cell (slow reference; gives the same samples)")
     sample.add_argument("--vqvae", type=Path, default=None,
                         help="VQ-VAE checkpoint to decode with (default: the one recorded in the prior)")
     sample.add_argument("--wandb", action="store_true", help="also log the figure to wandb (offline without a key)")
-    sample.add_argument("--quiet", action="store_true", help="no progress bar")
 
     judge = commands.add_parser(
         "evaluate-prior", help="test bits per code and accuracy, and how real generated brains are",

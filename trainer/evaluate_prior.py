@@ -30,7 +30,8 @@ from trainer.data import SliceShards, epoch_batches
 from trainer.evaluate import load_vqvae, log_to_wandb, resolve_checkpoint
 from trainer.generation_metrics import (code_histogram_comparison, encoder_features, frechet_distance,
                                         mean_pairwise_ms_ssim, nearest_ssim)
-from trainer.sample import generate, load_prior, write_samples
+from trainer.sample import generate, load_prior
+from trainer.sample_files import write_samples
 from trainer.train_prior import evaluate_prior, load_split
 
 

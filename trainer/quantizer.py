@@ -36,7 +36,7 @@ __all__ = [
 # --------------------------------------------------------------------------- nearest code
 
 
-def _argmin_distance(z: Tensor, codebook: Tensor, code_sq_norms: Tensor) -> Tensor:
+def argmin_distance(z: Tensor, codebook: Tensor, code_sq_norms: Tensor) -> Tensor:
     """argmin_k ||z - c_k||^2 per row; ||z||^2 is the same for every k, so it is dropped."""
     # addmm computes ||c_k||^2 - 2 z.c_k into one buffer, also when run eagerly.
     return torch.addmm(code_sq_norms, z, codebook.T, alpha=-2.0).argmin(1)
@@ -46,7 +46,7 @@ def _argmin_distance(z: Tensor, codebook: Tensor, code_sq_norms: Tensor) -> Tens
 def _compiled_argmin_distance():
     # dynamic=False: one specialised kernel per (chunk_size, K, D); nearest_code only ever
     # feeds it full chunks, so batch sizes do not trigger recompiles.
-    return torch.compile(_argmin_distance, dynamic=False)
+    return torch.compile(argmin_distance, dynamic=False)
 
 
 _compile_failed = False  # set once compilation has failed; later calls stay eager
@@ -61,7 +61,7 @@ def _argmin_chunk(z: Tensor, codebook: Tensor, code_sq_norms: Tensor, compile: b
         except Exception as err:  # e.g. no C++ compiler; correctness must not depend on it
             _compile_failed = True
             warnings.warn(f"nearest_code: torch.compile failed ({err!r}); running eagerly.")
-    return _argmin_distance(z, codebook, code_sq_norms)
+    return argmin_distance(z, codebook, code_sq_norms)
 
 
 @torch.no_grad()

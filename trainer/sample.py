@@ -16,14 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from tqdm import tqdm
 
 from trainer.checkpoint import load_checkpoint_config, load_weights
 from trainer.config import PriorConfig, build
 from trainer.evaluate import load_vqvae, log_to_wandb, resolve_checkpoint
-from trainer.figures import generated_grid
 from trainer.pixelcnn import GatedPixelCNN, PriorShape, sample
+from trainer.sample_files import write_samples
 from trainer.sampling_rule import check_sampling_options, sampling_randomness
 from trainer.vqvae import VQVAE
 
@@ -73,21 +72,6 @@ def generate(prior: GatedPixelCNN, vqvae: VQVAE, n: int, seed: int = 0, temperat
             images.append(vqvae.decode(grid)[:, 0].float().cpu())
     return (torch.cat(codes).numpy(), None if conditions is None else conditions.numpy(),
             torch.cat(images).numpy())
-
-
-def write_samples(out: Path, codes: np.ndarray, conditions: np.ndarray | None, images: np.ndarray,
-                  num_codes: int) -> Path:
-    """PNG code maps and images, samples.npz and the side-by-side figure; returns the figure's path."""
-    (out / "codes").mkdir(parents=True, exist_ok=True)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    scale = 65535 // max(1, num_codes - 1)
-    for i, (grid, image) in enumerate(zip(codes, images)):
-        Image.fromarray((grid.astype(np.uint32) * scale).astype(np.uint16)).save(out / "codes" / f"{i:03d}.png")
-        Image.fromarray(np.round(image * 255).astype(np.uint8)).save(out / "images" / f"{i:03d}.png")
-    np.savez(out / "samples.npz", codes=codes.astype(np.uint16),
-             **({"conditions": conditions.astype(np.int16)} if conditions is not None else {}))
-    titles = None if conditions is None else [f"slice {int(c)}" for c in conditions]
-    return generated_grid(codes, images, out / "generated.png", num_codes=num_codes, titles=titles)
 
 
 def run_sampling(checkpoint: Path, out: Path, n: int = 16, seed: int = 0, temperature: float = 1.0, top_k: int = 0,
