@@ -114,7 +114,8 @@ def test_encoder_and_decoder_match_the_vqvae(exported):
     checkpoint, out = exported[SLICES]
     vqvae, _ = load_vqvae(Path(json.loads((checkpoint / "prior.json").read_text())["vqvae_checkpoint"]))
     models = ExportedModels(out, ("encoder", "decoder"))
-    images = np.concatenate([slices(DEMO_PNGS[:5]), np.random.default_rng(0).random((2, 1, 256, 256), dtype=np.float32)])
+    noise = np.random.default_rng(0).random((2, 1, 256, 256), dtype=np.float32)
+    images = np.concatenate([slices(DEMO_PNGS[:5]), noise])
     codes = models.encode(images)
     assert codes.dtype == np.int64 and codes.shape == (7, GRID, GRID)
     assert (codes == vqvae.encode(torch.from_numpy(images)).numpy()).mean() >= 0.999
@@ -183,8 +184,9 @@ def test_sample_cli_writes_the_files_trainer_sample_writes(exported, tmp_path, n
     for i in range(3):
         assert (tmp_path / "torch" / "codes" / f"{i:03d}.png").read_bytes() == (
             tmp_path / "onnx" / "codes" / f"{i:03d}.png").read_bytes()
-        images = [np.asarray(Image.open(tmp_path / side / "images" / f"{i:03d}.png"), np.int16) for side in ("torch", "onnx")]
-        assert np.abs(images[0] - images[1]).max() <= 1
+        torch_image, onnx_image = (np.asarray(Image.open(tmp_path / side / "images" / f"{i:03d}.png"), np.int16)
+                                   for side in ("torch", "onnx"))
+        assert np.abs(torch_image - onnx_image).max() <= 1
     assert Image.open(tmp_path / "onnx" / "generated.png").size[0] > 100
 
 
@@ -225,8 +227,8 @@ import sys
 from export.__main__ import main
 try:
     main(["sample", "--help"])
-except SystemExit as exit:
-    assert exit.code == 0
+except SystemExit as done:
+    assert done.code == 0
 assert main(["sample", "--model-dir", sys.argv[1], "--out", sys.argv[2] + "/s", "--n", "2", "--quiet"]) == 0
 assert main(["reconstruct", "--model-dir", sys.argv[1], "--out", sys.argv[2] + "/r", sys.argv[3], "--quiet"]) == 0
 assert "torch" not in sys.modules, "the runtime imported torch"
@@ -235,9 +237,9 @@ print("ok")
 
 
 def test_sample_and_reconstruct_never_import_torch(exported, tmp_path):
-    result = subprocess.run([sys.executable, "-c", NO_TORCH, str(exported[SLICES][1]), str(tmp_path), str(DEMO_PNGS[0])],
-                            cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                            timeout=120)
+    command = [sys.executable, "-c", NO_TORCH, str(exported[SLICES][1]), str(tmp_path), str(DEMO_PNGS[0])]
+    result = subprocess.run(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr
     assert (tmp_path / "s" / "generated.png").is_file() and (tmp_path / "r" / "code_maps.png").is_file()
 

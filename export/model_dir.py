@@ -1,0 +1,65 @@
+"""The exported model folder: what `python -m export onnx` writes and the onnxruntime side reads.
+
+    DIR/
+        encoder.onnx     images (B, 1, S, S) float32 in [0, 1] -> codes (B, H, W) int64
+        decoder.onnx     codes (B, H, W) int64 -> images (B, 1, S, S) float32 in [0, 1]
+        prior_row.onnx   band (B, rows, W) int64 [, condition (B,) int64] -> context (B, layers, 2C, W)
+        prior_cell.onnx  row (B, n) int64, context (B, layers, 2C, n) [, condition] -> logits (B, K)
+        model.json       grid, K, receptive field, opset, sha256 of every file and of the source
+                         weights, input and output names: the runtime hard-codes none of them
+
+Torch-free, so that the runtime can check a folder without the training stack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+MODEL_JSON = "model.json"
+FORMAT_VERSION = 1
+DEFAULT_OPSET = 20
+PARTS = ("encoder", "decoder", "prior_row", "prior_cell")
+KEYS = ("format_version", "image_size", "height", "width", "num_codes", "code_dim", "num_conditions",
+        "context_rows", "context_columns", "layers", "channels", "opset", "source", "models")
+PART_KEYS = ("file", "sha256", "inputs", "outputs")
+
+
+class ModelDirError(ValueError):
+    """An export folder is missing or inconsistent; the message names the file and the problem."""
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def read_model_json(directory: Path) -> dict:
+    """model.json of an export folder, after checking that it has every key and that every
+    .onnx file it lists is there with the recorded sha256 (files of two exports never mix)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ModelDirError(f"{directory}: no such folder; export one with `python -m export onnx`")
+    path = directory / MODEL_JSON
+    if not path.is_file():
+        raise ModelDirError(f"{path}: missing; is {directory} a folder written by `python -m export onnx`?")
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ModelDirError(f"{path}: not valid JSON ({err})") from None
+    version = info.get("format_version") if isinstance(info, dict) else None
+    if version != FORMAT_VERSION:
+        raise ModelDirError(f"{path}: format_version {version} is not {FORMAT_VERSION}; re-export the model")
+    missing = [key for key in KEYS if key not in info]
+    if missing:
+        raise ModelDirError(f"{path}: missing keys {', '.join(missing)}")
+    for part in PARTS:
+        spec = info["models"].get(part)
+        if not isinstance(spec, dict) or any(key not in spec for key in PART_KEYS):
+            raise ModelDirError(f"{path}: models.{part} must have {', '.join(PART_KEYS)}")
+        onnx_file = directory / spec["file"]
+        if not onnx_file.is_file():
+            raise ModelDirError(f"{onnx_file}: missing (listed in {path})")
+        if sha256(onnx_file) != spec["sha256"]:
+            raise ModelDirError(f"{onnx_file}: sha256 differs from {path}; the files come from different exports")
+    return info

@@ -1,0 +1,171 @@
+"""Torch -> ONNX: the VQ-VAE as an encoder and a decoder, the prior as the two halves of its exact sampler.
+
+    python -m export onnx --checkpoint runs/prior_oasis32_cpu --out runs/prior_oasis32_cpu/onnx
+
+The prior is exported as `prior_row` (GatedPixelCNN.row_context) and `prior_cell` (cell_logits), not
+as the whole network run once per cell, nor as a network that caches activations between cells:
+  * bounded windows: a cell's logits depend only on `context_rows` rows above it and
+    `context_columns` cells to its left (trainer/pixelcnn.py), so both models take windows that
+    cover exactly that receptive field, and the cost per cell is independent of the grid size;
+  * the sampler's only state is the code grid: nothing to carry between calls, so the onnxruntime
+    loop (export/runtime.py) is the same few lines as trainer.pixelcnn.sample;
+  * exact: the logits are the full forward pass's up to float rounding, unlike caching schemes
+    that approximate the edges or must rebuild the zero padding by hand.
+The full forward pass is not exported: the sampler never runs it, and the tests check the two
+halves against it in torch.
+
+Uses the current exporter (torch.export, `dynamo=True`); every axis that can vary is dynamic.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import torch
+from torch import Tensor, nn
+from torch.export import Dim
+
+from export.model_dir import DEFAULT_OPSET, FORMAT_VERSION, MODEL_JSON, sha256
+from trainer.codes import file_sha256
+from trainer.evaluate import load_vqvae, resolve_checkpoint
+from trainer.pixelcnn import GatedPixelCNN
+from trainer.quantizer import argmin_distance
+from trainer.sample import load_prior
+from trainer.vqvae import VQVAE
+
+IMAGE_SIZE = 256
+
+
+class Encoder(nn.Module):
+    """Images -> code indices: the VQ-VAE's encoder, then the quantizer's distance + argmin run
+    eagerly on all cells at once (its chunked, compiled training kernel does not export)."""
+
+    def __init__(self, vqvae: VQVAE):
+        super().__init__()
+        self.encoder, self.quantizer = vqvae.encoder, vqvae.quantizer
+
+    def forward(self, images: Tensor) -> Tensor:
+        z = self.encoder(images).permute(0, 2, 3, 1)                    # (B, H, W, D)
+        codebook = self.quantizer.codebook
+        flat = argmin_distance(z.reshape(-1, z.shape[-1]), codebook, (codebook * codebook).sum(1))
+        return flat.reshape(z.shape[:3])
+
+
+class Decoder(nn.Module):
+    def __init__(self, vqvae: VQVAE):
+        super().__init__()
+        self.vqvae = vqvae
+
+    def forward(self, codes: Tensor) -> Tensor:
+        return self.vqvae.decode(codes)
+
+
+class PriorRow(nn.Module):
+    def __init__(self, prior: GatedPixelCNN):
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, band: Tensor, condition: Tensor | None = None) -> Tensor:
+        return self.prior.row_context(band, condition)
+
+
+class PriorCell(nn.Module):
+    def __init__(self, prior: GatedPixelCNN):
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, row: Tensor, context: Tensor, condition: Tensor | None = None) -> Tensor:
+        return self.prior.cell_logits(row, context, condition)
+
+
+def export_part(module: nn.Module, inputs: dict[str, Tensor], dynamic: dict[str, dict[int, Dim]],
+                output: str, path: Path, opset: int) -> dict:
+    """Export one model with named, dynamic axes and check it; returns its model.json entry."""
+    program = torch.onnx.export(module.eval(), tuple(inputs.values()), dynamo=True, opset_version=opset,
+                                dynamic_shapes=tuple(dynamic[name] for name in inputs),
+                                input_names=list(inputs), output_names=[output], verbose=False)
+    program.save(path, external_data=False)
+    onnx.checker.check_model(str(path), full_check=True)
+    return {"file": path.name, "sha256": sha256(path), "inputs": list(inputs), "outputs": [output]}
+
+
+@torch.no_grad()
+def export_models(prior: GatedPixelCNN, vqvae: VQVAE, out: Path, opset: int = DEFAULT_OPSET,
+                  source: dict | None = None) -> dict:
+    """Write the four models and model.json into the folder `out`; returns model.json's contents.
+    `source` records where the weights came from (checkpoints and their sha256)."""
+    shape, height, width = prior.shape, prior.shape.height, prior.shape.width
+    batch = Dim("batch")
+    rows = Dim("rows", min=1, max=prior.context_rows + 1)
+    columns = Dim("n", min=1, max=prior.context_columns + 1)
+    # Example inputs: batch 2 and windows of 2 (torch.export specialises sizes 0 and 1).
+    condition = {"condition": torch.zeros(2, dtype=torch.long)} if shape.num_conditions else {}
+    band = torch.zeros(2, 2, width, dtype=torch.long)
+    context = prior.row_context(band, condition.get("condition"))[..., :2]
+    images = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    codes = torch.zeros(2, height, width, dtype=torch.long)
+    models = {
+        "encoder": export_part(Encoder(vqvae), {"images": images}, {"images": {0: batch}},
+                               "codes", out / "encoder.onnx", opset),
+        "decoder": export_part(Decoder(vqvae), {"codes": codes}, {"codes": {0: batch}},
+                               "images", out / "decoder.onnx", opset),
+        "prior_row": export_part(PriorRow(prior), {"band": band, **condition},
+                                 {"band": {0: batch, 1: rows}, "condition": {0: batch}},
+                                 "context", out / "prior_row.onnx", opset),
+        "prior_cell": export_part(PriorCell(prior), {"row": band[:, 0, :2], "context": context, **condition},
+                                  {"row": {0: batch, 1: columns}, "context": {0: batch, 3: columns},
+                                   "condition": {0: batch}},
+                                  "logits", out / "prior_cell.onnx", opset),
+    }
+    written = onnx.load(str(out / "prior_cell.onnx")).opset_import   # the opset the exporter settled on
+    info = {
+        "format_version": FORMAT_VERSION, "image_size": IMAGE_SIZE, "height": height, "width": width,
+        "num_codes": shape.num_codes, "code_dim": vqvae.quantizer.code_dim, "num_conditions": shape.num_conditions,
+        "context_rows": prior.context_rows, "context_columns": prior.context_columns,
+        "layers": len(prior.layers), "channels": prior.embed.embedding_dim,
+        "opset": next(o.version for o in written if o.domain in ("", "ai.onnx")),
+        "source": source or {}, "models": models,
+    }
+    (out / MODEL_JSON).write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def check_pair(info: dict, vqvae: VQVAE, vqvae_path: Path, vqvae_sha256: str) -> None:
+    """The VQ-VAE must be the one whose codes the prior models: same K, same grid, same weights."""
+    grid = IMAGE_SIZE // vqvae.downsample
+    if (info["height"], info["width"]) != (grid, grid) or info["num_codes"] != vqvae.quantizer.num_codes:
+        raise ValueError(f"{vqvae_path}: makes {grid}x{grid} grids of {vqvae.quantizer.num_codes} codes, but the "
+                         f"prior models {info['height']}x{info['width']} grids of {info['num_codes']} codes")
+    if info.get("vqvae_sha256") not in (None, vqvae_sha256):
+        raise ValueError(f"{vqvae_path}: its weights (sha256 {vqvae_sha256[:12]}...) are not the ones the prior was "
+                         f"trained on ({info['vqvae_sha256'][:12]}..., prior.json); pass the right --vqvae")
+
+
+def export_checkpoint(checkpoint: Path, out: Path, vqvae_checkpoint: Path | None = None,
+                      opset: int = DEFAULT_OPSET, force: bool = False) -> dict:
+    """Export a prior checkpoint (or a run folder's newest) and its VQ-VAE into the folder `out`,
+    written as a hidden temporary folder and renamed when complete; returns model.json's contents."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out}: already exists; pass --force to replace it")
+    checkpoint = resolve_checkpoint(Path(checkpoint))
+    prior, _, info = load_prior(checkpoint)
+    vqvae_path = resolve_checkpoint(Path(vqvae_checkpoint or info["vqvae_checkpoint"]))
+    vqvae, _ = load_vqvae(vqvae_path)
+    vqvae_sha256 = file_sha256(vqvae_path / "model.safetensors")
+    check_pair(info, vqvae, vqvae_path, vqvae_sha256)
+    source = {"prior_checkpoint": str(checkpoint), "prior_sha256": file_sha256(checkpoint / "model.safetensors"),
+              "vqvae_checkpoint": str(vqvae_path), "vqvae_sha256": vqvae_sha256}
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model_info = export_models(prior, vqvae, tmp, opset, source)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return model_info

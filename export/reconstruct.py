@@ -1,0 +1,126 @@
+"""Reconstruct slices with onnxruntime only: encode them to code grids, decode those, write both.
+
+    python -m export reconstruct --model-dir DIR --out OUT case_001_slice_0.nii.png more_slices/
+    python -m export reconstruct --model-dir DIR --out OUT --shards data/oasis_shards --split test
+
+writes `reconstructions/NAME.png` (8-bit), `codes/NAME.png` (code maps scaled to 16 bits, as
+`sample` writes them), `codes.npz` (codes uint16 (N, H, W) and names), `code_maps.png` (the first
+inputs above their code maps) and `summary.json` (count, mean MSE and PSNR, seconds, images/s).
+Inputs must be 8-bit grayscale PNGs of the model's image size: anything else is refused with its
+name, never converted. Shards are read with data_tools' reader, which needs no torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from data_tools.sample_format import iter_shard, read_manifest
+from export.runtime import ExportedModels
+from trainer.figures import code_maps
+from trainer.sample_files import save_code_map, save_image
+
+FIGURE_COUNT = 8
+
+
+def read_slice(source: Path | bytes, name: str, size: int) -> np.ndarray:
+    """(size, size) uint8 pixels of an 8-bit grayscale image; anything else is an error naming it."""
+    try:
+        with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as img:
+            if img.mode != "L":
+                raise ValueError(f"{name}: expected an 8-bit grayscale PNG, got mode {img.mode}")
+            if img.size != (size, size):
+                raise ValueError(f"{name}: expected {size}x{size} pixels, got {img.size[0]}x{img.size[1]}")
+            return np.asarray(img, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ValueError(f"{name}: not an image") from None
+
+
+def png_files(paths: list[Path]) -> list[Path]:
+    """The PNG files named, and those directly inside the folders named, in order; names must be unique."""
+    files = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.glob("*.png"))
+            if not found:
+                raise FileNotFoundError(f"{path}: no .png files in this folder")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    names = [f.name for f in files]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"two inputs share the name {repeated[0]}; their outputs would overwrite each other")
+    return files
+
+
+def shard_slices(shards: Path, split: str, size: int) -> tuple[Iterator[tuple[str, np.ndarray]], int]:
+    """(key.png, pixels) of every image of a split, in shard order, and the split's sample count."""
+    splits = read_manifest(shards)["splits"]
+    if split not in splits:
+        raise ValueError(f"{shards}: no split '{split}' (has {', '.join(sorted(splits))})")
+
+    def slices() -> Iterator[tuple[str, np.ndarray]]:
+        for shard in splits[split]["shards"]:
+            for sample in iter_shard(shards / shard["name"]):
+                name = f"{sample['__key__']}.png"
+                yield name, read_slice(sample["png"], f"{shards / shard['name']}:{name}", size)
+    return slices(), splits[split]["num_samples"]
+
+
+def reconstruct(model_dir: Path, out: Path, inputs: list[Path] = (), shards: Path | None = None,
+                split: str = "test", batch_size: int = 32, threads: int = 0, show_progress: bool = True) -> dict:
+    """`python -m export reconstruct`: encode + decode PNG files or a split of shards; returns the summary."""
+    if bool(inputs) == (shards is not None):
+        raise ValueError("give either PNG files/folders or --shards, not both or neither")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    models = ExportedModels(model_dir, ("encoder", "decoder"), threads)
+    size, num_codes = models.info["image_size"], models.info["num_codes"]
+    if shards is not None:
+        slices, total = shard_slices(Path(shards), split, size)
+    else:
+        files = png_files([Path(p) for p in inputs])
+        total = len(files)
+        slices = ((f.name, read_slice(f, str(f), size)) for f in files)
+    out = Path(out)
+    (out / "reconstructions").mkdir(parents=True, exist_ok=True)
+    (out / "codes").mkdir(parents=True, exist_ok=True)
+    names, all_codes, errors, firsts = [], [], [], []
+    started = time.perf_counter()
+    with tqdm(total=total, desc="reconstruct", unit="img", disable=not show_progress) as bar:
+        while batch := list(islice(slices, batch_size)):
+            batch_names, pixels = zip(*batch)
+            images = np.stack(pixels)[:, None].astype(np.float32) / 255
+            codes = models.encode(images)
+            recons = models.decode(codes)
+            for name, grid, recon in zip(batch_names, codes, recons[:, 0]):
+                save_code_map(grid, num_codes, out / "codes" / name)
+                save_image(recon, out / "reconstructions" / name)
+            names += batch_names
+            all_codes.append(codes.astype(np.uint16))
+            errors.append(((recons - images) ** 2).mean(axis=(1, 2, 3)))
+            firsts += list(zip(images[:, 0], codes))[: FIGURE_COUNT - len(firsts)]
+            bar.update(len(batch))
+    seconds = time.perf_counter() - started
+    codes = np.concatenate(all_codes)
+    mse = np.concatenate(errors).astype(np.float64)
+    np.savez(out / "codes.npz", codes=codes, names=np.asarray(names, str))
+    originals, grids = zip(*firsts)
+    figure = code_maps(np.stack(originals), np.stack(grids), names[:FIGURE_COUNT], out / "code_maps.png", num_codes)
+    summary = {"model_dir": str(model_dir), "inputs": [str(p) for p in inputs] if shards is None else None,
+               "shards": None if shards is None else str(shards), "split": None if shards is None else split,
+               "images": len(names), "mse_mean": float(mse.mean()), "psnr_mean": float((-10 * np.log10(mse)).mean()),
+               "seconds": seconds, "images_per_second": len(names) / seconds, "figure": str(figure)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
