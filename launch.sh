@@ -87,11 +87,13 @@ demo() {
     echo "== 5/7 evaluate stage 2: test bits per code, and generated vs real brains"
     python -m trainer evaluate-prior --checkpoint "$out/prior" --out "$out/figures/prior_test" --n 16 \
         --max-pairs 120 --quiet \
-        | python -c "import json,sys; s=json.load(sys.stdin); print(f\"test {s['test_bits_per_code']:.2f} bits per code, top-1 accuracy {s['test_accuracy']:.3f}; Frechet distance to test: generated {s['frechet_generated_vs_test']:.2f}, train slices {s['frechet_train_vs_test']:.2f}, reconstructions {s['frechet_reconstructed_vs_test']:.2f}\")"
+        | python -c "import json,sys; s=json.load(sys.stdin); print(f\"test {s['test_bits_per_code']:.2f} bits per code, top-1 accuracy {s['test_accuracy']:.3f}; Frechet distance to test: generated {s['frechet_generated_vs_test']:.3g}, real train slices {s['frechet_train_vs_test']:.3g}, test reconstructions {s['frechet_reconstructed_vs_test']:.3g}\")"
     echo "== 6/7 export the encoder, decoder and prior to ONNX -> $out/onnx"
     python -m export onnx --checkpoint "$out/prior" --out "$out/onnx" --force
-    echo "== 7/7 sample 16 brains on the CPU with onnxruntime only -> $out/samples"
+    echo "== 7/7 on the CPU with onnxruntime only: sample 16 brains -> $out/samples, reconstruct the test split"
     python -m export sample --model-dir "$out/onnx" --n 16 --seed 0 --out "$out/samples"
+    python -m export reconstruct --model-dir "$out/onnx" --shards "$out/shards" --split test \
+        --out "$out/onnx_reconstruct" --quiet
     echo "== figures in $out/figures and $out/samples/generated.png"
     ls "$out/figures" "$out/figures/vqvae_test" "$out/figures/prior_test"
 }

@@ -20,7 +20,11 @@ Uses the current exporter (torch.export, `dynamo=True`); every axis that can var
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -81,12 +85,29 @@ class PriorCell(nn.Module):
         return self.prior.cell_logits(row, context, condition)
 
 
+@contextmanager
+def quiet_exporter() -> Iterator[None]:
+    """Hide the exporter's notes that concern torch itself, not the user's models: that torchvision's
+    operators are not registered (we use none), and deprecation warnings from torch.export."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
+            warnings.filterwarnings("ignore", category=UserWarning, message="# The axis name")
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def export_part(module: nn.Module, inputs: dict[str, Tensor], dynamic: dict[str, dict[int, Dim]],
                 output: str, path: Path, opset: int) -> dict:
     """Export one model with named, dynamic axes and check it; returns its model.json entry."""
-    program = torch.onnx.export(module.eval(), tuple(inputs.values()), dynamo=True, opset_version=opset,
-                                dynamic_shapes=tuple(dynamic[name] for name in inputs),
-                                input_names=list(inputs), output_names=[output], verbose=False)
+    with quiet_exporter():
+        program = torch.onnx.export(module.eval(), tuple(inputs.values()), dynamo=True, opset_version=opset,
+                                    dynamic_shapes=tuple(dynamic[name] for name in inputs),
+                                    input_names=list(inputs), output_names=[output], verbose=False)
     program.save(path, external_data=False)
     onnx.checker.check_model(str(path), full_check=True)
     return {"file": path.name, "sha256": sha256(path), "inputs": list(inputs), "outputs": [output]}
