@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2
@@ -38,13 +39,26 @@ def records(path: Path) -> list[bytes]:
     return out
 
 
-def history(run_dir: Path) -> list[dict]:
-    """Every history row (what wandb.log / accelerator.log recorded) of the single offline run."""
-    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
-    rows = []
+def parsed(run_file: Path) -> list:
+    out = []
     for raw in records(run_file):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(raw)
-        if record.WhichOneof("record_type") == "history":
-            rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item})
-    return rows
+        out.append(record)
+    return out
+
+
+def history(run_dir: Path, timeout: float = 60.0) -> list[dict]:
+    """Every history row (what wandb.log / accelerator.log recorded) of the single offline run.
+
+    wandb's service writes the file in the background and may still be flushing when `finish()`
+    has returned on a loaded machine, so this waits for the run's final `exit` record."""
+    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + timeout
+    while True:
+        found = parsed(run_file)
+        if any(r.WhichOneof("record_type") == "exit" for r in found) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+            for r in found if r.WhichOneof("record_type") == "history"]
