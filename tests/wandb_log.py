@@ -12,6 +12,7 @@ import struct
 import time
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2
 
 BLOCK = 32768
@@ -56,9 +57,13 @@ def history(run_dir: Path, timeout: float = 60.0) -> list[dict]:
     (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
     deadline = time.monotonic() + timeout
     while True:
-        found = parsed(run_file)
-        if any(r.WhichOneof("record_type") == "exit" for r in found) or time.monotonic() > deadline:
-            break
+        try:
+            found = parsed(run_file)
+            if any(r.WhichOneof("record_type") == "exit" for r in found):
+                break
+        except (DecodeError, AssertionError):  # caught mid-write: a record (or the header) is incomplete
+            pass
+        assert time.monotonic() < deadline, f"{run_file}: no complete run (exit record) after {timeout} s"
         time.sleep(0.5)
     return [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
             for r in found if r.WhichOneof("record_type") == "history"]
