@@ -66,6 +66,9 @@ class TrainingRun:
             # of rank 0's buffers at every forward would only cost bandwidth.
             kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
         )
+        # The gradients of 1x1 convolutions come back with other strides on their size-1 axes than
+        # the weights have; DDP then copies them (a few KiB) and warns at every backward.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
     def start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
               config: Any) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
