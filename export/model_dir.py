@@ -3,11 +3,8 @@
     DIR/
         encoder.onnx     images (B, 1, S, S) float32 in [0, 1] -> codes (B, H, W) int64
         decoder.onnx     codes (B, H, W) int64 -> images (B, 1, S, S) float32 in [0, 1]
-        prior_row.onnx   band (B, rows, W) int64, positions (rows, W) int64 [, condition (B,) int64]
-                         -> context (B, layers, 2C, W)
-        prior_cell.onnx  row (B, n) int64, context (B, layers, 2C, n), positions (n,) int64 [, condition]
-                         -> logits (B, K)
-    (positions: the flat cell indices i * W + j of the band's or window's cells)
+        prior_row.onnx   band (B, rows, W) int64 [, condition (B,) int64] -> context (B, layers, 2C, W)
+        prior_cell.onnx  row (B, n) int64, context (B, layers, 2C, n) [, condition] -> logits (B, K)
         model.json       grid, K, receptive field, opset, sha256 of every file and of the source
                          weights, input and output names: the runtime hard-codes none of them
 
@@ -21,7 +18,7 @@ import json
 from pathlib import Path
 
 MODEL_JSON = "model.json"
-FORMAT_VERSION = 2   # 2: the prior models take the cells' positions
+FORMAT_VERSION = 1
 DEFAULT_OPSET = 20
 PARTS = ("encoder", "decoder", "prior_row", "prior_cell")
 KEYS = ("format_version", "image_size", "height", "width", "num_codes", "code_dim", "num_conditions",
