@@ -72,8 +72,8 @@ class PriorRow(nn.Module):
         super().__init__()
         self.prior = prior
 
-    def forward(self, band: Tensor, positions: Tensor, condition: Tensor | None = None) -> Tensor:
-        return self.prior.row_context(band, positions, condition)
+    def forward(self, band: Tensor, condition: Tensor | None = None) -> Tensor:
+        return self.prior.row_context(band, condition)
 
 
 class PriorCell(nn.Module):
@@ -81,8 +81,8 @@ class PriorCell(nn.Module):
         super().__init__()
         self.prior = prior
 
-    def forward(self, row: Tensor, context: Tensor, positions: Tensor, condition: Tensor | None = None) -> Tensor:
-        return self.prior.cell_logits(row, context, positions, condition)
+    def forward(self, row: Tensor, context: Tensor, condition: Tensor | None = None) -> Tensor:
+        return self.prior.cell_logits(row, context, condition)
 
 
 @contextmanager
@@ -125,8 +125,7 @@ def export_models(prior: GatedPixelCNN, vqvae: VQVAE, out: Path, opset: int = DE
     # Example inputs: batch 2 and windows of 2 (torch.export specialises sizes 0 and 1).
     condition = {"condition": torch.zeros(2, dtype=torch.long)} if shape.num_conditions else {}
     band = torch.zeros(2, 2, width, dtype=torch.long)
-    positions = prior.grid_positions()[:2]
-    context = prior.row_context(band, positions, condition.get("condition"))[..., :2]
+    context = prior.row_context(band, condition.get("condition"))[..., :2]
     images = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     codes = torch.zeros(2, height, width, dtype=torch.long)
     models = {
@@ -134,13 +133,12 @@ def export_models(prior: GatedPixelCNN, vqvae: VQVAE, out: Path, opset: int = DE
                                "codes", out / "encoder.onnx", opset),
         "decoder": export_part(Decoder(vqvae), {"codes": codes}, {"codes": {0: batch}},
                                "images", out / "decoder.onnx", opset),
-        "prior_row": export_part(PriorRow(prior), {"band": band, "positions": positions, **condition},
-                                 {"band": {0: batch, 1: rows}, "positions": {0: rows}, "condition": {0: batch}},
+        "prior_row": export_part(PriorRow(prior), {"band": band, **condition},
+                                 {"band": {0: batch, 1: rows}, "condition": {0: batch}},
                                  "context", out / "prior_row.onnx", opset),
-        "prior_cell": export_part(PriorCell(prior), {"row": band[:, 0, :2], "context": context,
-                                                     "positions": positions[0, :2], **condition},
+        "prior_cell": export_part(PriorCell(prior), {"row": band[:, 0, :2], "context": context, **condition},
                                   {"row": {0: batch, 1: columns}, "context": {0: batch, 3: columns},
-                                   "positions": {0: columns}, "condition": {0: batch}},
+                                   "condition": {0: batch}},
                                   "logits", out / "prior_cell.onnx", opset),
     }
     written = onnx.load(str(out / "prior_cell.onnx")).opset_import   # the opset the exporter settled on

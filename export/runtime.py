@@ -53,12 +53,11 @@ class ExportedModels:
         """Codes (B, H, W) -> images (B, 1, S, S) float32 in [0, 1]."""
         return self.run("decoder", codes.astype(np.int64, copy=False))
 
-    def row_context(self, band: np.ndarray, positions: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
-        return self.run("prior_row", band, positions, *([] if conditions is None else [conditions]))
+    def row_context(self, band: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
+        return self.run("prior_row", band, *([] if conditions is None else [conditions]))
 
-    def cell_logits(self, row: np.ndarray, context: np.ndarray, positions: np.ndarray,
-                    conditions: np.ndarray | None) -> np.ndarray:
-        return self.run("prior_cell", row, context, positions, *([] if conditions is None else [conditions]))
+    def cell_logits(self, row: np.ndarray, context: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
+        return self.run("prior_cell", row, context, *([] if conditions is None else [conditions]))
 
 
 def sample_codes(models: ExportedModels, uniforms: np.ndarray, conditions: np.ndarray | None = None,
@@ -68,14 +67,11 @@ def sample_codes(models: ExportedModels, uniforms: np.ndarray, conditions: np.nd
     check_sampling_options(temperature, top_k, info["num_codes"])
     batch, height, width = uniforms.shape
     codes = np.zeros((batch, height, width), dtype=np.int64)
-    positions = np.arange(height * width, dtype=np.int64).reshape(height, width)   # as GatedPixelCNN.grid_positions
     for i in range(height):
-        top = max(0, i - info["context_rows"])
-        context = models.row_context(codes[:, top: i + 1], positions[top: i + 1], conditions)
+        context = models.row_context(codes[:, max(0, i - info["context_rows"]): i + 1], conditions)
         for j in range(width):
             start = max(0, j - info["context_columns"])
-            logits = models.cell_logits(codes[:, i, start: j + 1], context[..., start: j + 1],
-                                        positions[i, start: j + 1], conditions)
+            logits = models.cell_logits(codes[:, i, start: j + 1], context[..., start: j + 1], conditions)
             codes[:, i, j] = draw(logits, uniforms[:, i, j], temperature, top_k)
         if progress is not None:
             progress.update(1)

@@ -62,7 +62,6 @@ def save_prior(root: Path, vqvae: Path, num_conditions: int) -> Path:
                                            condition_on_slice=bool(num_conditions)))
     torch.manual_seed(1)
     prior = build_prior(cfg, PriorShape(K, GRID, GRID, num_conditions))
-    torch.nn.init.normal_(prior.position.weight)  # a trained prior's are nonzero: check they are exported
     info = {**vars(prior.shape), "vqvae_checkpoint": str(vqvae),
             "vqvae_sha256": file_sha256(vqvae / "model.safetensors"), "codes_dir": ""}
     return save_checkpoint(root / f"prior{num_conditions}" / "checkpoints", 1, prior, {}, config_to_dict(cfg), keep=1,
@@ -97,9 +96,8 @@ def test_export_writes_checked_models_with_dynamic_axes_and_model_json(exported)
     assert model["code_dim"] == 8 and model["image_size"] == 256 and model["opset"] == 20
     assert model["source"]["prior_sha256"] == file_sha256(checkpoint / "model.safetensors")
     assert model["source"]["vqvae_sha256"] == info["vqvae_sha256"]
-    dynamic = {"encoder": {"images": [0]}, "decoder": {"codes": [0]},
-               "prior_row": {"band": [0, 1], "positions": [0], "condition": [0]},
-               "prior_cell": {"row": [0, 1], "context": [0, 3], "positions": [0], "condition": [0]}}
+    dynamic = {"encoder": {"images": [0]}, "decoder": {"codes": [0]}, "prior_row": {"band": [0, 1], "condition": [0]},
+               "prior_cell": {"row": [0, 1], "context": [0, 3], "condition": [0]}}
     for part in PARTS:
         proto = onnx.load(str(out / model["models"][part]["file"]))
         onnx.checker.check_model(proto, full_check=True)
@@ -108,7 +106,7 @@ def test_export_writes_checked_models_with_dynamic_axes_and_model_json(exported)
         for name, axes in dynamic[part].items():
             assert all(inputs[name][axis] for axis in axes), f"{part}.{name}: {inputs[name]}"
     unconditional = exported[0][1]
-    assert json.loads((unconditional / "model.json").read_text())["models"]["prior_row"]["inputs"] == ["band", "positions"]
+    assert json.loads((unconditional / "model.json").read_text())["models"]["prior_row"]["inputs"] == ["band"]
     assert not (unconditional / "stale.txt").exists()     # --force replaced the folder
 
 
@@ -138,23 +136,18 @@ def test_prior_halves_match_the_torch_modules_and_the_full_forward_pass(exported
     torch_conditions = None if conditions is None else torch.from_numpy(conditions)
     with torch.no_grad():
         full = prior(torch.from_numpy(codes), torch_conditions).numpy()
-    positions = prior.grid_positions().numpy()
     for i in range(GRID):
-        top = max(0, i - prior.context_rows)
-        band = codes[:, top: i + 1]
-        context = models.row_context(band, positions[top: i + 1], conditions)
+        band = codes[:, max(0, i - prior.context_rows): i + 1]
+        context = models.row_context(band, conditions)
         with torch.no_grad():
-            expected = prior.row_context(torch.from_numpy(band), torch.from_numpy(positions[top: i + 1]),
-                                         torch_conditions).numpy()
+            expected = prior.row_context(torch.from_numpy(band), torch_conditions).numpy()
         np.testing.assert_allclose(context, expected, atol=1e-4)
         for j in range(GRID):
             start = max(0, j - prior.context_columns)
-            cells = positions[i, start: j + 1]
-            logits = models.cell_logits(codes[:, i, start: j + 1], context[..., start: j + 1], cells, conditions)
+            logits = models.cell_logits(codes[:, i, start: j + 1], context[..., start: j + 1], conditions)
             with torch.no_grad():
                 expected = prior.cell_logits(torch.from_numpy(codes[:, i, start: j + 1]),
-                                             torch.from_numpy(context[..., start: j + 1]), torch.from_numpy(cells),
-                                             torch_conditions)
+                                             torch.from_numpy(context[..., start: j + 1]), torch_conditions)
             np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
             np.testing.assert_allclose(logits, full[:, :, i, j], atol=1e-4)
 

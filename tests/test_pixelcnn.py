@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from trainer import sampling_rule
 from trainer.pixelcnn import GatedPixelCNN, PriorShape, draw, sample
@@ -16,16 +15,14 @@ SHAPE = PriorShape(num_codes=16, height=9, width=8, num_conditions=4)
 
 def tiny_prior(shape: PriorShape = SHAPE, layers: int = 3, seed: int = 0) -> GatedPixelCNN:
     torch.manual_seed(seed)
-    prior = GatedPixelCNN(shape, channels=8, layers=layers, kernel=3, first_kernel=5, head_channels=16)
-    nn.init.normal_(prior.position.weight)  # trained priors have nonzero position embeddings: test with them
-    return prior.double().eval()
+    return GatedPixelCNN(shape, channels=8, layers=layers, kernel=3, first_kernel=5, head_channels=16).double().eval()
 
 
 def input_gradient(prior: GatedPixelCNN, codes: torch.Tensor, condition, cell: tuple[int, int],
                    upto: int | None = None, stack: str = "both") -> torch.Tensor:
     """|d logits(cell) / d embedded input| summed over channels: (H, W), nonzero where the cell looks.
     `upto` stops after that many layers; `stack` picks which stack's output to differentiate."""
-    x = prior.embed_cells(codes, prior.grid_positions()).detach().requires_grad_()
+    x = prior.embed(codes).permute(0, 3, 1, 2).detach().requires_grad_()
     v = h = x
     for layer in prior.layers[:upto]:
         v_bias, h_bias = layer.condition_bias(condition)
@@ -88,17 +85,15 @@ def test_fast_path_matches_the_full_forward_at_every_cell():
     codes = torch.randint(0, 16, (3, 9, 8))
     condition = torch.tensor([0, 2, 3])
     full = prior(codes, condition)
-    positions = prior.grid_positions()
     for i in range(9):
-        top = max(0, i - prior.context_rows)
-        band = codes[:, top: i + 1].clone()
+        band = codes[:, max(0, i - prior.context_rows): i + 1].clone()
         band[:, -1] = 7  # the row being sampled is never read
-        context = prior.row_context(band, positions[top: i + 1], condition)
+        context = prior.row_context(band, condition)
         for j in range(8):
             start = max(0, j - prior.context_columns)
             row = codes[:, i, start: j + 1].clone()
             row[:, -1] = 11  # nor is the cell itself
-            logits = prior.cell_logits(row, context[..., start: j + 1], positions[i, start: j + 1], condition)
+            logits = prior.cell_logits(row, context[..., start: j + 1], condition)
             torch.testing.assert_close(logits, full[:, :, i, j], rtol=0, atol=1e-12)
 
 

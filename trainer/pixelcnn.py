@@ -87,10 +87,6 @@ class GatedPixelCNN(nn.Module):
             raise ValueError("a PixelCNN needs at least one layer")
         self.shape = shape
         self.embed = nn.Embedding(shape.num_codes, channels)
-        # Brain slices are aligned, so where a cell sits says much about its code; a learned
-        # embedding per cell (zero at first) tells every layer, not only those that reach a border.
-        self.position = nn.Embedding(shape.height * shape.width, channels)
-        nn.init.zeros_(self.position.weight)
         self.layers = nn.ModuleList(
             [GatedLayer(channels, first_kernel, True, shape.num_conditions)]
             + [GatedLayer(channels, kernel, False, shape.num_conditions) for _ in range(layers - 1)])
@@ -107,34 +103,22 @@ class GatedPixelCNN(nn.Module):
         if not self.shape.num_conditions and condition is not None:
             raise ValueError("this prior is unconditional: pass condition=None")
 
-    def grid_positions(self, device: torch.device | str = "cpu") -> Tensor:
-        """(H, W) flat cell indices i * W + j: the `positions` of the windows below."""
-        return torch.arange(self.shape.height * self.shape.width, device=device).view(self.shape.height, -1)
-
-    def embed_cells(self, codes: Tensor, positions: Tensor) -> Tensor:
-        """Codes (B, ...) at cells `positions` (...) -> (B, C, ...) features."""
-        x = self.embed(codes) + self.position(positions)
-        return x.movedim(-1, 1)
-
     def forward(self, codes: Tensor, condition: Tensor | None = None) -> Tensor:
         """Codes (B, H, W) -> logits (B, K, H, W); the logits at a cell see only earlier cells."""
         self.check_condition(condition, codes.shape[0])
-        if codes.shape[1:] != (self.shape.height, self.shape.width):
-            raise ValueError(f"expected code grids of {self.shape.height}x{self.shape.width}, got {tuple(codes.shape[1:])}")
-        v = h = self.embed_cells(codes, self.grid_positions(codes.device))
+        v = h = self.embed(codes).permute(0, 3, 1, 2)
         for layer in self.layers:
             v_bias, h_bias = layer.condition_bias(condition)
             v, from_vertical = layer.vertical_step(v, v_bias)
             h = layer.horizontal_step(h, from_vertical, h_bias)
         return self.head(h)
 
-    def row_context(self, band: Tensor, positions: Tensor, condition: Tensor | None = None) -> Tensor:
+    def row_context(self, band: Tensor, condition: Tensor | None = None) -> Tensor:
         """The vertical stack's input to every layer for the band's last row, all columns.
 
         `band` is codes (B, rows, W) ending at the row being sampled (whose contents are never
-        read), at most `context_rows + 1` rows, at cells `positions` (rows, W) (a slice of
-        `grid_positions()`). Returns (B, layers, 2 * channels, W)."""
-        v = self.embed_cells(band, positions)
+        read), at most `context_rows + 1` rows. Returns (B, layers, 2 * channels, W)."""
+        v = self.embed(band).permute(0, 3, 1, 2)
         outputs = []
         for layer in self.layers:
             v_bias, _ = layer.condition_bias(condition)
@@ -142,11 +126,11 @@ class GatedPixelCNN(nn.Module):
             outputs.append(from_vertical[:, :, -1])
         return torch.stack(outputs, dim=1)
 
-    def cell_logits(self, row: Tensor, context: Tensor, positions: Tensor, condition: Tensor | None = None) -> Tensor:
+    def cell_logits(self, row: Tensor, context: Tensor, condition: Tensor | None = None) -> Tensor:
         """Logits (B, K) for the last cell of `row`, codes (B, n) of the current row ending at that
-        cell (whose own value is never read), at cells `positions` (n,), with `context`
-        (B, layers, 2 * channels, n) from `row_context` for the same columns."""
-        h = self.embed_cells(row, positions)[:, :, None, :]           # (B, C, 1, n)
+        cell (whose own value is never read), with `context` (B, layers, 2 * channels, n) from
+        `row_context` for the same columns."""
+        h = self.embed(row).permute(0, 2, 1)[:, :, None, :]           # (B, C, 1, n)
         for index, layer in enumerate(self.layers):
             _, h_bias = layer.condition_bias(condition)
             h = layer.horizontal_step(h, context[:, index, :, None, :], h_bias)
@@ -176,18 +160,16 @@ def sample(prior: GatedPixelCNN, uniforms: Tensor, condition: Tensor | None = No
     check_sampling_options(temperature, top_k, prior.shape.num_codes)
     prior.check_condition(condition, batch)
     codes = torch.zeros(batch, height, width, dtype=torch.long, device=uniforms.device)
-    positions = prior.grid_positions(uniforms.device)
     for i in range(height):
         if not naive:
-            top = max(0, i - prior.context_rows)
-            context = prior.row_context(codes[:, top: i + 1], positions[top: i + 1], condition)
+            band = codes[:, max(0, i - prior.context_rows): i + 1]
+            context = prior.row_context(band, condition)
         for j in range(width):
             if naive:
                 logits = prior(codes, condition)[:, :, i, j]
             else:
                 start = max(0, j - prior.context_columns)
-                logits = prior.cell_logits(codes[:, i, start: j + 1], context[..., start: j + 1],
-                                           positions[i, start: j + 1], condition)
+                logits = prior.cell_logits(codes[:, i, start: j + 1], context[..., start: j + 1], condition)
             codes[:, i, j] = draw(logits, uniforms[:, i, j], temperature, top_k)
         if progress is not None:
             progress.update(1)
