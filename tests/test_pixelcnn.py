@@ -123,6 +123,15 @@ def test_sampling_is_reproducible_and_conditioning_changes_it():
     assert not np.array_equal(uniforms, other)
 
 
+def test_a_sample_does_not_depend_on_how_many_are_drawn():
+    few = sampling_rule.sampling_randomness(2, 9, 8, 4, seed=7)
+    many = sampling_rule.sampling_randomness(5, 9, 8, 4, seed=7)
+    assert np.array_equal(few[0], many[0][:2]) and np.array_equal(few[1], many[1][:2])
+    assert not np.array_equal(many[0][0], many[0][1])
+    uniforms, conditions = sampling_rule.sampling_randomness(3, 9, 8, 4, seed=7, slice_index=2)
+    assert list(conditions) == [2, 2, 2] and 0 <= uniforms.min() and uniforms.max() < 1
+
+
 def test_torch_and_numpy_draw_rules_agree():
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(500, 16, generator=generator) * 3

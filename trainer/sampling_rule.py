@@ -1,9 +1,10 @@
 """The sampling rule both samplers follow, in numpy only, so the onnxruntime sampler (export/) can use
 it without torch and give the same brains as the PyTorch sampler for the same seed.
 
-Every random number a batch of samples uses is drawn up front from numpy's PCG64: first the slice
-conditions (when the prior is conditional and no slice was asked for), then one uniform number per
-cell. A cell's code is then a deterministic function of its logits and its number (inverse CDF of
+Every random number a sample uses is drawn up front from numpy's PCG64 seeded with (seed, sample
+number): first its slice condition (when the prior is conditional and no slice was asked for), then
+one uniform number per cell. So sample i of a seed is the same whatever the number of samples or
+the batch size. A cell's code is then a deterministic function of its logits and its number (inverse CDF of
 softmax(logits / temperature) over the top_k codes); `trainer.pixelcnn.draw` is the same rule in torch.
 """
 
@@ -45,19 +46,18 @@ def sampling_randomness(n: int, height: int, width: int, num_conditions: int, se
     the marginal p(codes) because OASIS holds the same number of slices at every position."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    rng = np.random.default_rng(seed)
-    if not num_conditions:
-        if slice_index is not None:
-            raise ValueError("this prior was trained without slice conditioning; do not ask for a slice")
-        conditions = None
-    elif slice_index is None:
-        conditions = rng.integers(0, num_conditions, size=n)
-    elif not 0 <= slice_index < num_conditions:
+    if num_conditions and slice_index is not None and not 0 <= slice_index < num_conditions:
         raise ValueError(f"slice must be in 0..{num_conditions - 1}, got {slice_index}")
-    else:
-        conditions = np.full(n, slice_index, dtype=np.int64)
-    uniforms = rng.random((n, height, width), dtype=np.float32)
-    return uniforms, conditions
+    if not num_conditions and slice_index is not None:
+        raise ValueError("this prior was trained without slice conditioning; do not ask for a slice")
+    uniforms = np.empty((n, height, width), dtype=np.float32)
+    conditions = np.full(n, -1 if slice_index is None else slice_index, dtype=np.int64)
+    for i in range(n):  # one generator per sample: sample i of a seed is the same whatever n is
+        rng = np.random.default_rng((seed, i))
+        if num_conditions and slice_index is None:
+            conditions[i] = rng.integers(0, num_conditions)
+        uniforms[i] = rng.random((height, width), dtype=np.float32)
+    return uniforms, (conditions if num_conditions else None)
 
 
 def draw(logits: np.ndarray, uniforms: np.ndarray, temperature: float = 1.0, top_k: int = 0) -> np.ndarray:
