@@ -4,7 +4,7 @@ sampler (trainer/sample.py) and the onnxruntime one (export/): numpy and pillow 
     codes/NNN.png    code maps as 16-bit PNGs, indices scaled to fill 0..65535
     images/NNN.png   the decoded brains, 8-bit grayscale
     samples.npz      the code grids (uint16) and, for a conditional prior, the slice positions
-    generated.png    each code map above its brain (trainer.figures.generated_grid)
+    generated.png    the first FIGURE_COUNT code maps above their brains (trainer.figures.generated_grid)
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import numpy as np
 from PIL import Image
 
 from trainer.figures import generated_grid
+
+FIGURE_COUNT = 32   # a figure of hundreds of brains would be tens of thousands of pixels tall
 
 
 def save_code_map(grid: np.ndarray, num_codes: int, path: Path) -> None:
@@ -39,5 +41,6 @@ def write_samples(out: Path, codes: np.ndarray, conditions: np.ndarray | None, i
         save_image(image, out / "images" / f"{i:03d}.png")
     np.savez(out / "samples.npz", codes=codes.astype(np.uint16),
              **({"conditions": conditions.astype(np.int16)} if conditions is not None else {}))
-    titles = None if conditions is None else [f"slice {int(c)}" for c in conditions]
-    return generated_grid(codes, images, out / "generated.png", num_codes=num_codes, titles=titles)
+    shown = slice(0, FIGURE_COUNT)
+    titles = None if conditions is None else [f"slice {int(c)}" for c in conditions[shown]]
+    return generated_grid(codes[shown], images[shown], out / "generated.png", num_codes=num_codes, titles=titles)
