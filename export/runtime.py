@@ -84,7 +84,6 @@ def generate(models: ExportedModels, n: int, seed: int = 0, temperature: float =
     """(codes (n, H, W), conditions (n,) or None, images (n, S, S) in [0, 1]): trainer.sample.generate's
     results for the same arguments."""
     info = models.info
-    check_sampling_options(temperature, top_k, info["num_codes"])
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     uniforms, conditions = sampling_randomness(n, info["height"], info["width"], info["num_conditions"], seed,

@@ -6,7 +6,6 @@ import hashlib
 import json
 import shutil
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np

@@ -23,7 +23,7 @@ from trainer.config import PriorConfig, build
 from trainer.evaluate import load_vqvae, log_to_wandb, resolve_checkpoint
 from trainer.pixelcnn import GatedPixelCNN, PriorShape, sample
 from trainer.sample_files import write_samples
-from trainer.sampling_rule import check_sampling_options, sampling_randomness
+from trainer.sampling_rule import sampling_randomness
 from trainer.vqvae import VQVAE
 
 PRIOR_INFO = "prior.json"
@@ -55,7 +55,6 @@ def generate(prior: GatedPixelCNN, vqvae: VQVAE, n: int, seed: int = 0, temperat
              slice_index: int | None = None, batch_size: int = 16, naive: bool = False,
              show_progress: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(codes (n, H, W), conditions (n,) or None, images (n, 256, 256) float in [0, 1])."""
-    check_sampling_options(temperature, top_k, prior.shape.num_codes)
     device = next(prior.parameters()).device
     shape = prior.shape
     uniforms, conditions = sampling_randomness(n, shape.height, shape.width, shape.num_conditions, seed, slice_index)

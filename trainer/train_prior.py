@@ -127,10 +127,11 @@ def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = Tr
     for step in progress:
         for micro in range(tc.grad_accum):
             index = next(batches).to(accelerator.device)
+            batch = codes[index]
             sync = nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(trained)
             with sync:
-                logits = trained(codes[index], conditions[index] if conditions is not None else None)
-                loss, accuracy = prior_loss(logits, codes[index])
+                logits = trained(batch, conditions[index] if conditions is not None else None)
+                loss, accuracy = prior_loss(logits, batch)
                 accelerator.backward(loss / tc.grad_accum)
             window += torch.stack([loss, accuracy]).detach()
         run.optimizer_step(prior, optimizer, scheduler)
