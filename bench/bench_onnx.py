@@ -3,7 +3,7 @@
 Sampling a batch of --batch code grids, --grid x --grid, K = 512, with a prior of the PixelCNNConfig
 defaults (trainer/config.py) conditioned on 32 slice positions. Random weights: the work per sample
 does not depend on them.
-  * onnxruntime: export/runtime.py's sampler (what `python -m export sample` runs), exact and fast:
+  * onnxruntime: export/runtime/sample.py's sampler (what `python -m export sample` runs), exact and fast:
     one prior_row call per row, one prior_cell call per cell, on windows covering the receptive field;
   * PyTorch fast: trainer.pixelcnn.sample, the same algorithm in eager torch (checked to draw the
     same codes);
@@ -34,11 +34,12 @@ import onnxruntime as ort
 import torch
 
 from export.onnx_export import export_models
-from export.runtime import ExportedModels, sample_codes
+from export.runtime.onnx_models import ExportedModels
+from export.runtime.sample import sample_codes
+from export.runtime.sampling_rule import sampling_randomness
 from trainer.config import PriorConfig, load_config
+from trainer.models import build_prior
 from trainer.pixelcnn import PriorShape, draw, sample
-from trainer.sample import build_prior
-from trainer.sampling_rule import sampling_randomness
 from trainer.vqvae import VQVAE
 
 REPO = Path(__file__).resolve().parents[1]

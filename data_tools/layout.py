@@ -16,13 +16,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.runtime.shard_format import DataError
+
 SPLITS = ("train", "validate", "test")
 IMAGE_NAME = re.compile(r"^case_(\d+)_slice_(\d+)\.nii\.png$")
 MASK_NAME = "seg_{subject}_slice_{slice}.nii.png"
-
-
-class DataError(Exception):
-    """Bad input data; the message names the file (or folder) and the problem."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from data_tools.sample_format import decode_gray_png, iter_shard, read_manifest
+from export.runtime.shard_format import decode_gray_png, iter_shard, read_manifest
 
 
 def preview_grid(shard_dir: Path, out: Path, split: str = "train", count: int = 16, columns: int = 8) -> Path:

@@ -14,7 +14,6 @@ interrupt never leaves a half-written shard set behind.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -30,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from data_tools.layout import SPLITS, DataError, SliceFile, scan_layout
-from data_tools.sample_format import FORMAT_VERSION, MANIFEST, sample_record
+from export.runtime.shard_format import FORMAT_VERSION, MANIFEST, sample_record
 
 TAR_MTIME = 0.0  # fixed tar header time: same input -> byte-identical shards
 
@@ -115,14 +114,6 @@ def pixel_stats(histogram: np.ndarray) -> dict:
     }
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def shard_sizes(num_samples: int, samples_per_shard: int) -> list[int]:
     """Split evenly (sizes differ by at most one), so DataLoader workers get equal work."""
     num_shards = max(1, math.ceil(num_samples / samples_per_shard))
@@ -161,7 +152,7 @@ class ShardSetWriter:
         self.tar.close()
         self.tar = None
         self.finished.append({"name": self.path.name, "num_samples": self.count,
-                              "bytes": self.path.stat().st_size, "sha256": sha256_of(self.path)})
+                              "bytes": self.path.stat().st_size, "sha256": file_sha256(self.path)})
 
     def finish(self) -> list[dict]:
         if self.tar is not None:

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_tools.layout import DataError
-from data_tools.sample_format import decode_gray_png, decode_metadata, iter_shard, read_manifest
-from data_tools.shard import pixel_stats, sha256_of
+from export.runtime.shard_format import DataError
+from export.runtime.shard_format import decode_gray_png, decode_metadata, iter_shard, read_manifest
+from data_tools.shard import pixel_stats
+from export.runtime.digest import file_sha256
 
 
 def check_sample(sample: dict, split: str, size: int, has_masks: bool) -> tuple[list[str], np.ndarray | None, str | None]:
@@ -47,7 +48,7 @@ def verify_split(shard_dir: Path, split: str, entry: dict, size: int, progress: 
         if not path.is_file():
             problems.append(f"{path}: shard missing")
             continue
-        if sha256_of(path) != shard["sha256"]:
+        if file_sha256(path) != shard["sha256"]:
             problems.append(f"{path}: sha256 differs from the manifest (modified or corrupt)")
         in_shard = 0
         try:

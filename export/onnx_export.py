@@ -8,7 +8,7 @@ as the whole network run once per cell, nor as a network that caches activations
     `context_columns` cells to its left (trainer/pixelcnn.py), so both models take windows that
     cover exactly that receptive field, and the cost per cell is independent of the grid size;
   * the sampler's only state is the code grid: nothing to carry between calls, so the onnxruntime
-    loop (export/runtime.py) is the same few lines as trainer.pixelcnn.sample;
+    loop (export/runtime/sample.py) is the same few lines as trainer.pixelcnn.sample;
   * exact: the logits are the full forward pass's up to float rounding, unlike caching schemes
     that approximate the edges or must rebuild the zero padding by hand.
 The full forward pass is not exported: the sampler never runs it, and the tests check the two
@@ -19,6 +19,7 @@ Uses the current exporter (torch.export, `dynamo=True`); every axis that can var
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shutil
@@ -32,18 +33,21 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
-from export.model_dir import DEFAULT_OPSET, FORMAT_VERSION, MODEL_JSON, sha256
-from trainer.codes import file_sha256
-from trainer.evaluate import load_vqvae, resolve_checkpoint
+from export.runtime.cli import add_checkpoint_argument
+from export.runtime.digest import file_sha256
+from export.runtime.model_dir import DEFAULT_OPSET, FORMAT_VERSION, MODEL_JSON
+from trainer.models import load_prior, load_vqvae, resolve_checkpoint
 from trainer.pixelcnn import GatedPixelCNN
 from trainer.quantizer import argmin_distance
-from trainer.sample import load_prior
 from trainer.vqvae import VQVAE
 
 IMAGE_SIZE = 256
+DESCRIPTION = ("Write encoder.onnx, decoder.onnx, prior_row.onnx and prior_cell.onnx (the two halves of the exact "
+               "fast sampler) and model.json (shapes, receptive field, opset, sha256 of every file and of the source "
+               "weights) into a new folder. All batch and window axes are dynamic.")
 
 
-class Encoder(nn.Module):
+class EncoderGraph(nn.Module):
     """Images -> code indices: the VQ-VAE's encoder, then the quantizer's distance + argmin run
     eagerly on all cells at once (its chunked, compiled training kernel does not export)."""
 
@@ -58,7 +62,9 @@ class Encoder(nn.Module):
         return flat.reshape(z.shape[:3])
 
 
-class Decoder(nn.Module):
+class DecoderGraph(nn.Module):
+    """Code indices -> images in [0, 1]: the VQ-VAE's codebook lookup and decoder."""
+
     def __init__(self, vqvae: VQVAE):
         super().__init__()
         self.vqvae = vqvae
@@ -67,7 +73,7 @@ class Decoder(nn.Module):
         return self.vqvae.decode(codes)
 
 
-class PriorRow(nn.Module):
+class PriorRowGraph(nn.Module):
     def __init__(self, prior: GatedPixelCNN):
         super().__init__()
         self.prior = prior
@@ -76,7 +82,7 @@ class PriorRow(nn.Module):
         return self.prior.row_context(band, condition)
 
 
-class PriorCell(nn.Module):
+class PriorCellGraph(nn.Module):
     def __init__(self, prior: GatedPixelCNN):
         super().__init__()
         self.prior = prior
@@ -110,7 +116,7 @@ def export_part(module: nn.Module, inputs: dict[str, Tensor], dynamic: dict[str,
                                     input_names=list(inputs), output_names=[output], verbose=False)
     program.save(path, external_data=False)
     onnx.checker.check_model(str(path), full_check=True)
-    return {"file": path.name, "sha256": sha256(path), "inputs": list(inputs), "outputs": [output]}
+    return {"file": path.name, "sha256": file_sha256(path), "inputs": list(inputs), "outputs": [output]}
 
 
 @torch.no_grad()
@@ -129,14 +135,14 @@ def export_models(prior: GatedPixelCNN, vqvae: VQVAE, out: Path, opset: int = DE
     images = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     codes = torch.zeros(2, height, width, dtype=torch.long)
     models = {
-        "encoder": export_part(Encoder(vqvae), {"images": images}, {"images": {0: batch}},
+        "encoder": export_part(EncoderGraph(vqvae), {"images": images}, {"images": {0: batch}},
                                "codes", out / "encoder.onnx", opset),
-        "decoder": export_part(Decoder(vqvae), {"codes": codes}, {"codes": {0: batch}},
+        "decoder": export_part(DecoderGraph(vqvae), {"codes": codes}, {"codes": {0: batch}},
                                "images", out / "decoder.onnx", opset),
-        "prior_row": export_part(PriorRow(prior), {"band": band, **condition},
+        "prior_row": export_part(PriorRowGraph(prior), {"band": band, **condition},
                                  {"band": {0: batch, 1: rows}, "condition": {0: batch}},
                                  "context", out / "prior_row.onnx", opset),
-        "prior_cell": export_part(PriorCell(prior), {"row": band[:, 0, :2], "context": context, **condition},
+        "prior_cell": export_part(PriorCellGraph(prior), {"row": band[:, 0, :2], "context": context, **condition},
                                   {"row": {0: batch, 1: columns}, "context": {0: batch, 3: columns},
                                    "condition": {0: batch}},
                                   "logits", out / "prior_cell.onnx", opset),
@@ -190,3 +196,20 @@ def export_checkpoint(checkpoint: Path, out: Path, vqvae_checkpoint: Path | None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return model_info
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_checkpoint_argument(parser, "prior")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="folder to create; written to a temporary folder and renamed when complete")
+    parser.add_argument("--vqvae", type=Path, default=None,
+                        help="VQ-VAE checkpoint (default: the one recorded in the prior's prior.json); its weights "
+                             "must be the ones the prior was trained on")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+
+
+def run(args: argparse.Namespace) -> None:
+    info = export_checkpoint(args.checkpoint, args.out, args.vqvae, args.opset, args.force)
+    print(f"{args.out}: {', '.join(m['file'] for m in info['models'].values())}, model.json "
+          f"(opset {info['opset']}, grid {info['height']}x{info['width']}, K = {info['num_codes']})")

@@ -1,8 +1,10 @@
-"""Shared fixtures: the embedded demo data, synthetic layouts for bad-input tests, real OASIS paths."""
+"""Shared fixtures and helpers: the embedded demo data, synthetic layouts for bad-input tests, real OASIS
+paths, the tiny training config and free ports for multi-process tests."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,21 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SRC = REPO / "data_tools" / "demo_data" / "keras_png_slices_data"
 OASIS_SRC = REPO.parent / "shared" / "oasis" / "keras_png_slices_data"
+DEMO_CONFIG = REPO / "configs" / "vqvae_demo_cpu.yaml"
+
+
+def tiny(shards: Path, out: Path, *extra: str) -> list[str]:
+    """Overrides that shrink the demo config to seconds on a CPU."""
+    return [f"data.shards={shards}", f"out_dir={out}", "data.batch_size=8", "model.channels=16",
+            "model.res_channels=8", "model.code_dim=8", "quantizer.num_codes=32", "quantizer.compile=false",
+            "train.max_steps=12", "train.warmup_steps=2", "train.log_every=2", "train.eval_every=6",
+            "train.eval_batches=1", "train.checkpoint_every=6", "wandb.enabled=false", *extra]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_layout(root: Path, subjects: dict[str, list[str]], slices: int = 3) -> Path:

@@ -12,11 +12,11 @@ import torch
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from conftest import DEMO_SRC, REPO
-from test_train_vqvae import DEMO_CONFIG, tiny
+from conftest import DEMO_CONFIG, DEMO_SRC, REPO, tiny
 from trainer.__main__ import main as cli
 from trainer.config import load_config
-from trainer.evaluate import evaluate, load_vqvae
+from trainer.evaluate import evaluate
+from trainer.models import load_vqvae
 from trainer.train_vqvae import train_vqvae
 from wandb_log import history
 

@@ -18,16 +18,17 @@ from PIL import Image
 
 from conftest import DEMO_SRC, REPO
 from export.__main__ import main as cli
-from export.model_dir import PARTS
-from export.reconstruct import read_slice
-from export.runtime import ExportedModels, sample_codes
+from export.runtime.digest import file_sha256
+from export.runtime.model_dir import PARTS
+from export.runtime.onnx_models import ExportedModels
+from export.runtime.reconstruct import read_slice
+from export.runtime.sample import sample_codes
+from export.runtime.sampling_rule import sampling_randomness
 from trainer.checkpoint import save_checkpoint
-from trainer.codes import file_sha256
 from trainer.config import ModelConfig, PixelCNNConfig, PriorConfig, QuantizerConfig, VQVAEConfig, config_to_dict
-from trainer.evaluate import load_vqvae
+from trainer.models import build_prior, load_prior, load_vqvae
 from trainer.pixelcnn import PriorShape, sample
-from trainer.sample import build_prior, load_prior, run_sampling
-from trainer.sampling_rule import sampling_randomness
+from trainer.sample import run_sampling
 from trainer.vqvae import VQVAE
 
 K, GRID, SLICES = 32, 16, 4        # downsample 16: 256x256 slices -> 16x16 grids

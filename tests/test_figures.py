@@ -1,4 +1,4 @@
-"""Tests for trainer/figures.py: every figure lands as a readable PNG sized by its layout, loss curves
+"""Tests for export/runtime/figures.py: every figure lands as a readable PNG sized by its layout, loss curves
 cope with partial rows, and the perplexity in the codebook title is exact."""
 
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from trainer.figures import (
+from export.runtime.figures import (
     code_maps,
     codebook_usage,
     generated_grid,

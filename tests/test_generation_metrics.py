@@ -11,9 +11,9 @@ from torchmetrics.functional.image import (multiscale_structural_similarity_inde
                                            structural_similarity_index_measure)
 
 from trainer.config import ModelConfig, QuantizerConfig
-from trainer.evaluate import SSIM_SETTINGS
 from trainer.generation_metrics import (code_histogram_comparison, distinct_pairs, encoder_features,
                                         frechet_distance, mean_pairwise_ms_ssim, nearest_ssim)
+from trainer.image_metrics import SSIM_SETTINGS
 from trainer.vqvae import VQVAE
 
 

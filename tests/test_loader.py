@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port
 from trainer.data import SliceShards, epoch_batches, train_batches
 
 
@@ -63,12 +62,6 @@ def test_train_stream_crosses_epochs_with_full_batches_and_resumes(demo_shards: 
 def test_too_large_batch_is_a_clear_error(demo_shards: Path):
     with pytest.raises(Exception, match="exceeds the 32 samples"):
         next(train_batches(SliceShards(demo_shards, "test"), 40))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_split_every_epoch_exactly(demo_shards: Path, tmp_path: Path):

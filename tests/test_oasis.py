@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import OASIS_SRC
-from data_tools.sample_format import read_manifest
+from export.runtime.shard_format import read_manifest
 from data_tools.shard import shard_dataset
 from data_tools.verify import verify_shards
 from trainer.data import SliceShards, epoch_batches

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer import sampling_rule
+from export.runtime import sampling_rule
 from trainer.pixelcnn import GatedPixelCNN, PriorShape, draw, sample
 
 SHAPE = PriorShape(num_codes=16, height=9, width=8, num_conditions=4)

@@ -14,16 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
-from test_loader import free_port
-from test_train_vqvae import DEMO_CONFIG, tiny
+from conftest import DEMO_CONFIG, REPO, free_port, tiny
 from trainer.__main__ import main as cli
 from trainer.checkpoint import list_checkpoints, load_weights
-from trainer.codes import encode_splits, load_codes, read_codes_meta
+from trainer.codes import load_codes, read_codes_meta
 from trainer.config import PriorConfig, load_config
 from trainer.data import SliceShards, epoch_batches
-from trainer.evaluate import load_vqvae
+from trainer.encode import encode_splits
 from trainer.generation_metrics import code_histogram_comparison
+from trainer.models import load_vqvae
 from trainer.train_prior import code_batches, train_prior
 from wandb_log import history
 

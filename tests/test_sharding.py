@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import DEMO_SRC, make_layout
 from data_tools.__main__ import main as cli
-from data_tools.sample_format import iter_shard, read_manifest
+from export.runtime.shard_format import iter_shard, read_manifest
 from data_tools.shard import shard_dataset
 from data_tools.verify import verify_shards
 from trainer.data import SliceShards, epoch_batches

@@ -14,25 +14,13 @@ import pytest
 import torch
 
 import trainer.train_vqvae as train_module
-from conftest import REPO
-from test_loader import free_port
+from conftest import DEMO_CONFIG, REPO, free_port, tiny
 from trainer.__main__ import main as cli
 from trainer.checkpoint import list_checkpoints, load_training_state, load_weights
 from trainer.config import ConfigError, load_config
 from trainer.train_vqvae import train_vqvae
 from trainer.training_run import TrainingDiverged
 from wandb_log import history
-
-DEMO_CONFIG = REPO / "configs" / "vqvae_demo_cpu.yaml"
-
-
-def tiny(shards: Path, out: Path, *extra: str) -> list[str]:
-    """Overrides that shrink the demo config to seconds on a CPU."""
-    return [f"data.shards={shards}", f"out_dir={out}", "data.batch_size=8", "model.channels=16",
-            "model.res_channels=8", "model.code_dim=8", "quantizer.num_codes=32", "quantizer.compile=false",
-            "train.max_steps=12", "train.warmup_steps=2", "train.log_every=2", "train.eval_every=6",
-            "train.eval_batches=1", "train.checkpoint_every=6", "wandb.enabled=false", *extra]
-
 
 def run_cli(overrides: list[str], *flags: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "trainer", "vqvae", "--config", str(DEMO_CONFIG), "--quiet", *flags]

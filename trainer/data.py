@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from data_tools.layout import DataError
-from data_tools.sample_format import decode_gray_png, decode_metadata, iter_shard, read_manifest
+from export.runtime.shard_format import DataError
+from export.runtime.shard_format import decode_gray_png, decode_metadata, iter_shard, read_manifest
 
 CHUNK = 16  # samples per worker -> main-process hand-over
 

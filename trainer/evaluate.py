@@ -1,63 +1,32 @@
-"""Reconstruction quality of a trained VQ-VAE on a split: SSIM, PSNR, codebook usage, figures.
+"""`python -m trainer evaluate`: reconstruction quality of a trained VQ-VAE on a split: SSIM, PSNR,
+codebook usage, figures.
 
     python -m trainer evaluate --checkpoint runs/oasis64 --split test --out runs/oasis64/eval_test
 
-SSIM is torchmetrics' `structural_similarity_index_measure` with a Gaussian 11x11 window,
-sigma 1.5, data_range 1.0, on images in [0, 1] (reconstructions clamped to [0, 1]): the usual
-settings, so figures compare with other reports. PSNR uses data_range 1.0, per image.
+The SSIM and PSNR settings are trainer/image_metrics.py's (the ones validation uses during training).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from tqdm import tqdm
 
-from trainer import figures
-from trainer.checkpoint import list_checkpoints, load_checkpoint_config, load_weights
-from trainer.config import VQVAEConfig, build
+from export.runtime import figures
+from export.runtime.cli import add_batch_size_argument, add_checkpoint_argument, add_device_argument, add_quiet_argument
 from trainer.data import SliceShards, epoch_batches
+from trainer.image_metrics import SSIM_SETTINGS, reconstruction_metrics
+from trainer.models import load_vqvae, resolve_checkpoint
 from trainer.quantizer import codebook_stats
-from trainer.vqvae import VQVAE
+from trainer.training_run import log_to_wandb
 
-SSIM_SETTINGS = {"gaussian_kernel": True, "kernel_size": 11, "sigma": 1.5, "data_range": 1.0}
-
-
-@torch.no_grad()
-def reconstruction_metrics(model: VQVAE, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(reconstructions in [0, 1], per-image SSIM, per-image PSNR, code indices) for a batch."""
-    recon, quantized = model(images)
-    recon = recon.float().clamp(0, 1)
-    images = images.float()
-    ssim = structural_similarity_index_measure(recon, images, reduction="none", **SSIM_SETTINGS)
-    psnr = peak_signal_noise_ratio(recon, images, data_range=1.0, reduction="none", dim=(1, 2, 3))
-    return recon, ssim, psnr, quantized.indices
-
-
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint folder, or a run folder (its newest checkpoint)."""
-    if (path / "model.safetensors").is_file():
-        return path
-    found = list_checkpoints(path / "checkpoints")
-    if not found:
-        raise FileNotFoundError(f"{path}: neither a checkpoint folder nor a run folder with checkpoints/")
-    return found[-1]
-
-
-def load_vqvae(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[VQVAE, VQVAEConfig]:
-    """Rebuild the model from a checkpoint's own config and load its weights (safetensors)."""
-    checkpoint = resolve_checkpoint(checkpoint)
-    cfg = build(VQVAEConfig, load_checkpoint_config(checkpoint), "")
-    model = VQVAE(cfg.model, cfg.quantizer)
-    model.load_state_dict(load_weights(checkpoint))
-    return model.to(device).eval(), cfg
-
+DESCRIPTION = ("Reconstruct every image of a split; write per_image.csv, summary.json (mean, median, min SSIM, mean "
+               "PSNR, codebook perplexity and codes used over the whole pass) and figures.")
 
 def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None, batch_size: int = 32,
              device: str = "cpu", show_progress: bool = True, log_wandb: bool = False) -> dict:
@@ -105,14 +74,20 @@ def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None,
     return summary
 
 
-def log_to_wandb(summary: dict, out: Path, project: str, mode: str, name: str, prefix: str) -> None:
-    """One wandb run holding a summary's numbers and every figure in `out`."""
-    import wandb
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_checkpoint_argument(parser, "a VQ-VAE")
+    parser.add_argument("--split", default="test", choices=["train", "validate", "test"],
+                        help="split to evaluate (default: %(default)s)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the CSV, summary and figures")
+    parser.add_argument("--shards", help="shard folder (default: the one in the checkpoint's config)")
+    add_batch_size_argument(parser, 32)
+    add_device_argument(parser)
+    parser.add_argument("--wandb", action="store_true",
+                        help="also log the summary and figures to wandb (offline unless WANDB_API_KEY is set)")
+    add_quiet_argument(parser)
 
-    from trainer.training_run import wandb_mode
 
-    run = wandb.init(project=project, dir=str(out), name=name, job_type=name.split("-")[0], mode=wandb_mode(mode),
-                     config={"checkpoint": summary.get("checkpoint")})
-    run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-    run.log({f"{prefix}/{path.stem}": wandb.Image(str(path)) for path in sorted(out.glob("*.png"))})
-    run.finish()
+def run(args: argparse.Namespace) -> None:
+    summary = evaluate(args.checkpoint, args.split, args.out, shards=args.shards, batch_size=args.batch_size,
+                       device=args.device, show_progress=not args.quiet, log_wandb=args.wandb)
+    print(json.dumps(summary, indent=1))

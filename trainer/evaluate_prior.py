@@ -1,4 +1,4 @@
-"""How good the prior is, in one command: likelihood on held-out codes and the realism of its brains.
+"""`python -m trainer evaluate-prior`: how good the prior is, in one command: likelihood on held-out codes and the realism of its brains.
 
     python -m trainer evaluate-prior --checkpoint runs/prior_oasis32 --out runs/prior_oasis32/eval_test
 
@@ -16,23 +16,31 @@ Everything goes to summary.json (printed too), with figures beside it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
 
-from trainer import figures
-from trainer.codes import load_codes
+from export.runtime import figures
+from export.runtime.cli import (add_batch_size_argument, add_checkpoint_argument, add_device_argument,
+                                add_quiet_argument, add_sampling_arguments)
+from export.runtime.sample_files import write_samples
+from trainer.codes import load_code_tensors
 from trainer.data import SliceShards, epoch_batches
-from trainer.evaluate import load_vqvae, log_to_wandb, resolve_checkpoint
+from trainer.generate import generate
 from trainer.generation_metrics import (code_histogram_comparison, encoder_features, frechet_distance,
                                         mean_pairwise_ms_ssim, nearest_ssim)
-from trainer.sample import generate, load_prior
-from trainer.sample_files import write_samples
-from trainer.train_prior import evaluate_prior, load_split
+from trainer.models import load_prior, load_vqvae, resolve_checkpoint
+from trainer.prior_loss import likelihood_metrics, likelihood_sums
+from trainer.training_run import log_to_wandb
+
+DESCRIPTION = ("Bits per code and top-1 accuracy of the prior on a split's code grids; then sample --n brains and "
+               "compare them with that split's real slices: nearest-training-slice SSIM (memorisation), mean "
+               "pairwise MS-SSIM (diversity), Frechet distance in the VQ-VAE encoder's feature space, and code "
+               "histograms. Prints and writes summary.json, figures and the samples.")
 
 
 def load_images(shards: str, split: str, limit: int = 0, seed: int = 0) -> torch.Tensor:
@@ -44,7 +52,8 @@ def load_images(shards: str, split: str, limit: int = 0, seed: int = 0) -> torch
     return images
 
 
-def as_float(images: torch.Tensor) -> torch.Tensor:
+def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels as floats in [0, 1], the models' input."""
     return images.float() / 255.0
 
 
@@ -56,10 +65,9 @@ def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0,
     summary: dict = {"checkpoint": str(resolve_checkpoint(checkpoint)), "split": split, "generated": n,
                      "seed": seed, "temperature": temperature, "top_k": top_k}
 
-    codes, conditions = load_split(info["codes_dir"], split, prior.shape)
-    accelerator = Accelerator(cpu=device == "cpu")
-    summary.update({f"{split}_{k}": v for k, v in evaluate_prior(prior, codes, conditions, batch_size,
-                                                                   accelerator).items()})
+    codes, conditions = load_code_tensors(info["codes_dir"], split, prior.shape)
+    likelihood = likelihood_metrics(likelihood_sums(prior, codes, conditions, batch_size))
+    summary.update({f"{split}_{k}": v for k, v in likelihood.items()})
 
     started = time.perf_counter()
     generated_codes, generated_conditions, generated = generate(prior, vqvae, n, seed, temperature, top_k,
@@ -69,14 +77,14 @@ def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0,
     generated = torch.from_numpy(generated)[:, None]
 
     shards = vq_cfg.data.shards
-    real = as_float(load_images(shards, split))
+    real = uint8_to_unit(load_images(shards, split))
     train = load_images(shards, "train")   # uint8: 0.5 GB for OASIS; as floats only once, below
     with torch.no_grad():
         reconstructions = torch.cat([vqvae(real[i: i + batch_size].to(device))[0].clamp(0, 1).cpu()
                                      for i in range(0, len(real), batch_size)])
 
     # (a) memorisation
-    train_images = as_float(train)
+    train_images = uint8_to_unit(train)
     gen_ssim, gen_nearest = nearest_ssim(generated, train_images)
     real_ssim, _ = nearest_ssim(real, train_images)
     summary.update({"nearest_train_ssim_generated": float(gen_ssim.mean()),
@@ -109,3 +117,24 @@ def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0,
     if log_wandb:
         log_to_wandb(summary, out, cfg.wandb.project, cfg.wandb.mode, f"evaluate-prior-{split}", prefix=split)
     return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_checkpoint_argument(parser, "prior")
+    parser.add_argument("--out", type=Path, required=True, help="folder for summary.json, figures and samples")
+    parser.add_argument("--split", default="test", choices=["validate", "test"], help="real split (default: %(default)s)")
+    add_sampling_arguments(parser, n=64, slice_option=False)
+    parser.add_argument("--max-pairs", type=int, default=500,
+                        help="image pairs per set for the MS-SSIM diversity (default: %(default)s)")
+    add_batch_size_argument(parser, 32, "batch size for every pass")
+    add_device_argument(parser)
+    parser.add_argument("--wandb", action="store_true", help="also log the summary and figures to wandb")
+    add_quiet_argument(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    summary = evaluate_generation(args.checkpoint, args.out, n=args.n, seed=args.seed, split=args.split,
+                                  batch_size=args.batch_size, device=args.device, temperature=args.temperature,
+                                  top_k=args.top_k, max_pairs=args.max_pairs, log_wandb=args.wandb,
+                                  show_progress=not args.quiet)
+    print(json.dumps(summary, indent=1))

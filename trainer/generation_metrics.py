@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchmetrics.functional.image import (multiscale_structural_similarity_index_measure,
                                            structural_similarity_index_measure)
 
-from trainer.evaluate import SSIM_SETTINGS
+from trainer.image_metrics import SSIM_SETTINGS
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

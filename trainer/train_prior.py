@@ -5,35 +5,33 @@ Accelerate wraps the model and optimizer (devices, DDP, mixed precision) and car
     python -m trainer prior --config configs/prior_oasis_32.yaml                 # one process
     bash launch.sh stage2 configs/prior_oasis_32.yaml                            # N GPUs
 
-The loss is the cross-entropy of every cell's code given the cells before it (teacher forcing),
-reported as bits per code; top-1 accuracy is how often the most likely code is the true one.
+The loss (trainer/prior_loss.py) is the cross-entropy of every cell's code given the cells before it
+(teacher forcing), reported as bits per code; top-1 accuracy is how often the most likely code is the true one.
 The code grids are small (8,000 OASIS slices at 32x32 are 16 MB), so they live on the device and
 each epoch is a seeded permutation split between ranks: no loader, and resuming is exact.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from contextlib import nullcontext
+import argparse
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
-import torch.nn.functional as F
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from trainer.codes import load_codes, read_codes_meta
-from trainer.config import PriorConfig
-from trainer.evaluate import load_vqvae
-from trainer.figures import generated_grid
-from trainer.pixelcnn import GatedPixelCNN, PriorShape
-from trainer.sample import PRIOR_INFO, build_prior, generate
-from trainer.training_run import TrainingRun, is_due, lr_schedule
+from export.runtime.figures import generated_grid
+from trainer.codes import load_code_tensors, read_codes_meta
+from trainer.config import PriorConfig, load_config
+from trainer.generate import generate
+from trainer.models import PRIOR_INFO, build_prior, load_vqvae
+from trainer.pixelcnn import PriorShape
+from trainer.prior_loss import LN2, likelihood_metrics, likelihood_sums, prior_loss
+from trainer.training_run import TrainingRun, add_training_arguments, is_due, lr_schedule
 
-LN2 = math.log(2)
+DESCRIPTION = ("Train the prior on the codes written by `encode`. Run directly for one process, or under "
+               "`accelerate launch` / launch.sh stage2 for several GPUs. All hyper-parameters come from the config.")
 
 
 def code_batches(num_samples: int, batch_size: int, rank: int, world_size: int, seed: int,
@@ -53,48 +51,7 @@ def code_batches(num_samples: int, batch_size: int, rank: int, world_size: int, 
         epoch, offset = epoch + 1, 0
 
 
-def prior_loss(logits: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean cross-entropy in nats per code, fraction of cells whose most likely code is right)."""
-    loss = F.cross_entropy(logits.float(), codes)
-    accuracy = (logits.argmax(dim=1) == codes).float().mean()
-    return loss, accuracy
-
-
-@torch.no_grad()
-def evaluate_prior(prior: torch.nn.Module, codes: torch.Tensor, conditions: torch.Tensor | None, batch_size: int,
-                   accelerator: Accelerator, max_batches: int = 0) -> dict:
-    """Bits per code and top-1 accuracy over this rank's share of a split, summed over ranks."""
-    was_training = prior.training
-    prior.eval()
-    totals = torch.zeros(3, device=accelerator.device)    # nats sum, correct sum, cells
-    mine = torch.arange(accelerator.process_index, len(codes), accelerator.num_processes)
-    for number, start in enumerate(range(0, len(mine), batch_size)):
-        if max_batches and number == max_batches:
-            break
-        index = mine[start: start + batch_size]
-        batch = codes[index].to(accelerator.device)
-        cond = conditions[index].to(accelerator.device) if conditions is not None else None
-        with accelerator.autocast():
-            logits = prior(batch, cond).float()
-        totals += torch.stack([F.cross_entropy(logits, batch, reduction="sum"),
-                               (logits.argmax(dim=1) == batch).sum().float(), torch.tensor(batch.numel(),
-                                                                                     device=batch.device).float()])
-    prior.train(was_training)
-    nats, correct, cells = accelerator.reduce(totals, "sum").tolist()
-    return {"bits_per_code": nats / max(cells, 1) / LN2, "accuracy": correct / max(cells, 1)}
-
-
-def load_split(directory: str, split: str, shape: PriorShape) -> tuple[torch.Tensor, torch.Tensor | None]:
-    code_set = load_codes(directory, split)
-    codes = torch.from_numpy(code_set.codes.astype("int64"))
-    conditions = torch.from_numpy(code_set.slices.astype("int64")) if shape.num_conditions else None
-    if conditions is not None and int(conditions.max()) >= shape.num_conditions:
-        raise ValueError(f"{directory}/{split}.npz: slice {int(conditions.max())} is beyond the "
-                         f"{shape.num_conditions} positions seen in train")
-    return codes, conditions
-
-
-def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = True) -> tuple[Path, GatedPixelCNN]:
+def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = True) -> tuple[Path, torch.nn.Module]:
     """Train stage 2; returns the final checkpoint folder and the trained prior."""
     meta = read_codes_meta(cfg.codes.dir)
     shape = PriorShape(meta["num_codes"], meta["height"], meta["width"],
@@ -110,43 +67,40 @@ def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = Tr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(tc))
     trained, optimizer, start_step = run.start(prior, optimizer, scheduler, cfg)
 
-    codes, conditions = load_split(cfg.codes.dir, "train", shape)
-    eval_codes, eval_conditions = load_split(cfg.codes.dir, cfg.codes.eval_split, shape)
+    codes, conditions = load_code_tensors(cfg.codes.dir, "train", shape)
+    eval_codes, eval_conditions = load_code_tensors(cfg.codes.dir, cfg.codes.eval_split, shape)
     codes = codes.to(accelerator.device)
     conditions = conditions.to(accelerator.device) if conditions is not None else None
     batches = code_batches(len(codes), cfg.codes.batch_size, accelerator.process_index, accelerator.num_processes,
                            cfg.seed, start_batch=start_step * tc.grad_accum)
     vqvae = None  # loaded on first use, only where sample grids are drawn
 
-    window = torch.zeros(2, device=accelerator.device)  # loss, accuracy sums
-    window_steps, window_start = 0, time.perf_counter()
     samples_per_step = cfg.codes.batch_size * tc.grad_accum * accelerator.num_processes
     progress = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc="prior",
                     disable=not (show_progress and accelerator.is_main_process))
     prior.train()
     for step in progress:
-        for micro in range(tc.grad_accum):
+        for _ in range(tc.grad_accum):
             index = next(batches).to(accelerator.device)
             batch = codes[index]
-            sync = nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(trained)
-            with sync:
+            with accelerator.accumulate(trained):
                 logits = trained(batch, conditions[index] if conditions is not None else None)
                 loss, accuracy = prior_loss(logits, batch)
-                accelerator.backward(loss / tc.grad_accum)
-            window += torch.stack([loss, accuracy]).detach()
+                accelerator.backward(loss)
+            run.add_metrics(loss, accuracy)
         run.optimizer_step(prior, optimizer, scheduler)
-        window_steps += 1
         done = step + 1
 
         if run.reports_at(done):
-            means = run.window_means(window, window_steps, done)
+            means, window_steps, seconds = run.take_window(done)
             record = {"step": done, "loss": means[0], "bits_per_code": means[0] / LN2, "accuracy": means[1],
                       "lr": scheduler.get_last_lr()[0],
-                      "codes_per_s": window_steps * samples_per_step * shape.height * shape.width
-                      / (time.perf_counter() - window_start)}
+                      "codes_per_s": window_steps * samples_per_step * shape.height * shape.width / seconds}
             if is_due(done, tc.eval_every, tc.max_steps):
-                metrics = evaluate_prior(prior, eval_codes, eval_conditions, cfg.codes.batch_size, accelerator,
-                                         tc.eval_batches)
+                sums = likelihood_sums(prior, eval_codes, eval_conditions, cfg.codes.batch_size,
+                                       accelerator.process_index, accelerator.num_processes, tc.eval_batches,
+                                       accelerator.autocast)
+                metrics = likelihood_metrics(accelerator.reduce(sums, "sum"))
                 record.update({f"val_{key}": value for key, value in metrics.items()})
             images = {}
             if accelerator.is_main_process and (done == tc.max_steps or (cfg.sample_every
@@ -163,10 +117,17 @@ def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = Tr
                 progress.set_postfix(bits=f"{record['bits_per_code']:.3f}", acc=f"{means[1]:.3f}",
                                      **({"val_bits": f"{record['val_bits_per_code']:.3f}"}
                                         if "val_bits_per_code" in record else {}))
-            window.zero_()
-            window_steps, window_start = 0, time.perf_counter()
 
             if is_due(done, tc.checkpoint_every, tc.max_steps):
                 run.save(done, prior, optimizer, scheduler, cfg, extra_json={PRIOR_INFO: info})
 
     return run.finish(), prior
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_training_arguments(parser, "configs/prior_*.yaml")
+
+
+def run(args: argparse.Namespace) -> None:
+    train_prior(load_config(args.config, args.overrides, cls=PriorConfig), resume=args.resume,
+                show_progress=not args.quiet)

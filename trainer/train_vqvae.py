@@ -10,8 +10,7 @@ ranks take the same number of steps. Host syncs happen once per `log_every` step
 
 from __future__ import annotations
 
-import time
-from contextlib import nullcontext
+import argparse
 from pathlib import Path
 
 import torch
@@ -20,13 +19,17 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from trainer.config import VQVAEConfig
+from export.runtime.figures import reconstruction_grid
+from trainer.config import VQVAEConfig, load_config
 from trainer.data import SliceShards, epoch_batches, train_batches
-from trainer.evaluate import reconstruction_metrics
-from trainer.figures import reconstruction_grid
+from trainer.image_metrics import reconstruction_metrics
+from trainer.models import build_vqvae
 from trainer.quantizer import codebook_stats
-from trainer.training_run import TrainingRun, is_due, lr_schedule
+from trainer.training_run import TrainingRun, add_training_arguments, is_due, lr_schedule
 from trainer.vqvae import VQVAE
+
+DESCRIPTION = ("Train the VQ-VAE on WebDataset shards. Run directly for one process, or under `accelerate launch` / "
+               "launch.sh for several GPUs. All hyper-parameters come from the config.")
 
 
 @torch.no_grad()
@@ -63,7 +66,7 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
     run = TrainingRun(cfg.out_dir, tc, cfg.wandb, resume)
     accelerator, out = run.accelerator, run.out
     set_seed(cfg.seed)
-    model = VQVAE(cfg.model, cfg.quantizer)
+    model = build_vqvae(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(tc))
     trained, optimizer, start_step = run.start(model, optimizer, scheduler, cfg)
@@ -75,28 +78,23 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
     batches = train_batches(dataset, cfg.data.batch_size, start_sample=start_step * samples_per_step,
                             num_workers=cfg.data.num_workers)
 
-    window = torch.zeros(4, device=accelerator.device)  # loss, recon, commitment, perplexity sums
-    window_steps, window_start = 0, time.perf_counter()
     progress = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc="vqvae",
                     disable=not (show_progress and accelerator.is_main_process))
     model.train()
     for step in progress:
-        for micro in range(tc.grad_accum):
+        for _ in range(tc.grad_accum):
             images = next(batches).images.to(accelerator.device, non_blocking=True)
-            sync = nullcontext() if micro == tc.grad_accum - 1 else accelerator.no_sync(trained)
-            with sync:
+            with accelerator.accumulate(trained):
                 recon, quantized = trained(images)
                 recon_loss = F.mse_loss(recon.float(), images)
                 loss = recon_loss + quantized.loss
-                accelerator.backward(loss / tc.grad_accum)
-            window += torch.stack([loss, recon_loss, quantized.commitment_loss, quantized.perplexity]).detach()
+                accelerator.backward(loss)
+            run.add_metrics(loss, recon_loss, quantized.commitment_loss, quantized.perplexity)
         run.optimizer_step(model, optimizer, scheduler)
-        window_steps += 1
         done = step + 1
 
         if run.reports_at(done):
-            means = run.window_means(window, window_steps, done)
-            seconds = time.perf_counter() - window_start
+            means, window_steps, seconds = run.take_window(done)
             record = {"step": done, "loss": means[0], "recon_loss": means[1], "commitment_loss": means[2],
                       "perplexity": means[3], "lr": scheduler.get_last_lr()[0],
                       "codebook_restarts": int(getattr(model.quantizer, "restart_count", 0)),
@@ -112,10 +110,16 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
             if accelerator.is_main_process:
                 progress.set_postfix(loss=f"{means[0]:.4f}", ppl=f"{means[3]:.0f}",
                                      **({"val_ssim": f"{record['val_ssim']:.3f}"} if "val_ssim" in record else {}))
-            window.zero_()
-            window_steps, window_start = 0, time.perf_counter()
 
             if is_due(done, tc.checkpoint_every, tc.max_steps):
                 run.save(done, model, optimizer, scheduler, cfg)
 
     return run.finish(), model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_training_arguments(parser, "configs/")
+
+
+def run(args: argparse.Namespace) -> None:
+    train_vqvae(load_config(args.config, args.overrides), resume=args.resume, show_progress=not args.quiet)

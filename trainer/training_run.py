@@ -1,13 +1,20 @@
 """What both training stages share around their loop: the Accelerator, resuming, the metrics log,
-wandb, divergence checks and checkpoints. The loops themselves (train_vqvae.py, train_prior.py) stay
+wandb (also for the one-shot commands: `log_to_wandb`), the window of metrics summed between two
+reports, divergence checks and checkpoints. The loops themselves (train_vqvae.py, train_prior.py) stay
 plain PyTorch and read top to bottom; this module only keeps them from repeating each other.
+
+Gradient accumulation is Accelerate's own: each micro-step runs inside `accelerator.accumulate(model)`
+(no gradient all-reduce but on the last one; `accelerator.backward` divides the loss by `grad_accum`),
+and the optimizer steps once per `grad_accum` micro-steps.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,6 +22,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 
+from export.runtime.cli import add_quiet_argument
 from trainer.checkpoint import list_checkpoints, load_training_state, load_weights, save_checkpoint, set_rng_state
 from trainer.config import TrainConfig, WandbConfig, config_to_dict
 
@@ -40,6 +48,28 @@ def wandb_mode(mode: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+def log_to_wandb(summary: dict, out: Path, project: str, mode: str, name: str, prefix: str) -> None:
+    """One wandb run holding a summary's numbers and every figure in `out`."""
+    import wandb
+
+    run = wandb.init(project=project, dir=str(out), name=name, job_type=name.split("-")[0], mode=wandb_mode(mode),
+                     config={"checkpoint": summary.get("checkpoint")})
+    run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+    run.log({f"{prefix}/{path.stem}": wandb.Image(str(path)) for path in sorted(out.glob("*.png"))})
+    run.finish()
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, configs: str) -> None:
+    """The options of both training commands: the config, overrides, resuming, quiet."""
+    parser.add_argument("--config", type=Path, required=True, help=f"YAML config (see {configs})")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value, e.g. --set train.max_steps=200 (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the newest checkpoint in out_dir/checkpoints (model, optimizer, "
+                             "scheduler, RNG, step and, in stage 1, the EMA codebook)")
+    add_quiet_argument(parser)
+
+
 def is_due(step: int, every: int, last: int) -> bool:
     return step % every == 0 or step == last
 
@@ -60,12 +90,15 @@ class TrainingRun:
             # process trains alone; with it, the processes form one gloo job.
             cpu=not torch.cuda.is_available(),
             mixed_precision=train.mixed_precision,
+            gradient_accumulation_steps=train.grad_accum,
             log_with="wandb" if wandb.enabled else None,
             project_dir=str(self.out),
             # Stage 1's buffers are kept identical by the quantizer's own all-reduce; DDP's broadcast
             # of rank 0's buffers at every forward would only cost bandwidth.
             kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
         )
+        self.window: torch.Tensor | None = None   # metrics summed over the micro-steps since the last report
+        self.window_steps, self.window_start = 0, time.perf_counter()
         # The gradients of 1x1 convolutions come back with other strides on their size-1 axes than
         # the weights have; DDP then copies them (a few KiB) and warns at every backward.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
@@ -98,34 +131,46 @@ class TrainingRun:
         if self.wandb.enabled:
             accelerator.init_trackers(self.wandb.project, config=config_to_dict(config), init_kwargs={
                 "wandb": {"mode": wandb_mode(self.wandb.mode), "dir": str(self.out), "name": self.out.name}})
+        self.window_start = time.perf_counter()
         return trained, optimizer, start_step
 
+    def add_metrics(self, *values: torch.Tensor) -> None:
+        """Add one micro-step's metrics (the loss first) to the window, on the device: no host sync."""
+        stacked = torch.stack(values).detach()
+        self.window = stacked if self.window is None else self.window + stacked
+
     def optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        """Clip gradients (if configured), step, advance the schedule, clear the gradients."""
+        """After the last micro-step: clip gradients (if configured), step, advance the schedule, clear
+        the gradients."""
         if self.train.grad_clip:
             self.accelerator.clip_grad_norm_(model.parameters(), self.train.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        self.window_steps += 1
 
     def reports_at(self, step: int) -> bool:
         """Whether `step` logs, evaluates or checkpoints (the only steps that sync with the host)."""
         tc = self.train
         return any(is_due(step, every, tc.max_steps) for every in (tc.log_every, tc.eval_every, tc.checkpoint_every))
 
-    def window_means(self, window: torch.Tensor, window_steps: int, step: int) -> list[float]:
-        """Per-micro-step means of the summed metrics, over all ranks (one host sync); stops the run
-        on NaN/Inf (the loss comes first in `window`)."""
-        means = (self.accelerator.reduce(window, "mean") / (window_steps * self.train.grad_accum)).tolist()
+    def take_window(self, step: int) -> tuple[list[float], int, float]:
+        """(per-micro-step means of the window's metrics over all ranks, optimizer steps and seconds it
+        spans), then empty it (its clock restarts after `log`, so evaluation time is not training time).
+        One host sync; stops the run on NaN/Inf in the loss."""
+        means = (self.accelerator.reduce(self.window, "mean") / (self.window_steps * self.train.grad_accum)).tolist()
         if not all(map(math.isfinite, means)):
             last = list_checkpoints(self.checkpoints)
             raise TrainingDiverged(
                 f"loss became {means[0]} by step {step}; stopping. Last good checkpoint: "
                 f"{last[-1] if last else 'none'} (lower train.lr, or keep train.grad_clip on)")
-        return means
+        taken = (means, self.window_steps, time.perf_counter() - self.window_start)
+        self.window, self.window_steps = None, 0
+        return taken
 
     def log(self, record: dict, images: dict[str, Path] | None = None) -> None:
-        """Append a metrics row (main process) and send it, with any figures, to the trackers."""
+        """Append a metrics row (main process) and send it, with any figures, to the trackers; the
+        next window's clock starts here."""
         step = record["step"]
         if self.wandb.enabled and images and self.accelerator.is_main_process:
             import wandb
@@ -135,6 +180,7 @@ class TrainingRun:
         if self.accelerator.is_main_process:
             with self.metrics_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+        self.window_start = time.perf_counter()
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
              config: Any, extra_json: dict[str, dict] | None = None) -> None:

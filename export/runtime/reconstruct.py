@@ -12,6 +12,7 @@ name, never converted. Shards are read with data_tools' reader, which needs no t
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import time
@@ -23,12 +24,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from data_tools.sample_format import iter_shard, read_manifest
-from export.runtime import ExportedModels
-from trainer.figures import code_maps
-from trainer.sample_files import save_code_map, save_image
+from export.runtime.cli import add_batch_size_argument, add_quiet_argument
+from export.runtime.figures import code_maps
+from export.runtime.onnx_models import ExportedModels, add_threads_argument
+from export.runtime.sample_files import save_code_map, save_image
+from export.runtime.shard_format import iter_shard, read_manifest
 
 FIGURE_COUNT = 8
+DESCRIPTION = ("Encode 8-bit grayscale PNG slices (or a split of shards) to code grids and decode them; "
+               "write reconstructions/, codes/ (16-bit code maps), codes.npz, code_maps.png and summary.json.")
 
 
 def read_slice(source: Path | bytes, name: str, size: int) -> np.ndarray:
@@ -124,3 +128,23 @@ def reconstruct(model_dir: Path, out: Path, inputs: list[Path] = (), shards: Pat
                "seconds": seconds, "images_per_second": len(names) / seconds, "figure": str(figure)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", type=Path, nargs="*", help="PNG files, or folders of them (not recursive)")
+    parser.add_argument("--model-dir", type=Path, required=True, help="folder written by `python -m export onnx`")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--shards", type=Path, default=None,
+                        help="instead of PNG files: a folder written by `python -m data_tools shard`")
+    parser.add_argument("--split", default="test", choices=["train", "validate", "test"],
+                        help="split of --shards to reconstruct (default: %(default)s)")
+    add_batch_size_argument(parser, 32)
+    add_threads_argument(parser)
+    add_quiet_argument(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    summary = reconstruct(args.model_dir, args.out, args.inputs, args.shards, args.split, args.batch_size,
+                          args.threads, show_progress=not args.quiet)
+    print(f"{summary['images']} slices, PSNR {summary['psnr_mean']:.2f} dB, "
+          f"{summary['images_per_second']:.1f} images/s -> {args.out}")

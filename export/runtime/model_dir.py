@@ -13,9 +13,10 @@ Torch-free, so that the runtime can check a folder without the training stack.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+
+from export.runtime.digest import file_sha256
 
 MODEL_JSON = "model.json"
 FORMAT_VERSION = 1
@@ -28,10 +29,6 @@ PART_KEYS = ("file", "sha256", "inputs", "outputs")
 
 class ModelDirError(ValueError):
     """An export folder is missing or inconsistent; the message names the file and the problem."""
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_model_json(directory: Path) -> dict:
@@ -60,6 +57,6 @@ def read_model_json(directory: Path) -> dict:
         onnx_file = directory / spec["file"]
         if not onnx_file.is_file():
             raise ModelDirError(f"{onnx_file}: missing (listed in {path})")
-        if sha256(onnx_file) != spec["sha256"]:
+        if file_sha256(onnx_file) != spec["sha256"]:
             raise ModelDirError(f"{onnx_file}: sha256 differs from {path}; the files come from different exports")
     return info

@@ -4,60 +4,28 @@
 
 The loop is trainer.pixelcnn.sample's exact fast sampler (one `prior_row` call per row on a band of
 rows above it, one `prior_cell` call per cell on a window of columns), and the random numbers and
-the draw rule are trainer/sampling_rule.py's, so a seed gives the same code grids as
+the draw rule are export/runtime/sampling_rule.py's, so a seed gives the same code grids as
 `python -m trainer sample`. (The logits agree to float rounding, ~1e-7, so a draw could only differ
 if a uniform number fell that close to a step of the CDF.) The outputs are the same files too.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from tqdm import tqdm
 
-from export.model_dir import PARTS, read_model_json
-from trainer.sample_files import write_samples
-from trainer.sampling_rule import check_sampling_options, draw, sampling_randomness
+from export.runtime.cli import add_batch_size_argument, add_quiet_argument, add_sampling_arguments
+from export.runtime.onnx_models import ExportedModels, add_threads_argument
+from export.runtime.sample_files import write_samples
+from export.runtime.sampling_rule import check_sampling_options, draw, sampling_randomness
 
-
-class ExportedModels:
-    """The ONNX models of an export folder (export/model_dir.py), run by onnxruntime on the CPU.
-    Feeds and fetches use the names in model.json; only the `parts` asked for are loaded."""
-
-    def __init__(self, directory: Path, parts: Iterable[str] = PARTS, threads: int = 0):
-        if threads < 0:
-            raise ValueError(f"--threads must be >= 0 (0: onnxruntime's default), got {threads}")
-        self.directory = Path(directory)
-        self.info = read_model_json(self.directory)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1   # the graphs are chains: nothing to run side by side
-        self.sessions = {part: ort.InferenceSession(str(self.directory / self.info["models"][part]["file"]),
-                                                    options, providers=["CPUExecutionProvider"])
-                         for part in parts}
-
-    def run(self, part: str, *arrays: np.ndarray) -> np.ndarray:
-        spec = self.info["models"][part]
-        return self.sessions[part].run(spec["outputs"], dict(zip(spec["inputs"], arrays)))[0]
-
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        """Images (B, 1, S, S) in [0, 1] -> codes (B, H, W) int64."""
-        return self.run("encoder", images.astype(np.float32, copy=False))
-
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Codes (B, H, W) -> images (B, 1, S, S) float32 in [0, 1]."""
-        return self.run("decoder", codes.astype(np.int64, copy=False))
-
-    def row_context(self, band: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
-        return self.run("prior_row", band, *([] if conditions is None else [conditions]))
-
-    def cell_logits(self, row: np.ndarray, context: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
-        return self.run("prior_cell", row, context, *([] if conditions is None else [conditions]))
+DESCRIPTION = ("Sample code grids with the exported prior and decode them; the same options, semantics and output "
+               "files as `python -m trainer sample`, and the same brains for the same seed.")
 
 
 def sample_codes(models: ExportedModels, uniforms: np.ndarray, conditions: np.ndarray | None = None,
@@ -113,3 +81,20 @@ def run_sampling(model_dir: Path, out: Path, n: int = 16, seed: int = 0, tempera
                "sampler": "onnxruntime", "seconds": seconds, "figure": str(figure), "model_dir": str(model_dir)}
     (Path(out) / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", type=Path, required=True, help="folder written by `python -m export onnx`")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="output folder: codes/NNN.png, images/NNN.png, samples.npz, generated.png, summary.json")
+    add_sampling_arguments(parser)
+    add_batch_size_argument(parser, 16, "grids sampled together")
+    add_quiet_argument(parser)
+    add_threads_argument(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    summary = run_sampling(args.model_dir, args.out, n=args.n, seed=args.seed, temperature=args.temperature,
+                           top_k=args.top_k, slice_index=args.slice, batch_size=args.batch_size, threads=args.threads,
+                           show_progress=not args.quiet)
+    print(f"{summary['n']} brains in {summary['seconds']:.1f} s -> {args.out} (figure: {summary['figure']})")

@@ -4,7 +4,7 @@ sampler (trainer/sample.py) and the onnxruntime one (export/): numpy and pillow 
     codes/NNN.png    code maps as 16-bit PNGs, indices scaled to fill 0..65535
     images/NNN.png   the decoded brains, 8-bit grayscale
     samples.npz      the code grids (uint16) and, for a conditional prior, the slice positions
-    generated.png    the first FIGURE_COUNT code maps above their brains (trainer.figures.generated_grid)
+    generated.png    the first FIGURE_COUNT code maps above their brains (export.runtime.figures.generated_grid)
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from trainer.figures import generated_grid
+from export.runtime.figures import generated_grid
 
 FIGURE_COUNT = 32   # a figure of hundreds of brains would be tens of thousands of pixels tall
 

@@ -10,25 +10,7 @@ softmax(logits / temperature) over the top_k codes); `trainer.pixelcnn.draw` is 
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-
-
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options both `python -m trainer sample` and `python -m export sample` take."""
-    parser.add_argument("--n", type=int, default=16, help="number of brains (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="random seed; the same seed gives the same brains, in either sampler (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=1.0,
-                        help="divide the logits by this (> 0); < 1 is more conservative (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=0,
-                        help="sample only among the k most likely codes per cell; 0 = all (default: %(default)s)")
-    parser.add_argument("--slice", type=int, default=None,
-                        help="slice position to generate (0..31 on OASIS) if the prior is conditional; "
-                             "default: a random position per sample")
-    parser.add_argument("--batch-size", type=int, default=16, help="grids sampled together (default: %(default)s)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def check_sampling_options(temperature: float, top_k: int, num_codes: int) -> None:

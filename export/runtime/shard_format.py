@@ -1,4 +1,5 @@
-"""The on-disk sample format, in one place for the writer (`shard`), `verify` and the trainer's loader.
+"""The on-disk shard format, in one place for the writer (data_tools/shard.py), `verify`, the trainer's
+loader and the onnxruntime reconstructor (torch-free, so the runtime can read shards).
 
 A shard is a plain tar (no compression: gzip headers carry timestamps) of samples
 `<key>.png`, `<key>.json` and optionally `<key>.seg.png`. Readers decode exactly these entries
@@ -16,11 +17,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from data_tools.layout import DataError
-
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 ENTRIES = ("png", "json", "seg.png")
+
+
+class DataError(Exception):
+    """Bad input data; the message names the file (or folder) and the problem."""
 
 
 def sample_record(key: str, png: bytes, metadata: dict, mask_png: bytes | None) -> dict:

@@ -1,0 +1,80 @@
+"""The command line every `python -m PACKAGE COMMAND` shares: how commands are found, the options
+several commands take (defined once, here), and how a user's mistake is reported.
+
+A command is a module with `DESCRIPTION` (its `--help` text), `add_arguments(parser)` and
+`run(args)`; the package's `__main__` lists the commands with a one-line help each. Only the module of the command asked for is imported, so
+`python -m export sample` never imports the torch that `python -m export onnx` needs. Torch-free,
+so the runtime's commands can use it; the training side's commands use it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from export.runtime.shard_format import DataError
+
+# A user's mistake: exit 2 with one line naming the file and the problem, never a traceback.
+# (Config and model-folder errors are ValueErrors.)
+USER_ERRORS = (DataError, FileExistsError, FileNotFoundError, ValueError)
+
+
+def run_command_line(prog: str, description: str, commands: dict[str, tuple[str, str]],
+                     argv: list[str] | None = None) -> int:
+    """Parse `argv` for one of `commands` ({name: (module, one-line help)}), run it; returns the exit code."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_line) in commands.items():
+        subparsers.add_parser(name, help=help_line, add_help=False)
+    chosen = parser.parse_known_args(argv)[0].command
+    try:
+        module = importlib.import_module(commands[chosen][0])
+    except ImportError as err:   # e.g. `onnx` on a runtime-only install: no torch, onnx or onnxscript
+        print(f"error: {err}; `{chosen}` needs the training install (pip install '.[train]')", file=sys.stderr)
+        return 2
+    command = subparsers.choices[chosen]
+    command.description = module.DESCRIPTION
+    command.add_argument("-h", "--help", action="help", help="show this help message and exit")
+    module.add_arguments(command)
+    args = parser.parse_args(argv)
+    try:
+        module.run(args)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help=f"{what} checkpoint folder (step_NNNNNNN) or a run folder (its newest checkpoint)")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+
+
+def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_batch_size_argument(parser: argparse.ArgumentParser, default: int, what: str = "images per batch") -> None:
+    parser.add_argument("--batch-size", type=int, default=default, help=f"{what} (default: %(default)s)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, n: int = 16, slice_option: bool = True) -> None:
+    """The sampling options of `trainer sample`, `export sample` and `trainer evaluate-prior`."""
+    parser.add_argument("--n", type=int, default=n, help="number of brains (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="random seed; the same seed gives the same brains, in either sampler (default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="divide the logits by this (> 0); < 1 is more conservative (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=0,
+                        help="sample only among the k most likely codes per cell; 0 = all (default: %(default)s)")
+    if slice_option:
+        parser.add_argument("--slice", type=int, default=None,
+                            help="slice position to generate (0..31 on OASIS) if the prior is conditional; "
+                                 "default: a random position per sample")

@@ -1,0 +1,53 @@
+"""The exported models of a model folder (export/runtime/model_dir.py), run by onnxruntime on the CPU:
+what the runtime's sampler and reconstructor call instead of the torch modules."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from export.runtime.model_dir import PARTS, read_model_json
+
+
+class ExportedModels:
+    """The ONNX models of an export folder (export/runtime/model_dir.py), run by onnxruntime on the CPU.
+    Feeds and fetches use the names in model.json; only the `parts` asked for are loaded."""
+
+    def __init__(self, directory: Path, parts: Iterable[str] = PARTS, threads: int = 0):
+        if threads < 0:
+            raise ValueError(f"--threads must be >= 0 (0: onnxruntime's default), got {threads}")
+        self.directory = Path(directory)
+        self.info = read_model_json(self.directory)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1   # the graphs are chains: nothing to run side by side
+        self.sessions = {part: ort.InferenceSession(str(self.directory / self.info["models"][part]["file"]),
+                                                    options, providers=["CPUExecutionProvider"])
+                         for part in parts}
+
+    def run(self, part: str, *arrays: np.ndarray) -> np.ndarray:
+        spec = self.info["models"][part]
+        return self.sessions[part].run(spec["outputs"], dict(zip(spec["inputs"], arrays)))[0]
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """Images (B, 1, S, S) in [0, 1] -> codes (B, H, W) int64."""
+        return self.run("encoder", images.astype(np.float32, copy=False))
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Codes (B, H, W) -> images (B, 1, S, S) float32 in [0, 1]."""
+        return self.run("decoder", codes.astype(np.int64, copy=False))
+
+    def row_context(self, band: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
+        return self.run("prior_row", band, *([] if conditions is None else [conditions]))
+
+    def cell_logits(self, row: np.ndarray, context: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
+        return self.run("prior_cell", row, context, *([] if conditions is None else [conditions]))
+
+
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=int, default=0,
+                        help="onnxruntime threads per model; 0 = onnxruntime's default (default: %(default)s)")
