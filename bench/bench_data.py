@@ -83,7 +83,8 @@ def main() -> None:
           f"{results[f'shard_images_per_s_{cores}proc']:.0f} img/s ({cores} processes)")
     print(f"{'loading':<12}{'shards':>12}{'PNG folder':>12}{'ratio':>8}")
     for workers in (0, 2):
-        ours, base = results[f"load_shards_images_per_s_{workers}workers"], results[f"load_pngs_images_per_s_{workers}workers"]
+        ours = results[f"load_shards_images_per_s_{workers}workers"]
+        base = results[f"load_pngs_images_per_s_{workers}workers"]
         results[f"load_ratio_{workers}workers"] = ours / base
         print(f"{workers} workers{'':<4}{ours:>12.0f}{base:>12.0f}{ours / base:>7.2f}x")
     if args.json:

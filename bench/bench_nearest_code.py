@@ -44,8 +44,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--d", type=int, default=64, help="code dimension (default: 64)")
     p.add_argument("--chunk-size", type=int, default=4096, help="rows per chunk of the fused variant (default: 4096)")
     p.add_argument("--repeats", type=int, default=15, help="timed calls per variant, after warm-up (default: 15)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls per variant first; the first compiles (default: 2)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads (default: all cores)")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed calls per variant first; the first compiles (default: 2)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                   help="torch CPU threads (default: all cores)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = p.parse_args()
     if args.warmup < 1 or args.repeats < 1:

@@ -58,14 +58,17 @@ def main() -> None:
                         help="override a config value, e.g. --set data.batch_size=8")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--steps", type=int, default=50, help="timed optimizer steps per variant (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=5, help="untimed steps first, compile included (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=50,
+                        help="timed optimizer steps per variant (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="untimed steps first, compile included (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
 
     cfg = load_config(args.config, args.overrides)
     device = torch.device(args.device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU"
+    cpu = f"{platform.processor() or platform.machine()} CPU"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     fp32 = images_per_second(cfg, device, bf16=False, compile_model=False, steps=args.steps, warmup=args.warmup)
     fast = images_per_second(cfg, device, bf16=True, compile_model=True, steps=args.steps, warmup=args.warmup)
     results = {"device": name, "torch": torch.__version__, "config": str(args.config), "overrides": args.overrides,

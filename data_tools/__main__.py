@@ -7,16 +7,18 @@ import sys
 import time
 from pathlib import Path
 
-from data_tools.layout import SPLITS, DataError
+from data_tools.layout import SPLITS
 from data_tools.preview import preview_grid
 from data_tools.shard import shard_dataset
 from data_tools.verify import verify_shards
+from export.runtime.shard_format import DataError
 
 
 def print_summary(manifest: dict, out: Path, seconds: float) -> None:
     total = sum(e["num_samples"] for e in manifest["splits"].values())
     print(f"\nwrote {out} in {seconds:.1f} s ({total / seconds:.0f} images/s)")
-    print(f"{'split':<10}{'samples':>9}{'subjects':>10}{'shards':>8}{'MiB':>8}{'resized':>9}{'mean':>8}{'std':>8}  masks")
+    print(f"{'split':<10}{'samples':>9}{'subjects':>10}{'shards':>8}{'MiB':>8}{'resized':>9}{'mean':>8}{'std':>8}"
+          "  masks")
     for split, e in manifest["splits"].items():
         mib = sum(s["bytes"] for s in e["shards"]) / 2**20
         stats = e["pixel_stats"]

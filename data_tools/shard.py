@@ -28,8 +28,9 @@ import webdataset as wds
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from data_tools.layout import SPLITS, DataError, SliceFile, scan_layout
-from export.runtime.shard_format import FORMAT_VERSION, MANIFEST, sample_record
+from data_tools.layout import SPLITS, SliceFile, scan_layout
+from export.runtime.digest import file_sha256
+from export.runtime.shard_format import FORMAT_VERSION, MANIFEST, DataError, sample_record
 
 TAR_MTIME = 0.0  # fixed tar header time: same input -> byte-identical shards
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from conftest import DEMO_CONFIG, DEMO_SRC, REPO, tiny
+from conftest import DEMO_CONFIG, DEMO_SRC, tiny
 from trainer.__main__ import main as cli
 from trainer.config import load_config
 from trainer.evaluate import evaluate

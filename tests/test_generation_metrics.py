@@ -7,12 +7,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.image import (multiscale_structural_similarity_index_measure,
-                                           structural_similarity_index_measure)
+from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
+    structural_similarity_index_measure,
+)
 
 from trainer.config import ModelConfig, QuantizerConfig
-from trainer.generation_metrics import (code_histogram_comparison, distinct_pairs, encoder_features,
-                                        frechet_distance, mean_pairwise_ms_ssim, nearest_ssim)
+from trainer.generation_metrics import (
+    code_histogram_comparison,
+    distinct_pairs,
+    encoder_features,
+    frechet_distance,
+    mean_pairwise_ms_ssim,
+    nearest_ssim,
+)
 from trainer.image_metrics import SSIM_SETTINGS
 from trainer.vqvae import VQVAE
 

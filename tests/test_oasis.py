@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import OASIS_SRC
-from export.runtime.shard_format import read_manifest
 from data_tools.shard import shard_dataset
 from data_tools.verify import verify_shards
+from export.runtime.shard_format import read_manifest
 from trainer.data import SliceShards, epoch_batches
 
 pytestmark = pytest.mark.skipif(not OASIS_SRC.is_dir(), reason=f"real OASIS data not found at {OASIS_SRC}")
@@ -49,7 +49,8 @@ def test_oasis_subset_shards_with_counts_and_no_leakage(oasis_subset, tmp_path: 
         assert entry["subjects"] == subjects
         assert entry["resized"] == 0 and 0.05 < entry["pixel_stats"]["mean"] < 0.3
     subject_sets = [set(e["subjects"]) for e in manifest["splits"].values()]
-    assert not (subject_sets[0] & subject_sets[1] or subject_sets[0] & subject_sets[2] or subject_sets[1] & subject_sets[2])
+    train, validate, test = subject_sets
+    assert not (train & validate or train & test or validate & test)
     assert verify_shards(out, show_progress=False) == []
     batch = next(epoch_batches(SliceShards(out, "test"), 32))
     assert batch.images.shape == (32, 1, 256, 256) and {m["split"] for m in batch.meta} == {"test"}

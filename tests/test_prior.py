@@ -31,10 +31,10 @@ PRIOR_CONFIG = REPO / "configs" / "prior_demo_cpu.yaml"
 
 def tiny_prior(codes: Path, out: Path, *extra: str) -> PriorConfig:
     """The demo prior config shrunk to seconds on a CPU."""
-    return load_config(PRIOR_CONFIG, [f"codes.dir={codes}", f"out_dir={out}", "codes.batch_size=8", "model.channels=8", "model.layers=2",
-            "model.first_kernel=3", "model.head_channels=16", "train.max_steps=12", "train.warmup_steps=2",
-            "train.log_every=2", "train.eval_every=6", "train.checkpoint_every=6", "wandb.enabled=false",
-            "sample_count=2", *extra], cls=PriorConfig)
+    return load_config(PRIOR_CONFIG, [f"codes.dir={codes}", f"out_dir={out}", "codes.batch_size=8", "model.channels=8",
+            "model.layers=2", "model.first_kernel=3", "model.head_channels=16", "train.max_steps=12",
+            "train.warmup_steps=2", "train.log_every=2", "train.eval_every=6", "train.checkpoint_every=6",
+            "wandb.enabled=false", "sample_count=2", *extra], cls=PriorConfig)
 
 
 @pytest.fixture(scope="module")
@@ -186,8 +186,8 @@ def test_sample_cli_refuses_bad_options(trained_prior: Path, tmp_path: Path, cap
 
 def test_evaluate_prior_reports_every_metric(trained_prior: Path, codes: Path, tmp_path: Path, capsys):
     out = tmp_path / "eval"
-    assert cli(["evaluate-prior", "--checkpoint", str(trained_prior), "--out", str(out), "--n", "6", "--max-pairs", "40", "--temperature", "3",
-                "--quiet"]) == 0
+    assert cli(["evaluate-prior", "--checkpoint", str(trained_prior), "--out", str(out), "--n", "6",
+                "--max-pairs", "40", "--temperature", "3", "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary == json.loads(capsys.readouterr().out)
     assert 0 < summary["test_bits_per_code"] < 5.0 and 0 < summary["test_accuracy"] <= 1

@@ -21,8 +21,9 @@ RUNTIME_MODULES = sorted(name for name in project_modules() if name == RUNTIME o
 
 
 def test_the_runtime_has_its_modules():
-    assert {f"{RUNTIME}.{name}" for name in ("sampling_rule", "sample_files", "figures", "shard_format",
-                                              "model_dir", "onnx_models", "sample", "reconstruct")} <= set(RUNTIME_MODULES)
+    expected = ("sampling_rule", "sample_files", "figures", "shard_format", "model_dir", "onnx_models", "sample",
+                "reconstruct")
+    assert {f"{RUNTIME}.{name}" for name in expected} <= set(RUNTIME_MODULES)
 
 
 @pytest.mark.parametrize("module", RUNTIME_MODULES)
@@ -35,14 +36,14 @@ def test_runtime_source_imports_only_the_runtime(module):
             assert name == RUNTIME or name.startswith(RUNTIME + "."), f"{module} imports {name}, outside the runtime"
 
 
-CHECK = """
+CHECK = f"""
 import importlib, json, sys
-found = {}
+found = {{}}
 for module in sys.argv[1:]:
     importlib.import_module(module)
-    found[module] = sorted(name for name in sys.modules if name.split(".")[0] in %r)
+    found[module] = sorted(name for name in sys.modules if name.split(".")[0] in {FORBIDDEN!r})
 print(json.dumps(found))
-""" % (FORBIDDEN,)
+"""
 
 
 def test_importing_each_runtime_module_loads_no_torch_side_module():

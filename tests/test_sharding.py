@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +13,9 @@ from PIL import Image
 
 from conftest import DEMO_SRC, make_layout
 from data_tools.__main__ import main as cli
-from export.runtime.shard_format import iter_shard, read_manifest
 from data_tools.shard import shard_dataset
 from data_tools.verify import verify_shards
+from export.runtime.shard_format import iter_shard, read_manifest
 from trainer.data import SliceShards, epoch_batches
 
 

@@ -22,6 +22,7 @@ from trainer.train_vqvae import train_vqvae
 from trainer.training_run import TrainingDiverged
 from wandb_log import history
 
+
 def run_cli(overrides: list[str], *flags: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "trainer", "vqvae", "--config", str(DEMO_CONFIG), "--quiet", *flags]
     for item in overrides:
@@ -62,7 +63,8 @@ def test_two_processes_keep_identical_codebooks_and_learn(demo_shards: Path, tmp
     config = tmp_path / "cfg.yaml"
     config.write_text(DEMO_CONFIG.read_text())
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(REPO / "tests" / "scripts" / "train_ranks.py"), "vqvae", str(config), str(tmp_path),
+               str(free_port()), str(REPO / "tests" / "scripts" / "train_ranks.py"), "vqvae", str(config),
+               str(tmp_path),
                *tiny(demo_shards, tmp_path / "run", "train.max_steps=30", "train.eval_every=30",
                      "train.checkpoint_every=30", "quantizer.dead_code_threshold=100.0")]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}

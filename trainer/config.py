@@ -86,10 +86,12 @@ class TrainConfig:
     def check(self) -> None:
         require(self.max_steps >= 1, "train.max_steps", "must be >= 1")
         require(self.lr > 0, "train.lr", "must be > 0")
-        require(self.warmup_steps >= 0 and 0 <= self.min_lr_ratio <= 1, "train", "warmup_steps >= 0, min_lr_ratio in [0, 1]")
+        require(self.warmup_steps >= 0 and 0 <= self.min_lr_ratio <= 1, "train",
+                "warmup_steps >= 0, min_lr_ratio in [0, 1]")
         require(self.grad_clip >= 0 and self.weight_decay >= 0, "train", "grad_clip and weight_decay must be >= 0")
         require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
-        require(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", "must be 'no', 'bf16' or 'fp16'")
+        require(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision",
+                "must be 'no', 'bf16' or 'fp16'")
         for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
             require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         require(self.eval_batches >= 0, "train.eval_batches", "must be >= 0")

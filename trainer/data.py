@@ -27,8 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from export.runtime.shard_format import DataError
-from export.runtime.shard_format import decode_gray_png, decode_metadata, iter_shard, read_manifest
+from export.runtime.shard_format import DataError, decode_gray_png, decode_metadata, iter_shard, read_manifest
 
 CHUNK = 16  # samples per worker -> main-process hand-over
 

@@ -1,4 +1,5 @@
-"""`python -m trainer evaluate-prior`: how good the prior is, in one command: likelihood on held-out codes and the realism of its brains.
+"""`python -m trainer evaluate-prior`: how good the prior is, in one command: likelihood on held-out
+codes and the realism of its brains.
 
     python -m trainer evaluate-prior --checkpoint runs/prior_oasis32 --out runs/prior_oasis32/eval_test
 
@@ -25,14 +26,24 @@ import numpy as np
 import torch
 
 from export.runtime import figures
-from export.runtime.cli import (add_batch_size_argument, add_checkpoint_argument, add_device_argument,
-                                add_quiet_argument, add_sampling_arguments)
+from export.runtime.cli import (
+    add_batch_size_argument,
+    add_checkpoint_argument,
+    add_device_argument,
+    add_quiet_argument,
+    add_sampling_arguments,
+)
 from export.runtime.sample_files import write_samples
 from trainer.codes import load_code_tensors
 from trainer.data import SliceShards, epoch_batches
 from trainer.generate import generate
-from trainer.generation_metrics import (code_histogram_comparison, encoder_features, frechet_distance,
-                                        mean_pairwise_ms_ssim, nearest_ssim)
+from trainer.generation_metrics import (
+    code_histogram_comparison,
+    encoder_features,
+    frechet_distance,
+    mean_pairwise_ms_ssim,
+    nearest_ssim,
+)
 from trainer.models import load_prior, load_vqvae, resolve_checkpoint
 from trainer.prior_loss import likelihood_metrics, likelihood_sums
 from trainer.training_run import log_to_wandb
@@ -122,7 +133,8 @@ def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(parser, "prior")
     parser.add_argument("--out", type=Path, required=True, help="folder for summary.json, figures and samples")
-    parser.add_argument("--split", default="test", choices=["validate", "test"], help="real split (default: %(default)s)")
+    parser.add_argument("--split", default="test", choices=["validate", "test"],
+                        help="real split (default: %(default)s)")
     add_sampling_arguments(parser, n=64, slice_option=False)
     parser.add_argument("--max-pairs", type=int, default=500,
                         help="image pairs per set for the MS-SSIM diversity (default: %(default)s)")

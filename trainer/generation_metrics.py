@@ -21,8 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.functional.image import (multiscale_structural_similarity_index_measure,
-                                           structural_similarity_index_measure)
+from torchmetrics.functional.image import (
+    multiscale_structural_similarity_index_measure,
+    structural_similarity_index_measure,
+)
 
 from trainer.image_metrics import SSIM_SETTINGS
 

@@ -15,8 +15,13 @@ import json
 import time
 from pathlib import Path
 
-from export.runtime.cli import (add_batch_size_argument, add_checkpoint_argument, add_device_argument,
-                                add_quiet_argument, add_sampling_arguments)
+from export.runtime.cli import (
+    add_batch_size_argument,
+    add_checkpoint_argument,
+    add_device_argument,
+    add_quiet_argument,
+    add_sampling_arguments,
+)
 from export.runtime.sample_files import write_samples
 from trainer.generate import generate
 from trainer.models import load_prior, load_vqvae, resolve_checkpoint

@@ -41,7 +41,8 @@ def code_batches(num_samples: int, batch_size: int, rank: int, world_size: int, 
     Starting at `start_batch` skips exactly what an earlier run consumed."""
     per_epoch = num_samples // world_size // batch_size
     if per_epoch == 0:
-        raise ValueError(f"{num_samples} code grids cannot fill one batch of {batch_size} on each of {world_size} ranks")
+        raise ValueError(f"{num_samples} code grids cannot fill one batch of {batch_size} "
+                         f"on each of {world_size} ranks")
     epoch, offset = divmod(start_batch, per_epoch)
     while True:
         order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed + epoch))

@@ -2,7 +2,8 @@
 several commands take (defined once, here), and how a user's mistake is reported.
 
 A command is a module with `DESCRIPTION` (its `--help` text), `add_arguments(parser)` and
-`run(args)`; the package's `__main__` lists the commands with a one-line help each. Only the module of the command asked for is imported, so
+`run(args)`; the package's `__main__` lists the commands with a one-line help each. Only the module
+of the command asked for is imported, so
 `python -m export sample` never imports the torch that `python -m export onnx` needs. Torch-free,
 so the runtime's commands can use it; the training side's commands use it too.
 """
@@ -69,7 +70,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, n: int = 16, slice_o
     """The sampling options of `trainer sample`, `export sample` and `trainer evaluate-prior`."""
     parser.add_argument("--n", type=int, default=n, help="number of brains (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0,
-                        help="random seed; the same seed gives the same brains, in either sampler (default: %(default)s)")
+                        help="random seed; the same seed gives the same brains, in either sampler "
+                             "(default: %(default)s)")
     parser.add_argument("--temperature", type=float, default=1.0,
                         help="divide the logits by this (> 0); < 1 is more conservative (default: %(default)s)")
     parser.add_argument("--top-k", type=int, default=0,
