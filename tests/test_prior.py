@@ -126,6 +126,21 @@ def test_resumed_prior_run_ends_with_identical_weights(codes: Path, tmp_path: Pa
         train_prior(tiny_prior(codes, straight), show_progress=False)
 
 
+def test_gradient_accumulation_matches_one_big_batch(codes: Path, tmp_path: Path):
+    """Two micro-batches of 4 under accelerator.accumulate take the step one batch of 8 takes: each rank's
+    epoch order is cut into consecutive batches, so the two micro-batches hold the big batch's grids."""
+    steps = ("train.max_steps=4", "train.eval_every=4", "train.checkpoint_every=4", "train.log_every=4")
+    train_prior(tiny_prior(codes, tmp_path / "big", *steps), show_progress=False)
+    train_prior(tiny_prior(codes, tmp_path / "accumulated", *steps, "codes.batch_size=4", "train.grad_accum=2"),
+                show_progress=False)
+    big = load_weights(tmp_path / "big" / "checkpoints" / "step_0000004")
+    accumulated = load_weights(tmp_path / "accumulated" / "checkpoints" / "step_0000004")
+    assert all(torch.allclose(big[k], accumulated[k], rtol=1e-4, atol=1e-5) for k in big)
+    train_prior(tiny_prior(codes, tmp_path / "small", *steps, "codes.batch_size=4"), show_progress=False)
+    small = load_weights(tmp_path / "small" / "checkpoints" / "step_0000004")   # the check can fail
+    assert not all(torch.allclose(big[k], small[k], rtol=1e-4, atol=1e-5) for k in big)
+
+
 def test_two_processes_train_one_prior(codes: Path, tmp_path: Path):
     """Under torchrun the ranks form one job: identical weights, one metrics log written by the main process."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
