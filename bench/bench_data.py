@@ -129,8 +129,8 @@ def main() -> None:
     print(f"{'loading, images/s':<20}{'in memory':>11}{'shards':>9}{'PNG folder':>12}"
           f"{'memory/PNG':>12}{'shards/PNG':>12}{'decode once':>13}")
     for workers in (0, 2):
-        memory, ours = results[f"load_memory_images_per_s_{workers}workers"], results[f"load_shards_images_per_s_{workers}workers"]
-        base, once = results[f"load_pngs_images_per_s_{workers}workers"], results[f"memory_decode_images_per_s_{workers}workers"]
+        memory, ours, base, once = (results[f"{what}_images_per_s_{workers}workers"] for what in
+                                    ("load_memory", "load_shards", "load_pngs", "memory_decode"))
         results[f"load_ratio_{workers}workers"] = ours / base
         results[f"memory_ratio_{workers}workers"] = memory / base
         print(f"{workers} workers{'':<11}{memory:>11.0f}{ours:>9.0f}{base:>12.0f}{memory / base:>11.1f}x"

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import trainer.quantizer as quantizer  # noqa: E402
-from trainer.config import load_config  # noqa: E402
-from trainer.vqvae import VQVAE  # noqa: E402
+from trainer import quantizer
+from trainer.config import load_config
+from trainer.vqvae import VQVAE
 
 
 def timed_collective(fn, seconds: list[float]):
@@ -92,7 +92,8 @@ def worker(args: argparse.Namespace) -> None:
     if rank == 0:
         Path(args.out).write_text(json.dumps({
             "processes": world, "threads_per_process": torch.get_num_threads(), "global_batch": args.global_batch,
-            "steps": args.steps, "step_s": seconds / args.steps, "images_per_s": args.steps * args.global_batch / seconds,
+            "steps": args.steps, "step_s": seconds / args.steps,
+            "images_per_s": args.steps * args.global_batch / seconds,
             "ddp_allreduce_s_per_step": sum(ddp_seconds) / args.steps,
             "quantizer_collectives_s_per_step": sum(quantizer_seconds) / args.steps}))
 
@@ -116,7 +117,8 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "vqvae_oasis_64_cpu.yaml",
                         help="stage-1 config giving the model (default: %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--global-batch", type=int, default=16, help="images per step, all ranks (default: %(default)s)")
+    parser.add_argument("--global-batch", type=int, default=16,
+                        help="images per step, all ranks together (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
@@ -131,7 +133,9 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     runs = [launch(n, args, Path(f"/tmp/bench_scaling_{os.getpid()}_{n}.json")) for n in (1, 2)]
     one, two = runs
-    results = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}", "config": str(args.config),
+    config = args.config.resolve()
+    results = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}",
+               "config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config),
                "load_average_1min": [load_before, os.getloadavg()[0]], "runs": runs,
                "speedup_2_vs_1": two["images_per_s"] / one["images_per_s"]}
     print(f"{'processes':<11}{'threads':>8}{'images/s':>10}{'step s':>8}{'DDP all-reduce s/step':>23}"

@@ -44,6 +44,12 @@ def images_per_second(cfg, device: torch.device, bf16: bool, compile_model: bool
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
+    speed = steps * cfg.data.batch_size / timed(step, steps, warmup, device)
+    return speed, busy_share(step, min(steps, 10)) if device.type == "cuda" else None
+
+
+def timed(step, steps: int, warmup: int, device: torch.device) -> float:
+    """Seconds for `steps` calls of `step` after `warmup` untimed ones, the device drained at both ends."""
     for _ in range(warmup):
         step()
     if device.type == "cuda":
@@ -53,8 +59,7 @@ def images_per_second(cfg, device: torch.device, bf16: bool, compile_model: bool
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    speed = steps * cfg.data.batch_size / (time.perf_counter() - start)
-    return speed, busy_share(step, min(steps, 10)) if device.type == "cuda" else None
+    return time.perf_counter() - start
 
 
 def busy_share(step, steps: int) -> float:
@@ -88,7 +93,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="timed optimizer steps per variant (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps first, compile included (default: %(default)s)")
     parser.add_argument("--compile-backend", default="inductor",
-                        help="torch.compile backend; 'eager' checks tracing without code generation (default: %(default)s)")
+                        help="torch.compile backend; 'eager' traces without generating code (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
 

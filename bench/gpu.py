@@ -35,11 +35,14 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-from trainer.config import PriorConfig, VQVAEConfig, load_config  # noqa: E402
-from trainer.pixelcnn import PriorShape  # noqa: E402
-from trainer.sample import build_prior, generate  # noqa: E402
-from trainer.vqvae import VQVAE  # noqa: E402
+from bench_train_throughput import timed
+
+from trainer.config import PriorConfig, VQVAEConfig, load_config
+from trainer.pixelcnn import PriorShape
+from trainer.sample import build_prior, generate
+from trainer.vqvae import VQVAE
 
 PARTS = ("kernel", "train_speed", "stage1", "prior_speed", "sampling", "two_process")
 VQVAE_64, VQVAE_32, PRIOR_32 = (REPO / "configs" / name for name in
@@ -54,18 +57,21 @@ TINY_STAGE1 = ["train.max_steps=4", "train.warmup_steps=1", "train.log_every=2",
 
 def run_script(args: list[str], env: dict | None = None) -> None:
     """Run a bench script with this interpreter; its output goes to ours (the device tool keeps the tail)."""
-    result = subprocess.run([sys.executable, *args], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    result = subprocess.run([sys.executable, *args], cwd=REPO, env=env, check=False)
     if result.returncode:
         raise RuntimeError(f"{' '.join(args[:1])} failed with exit status {result.returncode}")
 
 
 def part_kernel(opts: argparse.Namespace, work: Path) -> dict:
     out = work / "nearest_code.json"
-    sizes = ["--n", "8192", "--k", "64", "--d", "8", "--repeats", "2"] if opts.tiny else []
+    sizes = ["--n", "8192", "--k", "64", "--d", "8", "--repeats", "1", "--warmup", "1"] if opts.tiny else []
     run_script(["bench/bench_nearest_code.py", "--device", opts.device, "--json", str(out), *sizes])
     report = json.loads(out.read_text())
-    return {key: report[key] for key in ("machine", "settings", "speedup_wall", "memory_reduction", "mismatches")} | {
-        name: {k: report["results"][name][k] for k in ("median_wall_s", "peak_extra_bytes")} for name in ("naive", "fused")}
+    summary = {key: report[key] for key in ("machine", "settings", "speedup_wall", "memory_reduction", "mismatches")}
+    for name in ("naive", "fused"):
+        summary[name] = {k: report["results"][name][k] for k in ("median_wall_s", "peak_extra_bytes")}
+    return summary
 
 
 def part_train_speed(opts: argparse.Namespace, work: Path) -> dict:
@@ -106,42 +112,33 @@ def prior_setup(opts: argparse.Namespace) -> tuple[PriorConfig, PriorShape]:
 
 def part_prior_speed(opts: argparse.Namespace, work: Path) -> dict:
     cfg, shape = prior_setup(opts)
-    device, batch = torch.device(opts.device), cfg.codes.batch_size
-    steps, warmup = (2, 1) if opts.tiny else (50, 5)
     results = {"config": str(PRIOR_32.relative_to(REPO)), "grid": [shape.height, shape.width],
-               "num_codes": shape.num_codes, "batch_size": batch}
-    for name, bf16, compiled in (("fp32_eager", False, False), ("bf16_compile", True, True)):
-        torch.manual_seed(0)
-        prior = build_prior(cfg, shape).to(device).train()
-        trained = torch.compile(prior, backend="eager" if opts.tiny else "inductor") if compiled else prior
-        optimizer = torch.optim.AdamW(prior.parameters(), lr=1e-4)
-        codes = torch.randint(shape.num_codes, (batch, shape.height, shape.width), device=device)
-        slices = torch.randint(shape.num_conditions, (batch,), device=device)
-
-        def step() -> None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss = F.cross_entropy(trained(codes, slices).float(), codes)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        results[f"{name}_images_per_s"] = batch * steps / timed(step, steps, warmup, device)
+               "num_codes": shape.num_codes, "batch_size": cfg.codes.batch_size}
+    for name, fast in (("fp32_eager", False), ("bf16_compile", True)):
+        results[f"{name}_images_per_s"] = prior_images_per_second(cfg, shape, opts, fast)
     results["speedup"] = results["bf16_compile_images_per_s"] / results["fp32_eager_images_per_s"]
     return results
 
 
-def timed(step, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds for `steps` calls of `step` after `warmup` untimed ones, the device drained at both ends."""
-    for _ in range(warmup):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+def prior_images_per_second(cfg: PriorConfig, shape: PriorShape, opts: argparse.Namespace, fast: bool) -> float:
+    """Full optimizer steps on random code grids; fast: bf16 autocast + torch.compile, else fp32 eager."""
+    device, batch = torch.device(opts.device), cfg.codes.batch_size
+    steps, warmup = (2, 1) if opts.tiny else (50, 5)
+    torch.manual_seed(0)
+    prior = build_prior(cfg, shape).to(device).train()
+    trained = torch.compile(prior, backend="eager" if opts.tiny else "inductor") if fast else prior
+    optimizer = torch.optim.AdamW(prior.parameters(), lr=1e-4)
+    codes = torch.randint(shape.num_codes, (batch, shape.height, shape.width), device=device)
+    slices = torch.randint(shape.num_conditions, (batch,), device=device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast):
+            loss = F.cross_entropy(trained(codes, slices).float(), codes)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return batch * steps / timed(step, steps, warmup, device)
 
 
 def part_sampling(opts: argparse.Namespace, work: Path) -> dict:
@@ -191,7 +188,8 @@ def main() -> int:
                         help="override a value of vqvae_oasis_64.yaml for the stage1 part (repeatable)")
     parser.add_argument("--json", type=Path, default=REPO / "runs" / "gpu" / "gpu_results.json",
                         help="results file; parts merge into it (default: %(default)s)")
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "gpu", help="scratch folder (default: %(default)s)")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "gpu",
+                        help="scratch folder (default: %(default)s)")
     parser.add_argument("--tiny", action="store_true", help="tiny models and runs (a CPU check of every part)")
     opts = parser.parse_args()
     parts = [p.strip() for p in opts.parts.split(",") if p.strip()]

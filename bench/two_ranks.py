@@ -18,8 +18,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.config import load_config  # noqa: E402
-from trainer.train_vqvae import train_vqvae  # noqa: E402
+from trainer.config import load_config
+from trainer.train_vqvae import train_vqvae
 
 config, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 # gloo, not NCCL: NCCL refuses two ranks on one GPU. Accelerate keeps a process group that exists.

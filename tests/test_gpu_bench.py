@@ -12,12 +12,12 @@ from pathlib import Path
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "bench"))
-from gpu_transfer import pack, unpack  # noqa: E402
+from gpu_transfer import pack, unpack
 
 
 def gpu_bench(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), *args], cwd=REPO, text=True,
-                          capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=900)
+                          capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=900, check=False)
 
 
 def test_every_part_runs_tiny_on_the_cpu_into_one_json(demo_shards: Path, tmp_path: Path):
