@@ -272,7 +272,8 @@ def _to_batch(chunk: dict, part: slice) -> Batch:
     return Batch(chunk["pixels"].float().div_(255.0), chunk["keys"], chunk["meta"], chunk.get("masks"))
 
 
-def epoch_batches(dataset: SliceShards | SlicesInMemory, batch_size: int, *, epoch: int = 0, num_workers: int = 0) -> Iterator[Batch]:
+def epoch_batches(dataset: SliceShards | SlicesInMemory, batch_size: int, *, epoch: int = 0,
+                  num_workers: int = 0) -> Iterator[Batch]:
     """One pass over this rank's share of the split; the last batch may be short."""
     yield from _rebatch(_chunks(dataset, epoch, num_workers), batch_size, keep_last=True)
 
