@@ -27,9 +27,16 @@ class DataConfig:
     num_workers: int = 0                   # DataLoader workers per process
     shuffle_buffer: int = 256
     eval_split: str = "validate"           # split used for validation during training
+    in_memory: str = "auto"                # decode the train split once into memory: "always", "never" (stream the
+                                           # shards) or "auto" (when it fits memory_budget_mb; OASIS train: 500 MiB)
+    memory_budget_mb: int = 4096
+    in_memory_on: str = "device"           # "device": on the training device (no copy per step); "host": CPU RAM
 
     def check(self) -> None:
         require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        require(self.in_memory in ("auto", "always", "never"), "data.in_memory", "must be auto, always or never")
+        require(self.memory_budget_mb >= 0, "data.memory_budget_mb", "must be >= 0")
+        require(self.in_memory_on in ("device", "host"), "data.in_memory_on", "must be device or host")
         require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
         require(self.eval_split in ("train", "validate", "test"), "data.eval_split", "must be train, validate or test")
 

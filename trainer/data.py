@@ -14,10 +14,16 @@ Epoch semantics (what `accelerate launch` on N processes gets):
   `train_batches` streams epoch after epoch with full batches that run across epoch boundaries, so
   every rank takes the same number of steps and no sample is dropped: step-based training.
 Everything is a function of (seed, epoch, rank, world_size, num_workers), so a run can be replayed.
+
+In memory (`SlicesInMemory`): a split small enough (OASIS train: 8,000 x 256 x 256 bytes = 0.5 GB)
+is decoded once into one uint8 tensor, on the training device or in host memory, and every epoch
+indexes it in exactly the order the stream would yield (`SliceShards.epoch_order`): the same
+batches, without decoding a PNG per sample per epoch.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,11 +31,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from export.runtime.shard_format import DataError, decode_gray_png, decode_metadata, iter_shard, read_manifest
+from trainer.config import DataConfig
 
 CHUNK = 16  # samples per worker -> main-process hand-over
+MEMORY_CHUNK = 256  # samples gathered from memory at a time (then cut into batches)
 
 
 @dataclass
@@ -79,17 +87,21 @@ class SliceShards(IterableDataset):
             return np.arange(self.num_samples) % self.world_size
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.num_samples) % self.world_size
 
-    def __iter__(self) -> Iterator[dict]:
-        worker = get_worker_info()
-        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+    def _worker_plan(self, worker_id: int, num_workers: int) -> tuple[list[int], random.Random]:
+        """The shards a DataLoader worker reads this epoch, in order, and its shuffle-buffer RNG."""
         order = list(range(len(self.shards)))
         if self.shuffle:
             random.Random(f"{self.seed}-{self.epoch}").shuffle(order)
+        return order[worker_id::num_workers], random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker_id}")
+
+    def __iter__(self) -> Iterator[dict]:
+        worker = get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        shards, rng = self._worker_plan(worker_id, num_workers)
         owners = self.owners()
-        rng = random.Random(f"{self.seed}-{self.epoch}-{self.rank}-{worker_id}")
 
         def mine() -> Iterator[dict]:
-            for shard in order[worker_id::num_workers]:
+            for shard in shards:
                 for position, raw in enumerate(iter_shard(self.shard_dir / self.shards[shard])):
                     if owners[self.offsets[shard] + position] == self.rank:
                         yield raw
@@ -103,6 +115,23 @@ class SliceShards(IterableDataset):
                 chunk = []
         if chunk:
             yield self.decode(chunk)
+
+    def epoch_order(self, num_workers: int = 0) -> np.ndarray:
+        """Global indices of this rank's samples in the order `epoch_batches`/`train_batches` yield
+        them this epoch with `num_workers` DataLoader workers: the same plan and shuffle as __iter__,
+        applied to indices, and the DataLoader's hand-over (one chunk per worker in turn, skipping
+        workers that are done)."""
+        workers = max(1, num_workers)
+        owners = self.owners()
+        per_worker = []
+        for worker_id in range(workers):
+            shards, rng = self._worker_plan(worker_id, workers)
+            mine = (g for shard in shards for g in range(self.offsets[shard], self.offsets[shard + 1])
+                    if owners[g] == self.rank)
+            order = list(buffer_shuffle(mine, self.shuffle_buffer, rng) if self.shuffle else mine)
+            per_worker.append([order[i: i + CHUNK] for i in range(0, len(order), CHUNK)])
+        turns = itertools.zip_longest(*per_worker)
+        return np.array([g for turn in turns for chunk in turn if chunk for g in chunk], dtype=np.int64)
 
     def decode(self, raws: list[dict]) -> dict:
         """Decode only the entries we write (PNG via PIL, metadata via json): never pickle."""
@@ -128,7 +157,80 @@ def buffer_shuffle(items: Iterator, size: int, rng: random.Random) -> Iterator:
     yield from buffer
 
 
-def _chunks(dataset: SliceShards, epoch: int, num_workers: int) -> Iterator[dict]:
+class _WholeShards(Dataset):
+    """Map-style: item i is shard i decoded, so a DataLoader decodes shards in parallel, in order."""
+
+    def __init__(self, dataset: SliceShards):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset.shards)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.dataset.decode(list(iter_shard(self.dataset.shard_dir / self.dataset.shards[i])))
+
+
+class SlicesInMemory:
+    """A split's shards decoded once into a uint8 tensor (N, 1, H, W) on `device`; iterating an epoch
+    gathers this rank's samples in the order of `SliceShards.epoch_order`, so batches are identical
+    to the stream's (same seed, epoch, rank, world size and num_workers)."""
+
+    def __init__(self, dataset: SliceShards, device: torch.device | str = "cpu", num_workers: int = 0):
+        loader = DataLoader(_WholeShards(dataset), batch_size=None, num_workers=num_workers)
+        parts = list(loader)
+        if sum(len(p["keys"]) for p in parts) != dataset.num_samples:
+            raise DataError(f"{dataset.shard_dir}: split '{dataset.split}' holds another number of samples "
+                            f"than its manifest says ({dataset.num_samples})")
+        self.dataset = dataset
+        self.keys = [k for p in parts for k in p["keys"]]
+        self.meta = [m for p in parts for m in p["meta"]]
+        self.pixels = _place(torch.cat([p["pixels"] for p in parts]), device)
+        self.masks = _place(torch.cat([p["masks"] for p in parts]), device) if dataset.with_masks else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def chunks(self, epoch: int, num_workers: int) -> Iterator[dict]:
+        self.dataset.set_epoch(epoch)
+        order = self.dataset.epoch_order(num_workers)
+        for start in range(0, len(order), MEMORY_CHUNK):
+            part = order[start: start + MEMORY_CHUNK]
+            index = torch.from_numpy(part).to(self.pixels.device)
+            chunk = {"pixels": self.pixels[index], "keys": [self.keys[g] for g in part],
+                     "meta": [self.meta[g] for g in part]}
+            if self.masks is not None:
+                chunk["masks"] = self.masks[index]
+            yield chunk
+
+
+def _place(pixels: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """On the device; or in host memory, page-locked when a GPU will copy from it."""
+    device = torch.device(device)
+    if device.type == "cpu" and torch.cuda.is_available():
+        return pixels.pin_memory()
+    return pixels.to(device)
+
+
+def split_bytes(dataset: SliceShards) -> int:
+    """Bytes a split takes decoded (images, and masks when read)."""
+    side = read_manifest(dataset.shard_dir)["image_size"]
+    return dataset.num_samples * side * side * (2 if dataset.with_masks else 1)
+
+
+def training_source(dataset: SliceShards, data: DataConfig, device: torch.device | str) -> SliceShards | SlicesInMemory:
+    """What `train_batches` reads: the split decoded into memory (`data.in_memory`: always, or auto
+    when it fits in `data.memory_budget_mb`), on the training device or the host (`data.in_memory_on`),
+    else the shard stream."""
+    fits = split_bytes(dataset) <= data.memory_budget_mb * 2**20
+    if data.in_memory == "never" or (data.in_memory == "auto" and not fits):
+        return dataset
+    return SlicesInMemory(dataset, device if data.in_memory_on == "device" else "cpu", data.num_workers)
+
+
+def _chunks(dataset: SliceShards | SlicesInMemory, epoch: int, num_workers: int) -> Iterator[dict]:
+    if isinstance(dataset, SlicesInMemory):
+        yield from dataset.chunks(epoch, num_workers)
+        return
     dataset.set_epoch(epoch)
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
@@ -169,12 +271,13 @@ def _to_batch(chunk: dict, part: slice) -> Batch:
     return Batch(chunk["pixels"].float().div_(255.0), chunk["keys"], chunk["meta"], chunk.get("masks"))
 
 
-def epoch_batches(dataset: SliceShards, batch_size: int, *, epoch: int = 0, num_workers: int = 0) -> Iterator[Batch]:
+def epoch_batches(dataset: SliceShards | SlicesInMemory, batch_size: int, *, epoch: int = 0,
+                  num_workers: int = 0) -> Iterator[Batch]:
     """One pass over this rank's share of the split; the last batch may be short."""
     yield from _rebatch(_chunks(dataset, epoch, num_workers), batch_size, keep_last=True)
 
 
-def train_batches(dataset: SliceShards, batch_size: int, *, start_sample: int = 0,
+def train_batches(dataset: SliceShards | SlicesInMemory, batch_size: int, *, start_sample: int = 0,
                   num_workers: int = 0) -> Iterator[Batch]:
     """Endless stream of full batches; batches run across epoch boundaries.
 

@@ -141,8 +141,10 @@ class VectorQuantizer(nn.Module):
     uniform(-1/K, 1/K) values.
 
     Random choices (initialisation, restarts) index the concatenation of all processes'
-    batches with a generator seeded by the step counter, so every process picks the same
+    batches with keys hashed from the step counter (a buffer), so every process picks the same
     vectors and a checkpoint resumes exactly. All state is in buffers, hence in state_dict.
+    A training step never waits on the host (no `.item()`, no data-dependent shapes), so it
+    compiles into one graph and the GPU is never stalled by it.
     """
 
     def __init__(
@@ -188,12 +190,8 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"expected z_e of shape (B, {self.code_dim}, H, W), got {tuple(z_e.shape)}")
         B, D, H, W = z_e.shape
         flat = z_e.detach().permute(0, 2, 3, 1).reshape(-1, D).float()
-
-        # One generator per training step, seeded by the step counter: the same on every
-        # process and after resuming from a checkpoint.
-        generator = torch.Generator().manual_seed(int(self.step)) if self.training else None
-        if self.training and not self.initialized:
-            self._init_from_data(flat, generator)
+        if self.training:
+            self._init_from_data(flat)
 
         indices = nearest_code(flat, self.codebook, compile=self.compile)
         e = self.lookup(indices.view(B, H, W))  # float32; carries the gradient for "loss"
@@ -204,10 +202,13 @@ class VectorQuantizer(nn.Module):
             codebook_loss = torch.zeros((), device=z_e.device)
         z_q = z_e + (e.to(z_e.dtype) - z_e).detach()  # straight-through estimator
 
-        counts = torch.bincount(indices, minlength=self.num_codes)
+        # scatter_add_ rather than bincount: bincount's output size depends on the data, which
+        # breaks a compiled graph.
+        counts = torch.zeros(self.num_codes, dtype=torch.long, device=indices.device)
+        counts.scatter_add_(0, indices, torch.ones_like(indices))
         if self.training:
             if self.update == "ema":
-                self._ema_update(flat, indices, counts, generator)
+                self._ema_update(flat, indices, counts)
             self.step += 1
         perplexity, _ = codebook_stats(counts)
         loss = self.beta * commitment_loss + codebook_loss
@@ -218,9 +219,14 @@ class VectorQuantizer(nn.Module):
         return F.embedding(indices, self.codebook).permute(0, 3, 1, 2).contiguous()
 
     @torch.no_grad()
-    def _init_from_data(self, flat: Tensor, generator: torch.Generator) -> None:
-        samples = self._sample_rows(flat, self.num_codes, generator)
-        self.codebook.data.copy_(samples)
+    def _init_from_data(self, flat: Tensor) -> None:
+        """Set the codebook to random encoder outputs on the first training step; a no-op after.
+
+        Runs at every training step and chooses with torch.where, not with `if initialized`: a
+        Python branch on a tensor would sync with the host and break a compiled graph."""
+        fresh = ~self.initialized
+        samples = self._sample_rows(flat, salt=0)
+        self.codebook.data.copy_(torch.where(fresh, samples, self.codebook))
         if self.update == "ema":
             # Start every code's usage at the restart threshold (1 if restarts are off), not at
             # the uniform rate total / K: early on the encoder moves fast, so the EMA must follow
@@ -228,12 +234,12 @@ class VectorQuantizer(nn.Module):
             # falls below the threshold at once and is restarted, instead of ~ln(total / K) /
             # (1 - decay) steps later (hundreds), by which time the codebook has collapsed.
             weight = self.dead_code_threshold or 1.0
-            self.ema_cluster_size.fill_(weight)
-            self.ema_embed_sum.copy_(samples * weight)
+            self.ema_cluster_size.copy_(torch.where(fresh, weight, self.ema_cluster_size))
+            self.ema_embed_sum.copy_(torch.where(fresh, samples * weight, self.ema_embed_sum))
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _ema_update(self, flat: Tensor, indices: Tensor, counts: Tensor, generator: torch.Generator) -> None:
+    def _ema_update(self, flat: Tensor, indices: Tensor, counts: Tensor) -> None:
         # Everything here is float32 (flat was cast, buffers are float32) whatever autocast says.
         # index_add_ computes one_hot.T @ flat without building the N x K one-hot matrix.
         counts = _all_reduce_sum(counts.float())
@@ -245,36 +251,62 @@ class VectorQuantizer(nn.Module):
         smoothed = (self.ema_cluster_size + self.eps) / (n + self.num_codes * self.eps) * n
         self.codebook.copy_(self.ema_embed_sum / smoothed.unsqueeze(1))
 
-        dead = self.ema_cluster_size < self.dead_code_threshold  # identical on every process
-        num_dead = int(dead.sum())
-        if num_dead:
-            samples = self._sample_rows(flat, num_dead, generator)
-            # Restarted codes get the threshold as usage: unless they win vectors in the next
-            # step they fall below it again and are re-drawn.
-            self.codebook[dead] = samples
-            self.ema_cluster_size[dead] = self.dead_code_threshold
-            self.ema_embed_sum[dead] = samples * self.dead_code_threshold
-            self.restart_count += num_dead
+        # Dead codes (identical on every process) are restarted from a draw of one row per code,
+        # made at every step whether or not a code died: a draw sized by the number of dead codes
+        # would need that number on the host. Restarted codes get the threshold as usage: unless
+        # they win vectors in the next step they fall below it again and are re-drawn.
+        dead = (self.ema_cluster_size < self.dead_code_threshold).unsqueeze(1)
+        samples = self._sample_rows(flat, salt=1)
+        self.codebook.copy_(torch.where(dead, samples, self.codebook))
+        self.ema_cluster_size.copy_(torch.where(dead[:, 0], self.dead_code_threshold, self.ema_cluster_size))
+        self.ema_embed_sum.copy_(torch.where(dead, samples * self.dead_code_threshold, self.ema_embed_sum))
+        self.restart_count += dead.sum()
 
-    def _sample_rows(self, flat: Tensor, n: int, generator: torch.Generator) -> Tensor:
-        """n rows drawn from all processes' `flat` concatenated (rank order), identical on all.
+    def _sample_rows(self, flat: Tensor, salt: int) -> Tensor:
+        """num_codes rows drawn from all processes' `flat` concatenated (rank order), identical on all.
 
-        Every process draws the same global indices from the shared-seed generator, fills in
-        the rows it owns and a sum all-reduce assembles the rest. A single process fed the
-        concatenated batch draws exactly the same rows.
+        Each row gets a random key that depends only on (step, salt, its index in the concatenation):
+        a counter-based draw, so nothing is seeded from the host, and a run resumed from a checkpoint
+        (which holds `step`) draws exactly what it would have. The rows with the largest keys win:
+        distinct rows while there are at least num_codes of them, else every row in turn. Each
+        process keeps its own best num_codes candidates; gathering those (a fixed size, however
+        uneven the batches) lets every process pick the same global winners, and a single process
+        fed the concatenated batch picks exactly the same rows.
         """
-        sizes, rank = [flat.shape[0]], 0
+        n, local = self.num_codes, flat.shape[0]
+        offset = torch.zeros((), dtype=torch.long, device=flat.device)
         if _distributed():
-            gathered = [torch.zeros(1, dtype=torch.long, device=flat.device) for _ in range(dist.get_world_size())]
-            dist.all_gather(gathered, torch.tensor([flat.shape[0]], device=flat.device))
-            sizes, rank = [int(s) for s in gathered], dist.get_rank()
-        total, offset = sum(sizes), sum(sizes[:rank])
-        if n <= total:  # without replacement: no duplicate codes
-            picks = torch.randperm(total, generator=generator)[:n]
-        else:
-            picks = torch.randint(total, (n,), generator=generator)
-        local = picks.to(flat.device) - offset
-        mine = (local >= 0) & (local < flat.shape[0])
-        rows = torch.zeros(n, flat.shape[1], device=flat.device)
-        rows[mine] = flat[local[mine]]
-        return _all_reduce_sum(rows)
+            sizes = [torch.zeros(1, dtype=torch.long, device=flat.device) for _ in range(dist.get_world_size())]
+            dist.all_gather(sizes, torch.tensor([local], device=flat.device))
+            offset = torch.cat(sizes)[: dist.get_rank()].sum()
+        index = offset + torch.arange(local, device=flat.device)
+        seed = _hash32(self.step * 2 + salt)
+        keys = _hash32(index ^ seed) * 2**31 + index  # unique: the index breaks ties
+        take = min(n, local)
+        keys, best = keys.topk(take)
+        rows = flat[best]
+        if take < n:  # pad to a fixed size with keys that never win
+            keys = torch.cat([keys, keys.new_full((n - take,), -1)])
+            rows = torch.cat([rows, rows.new_zeros(n - take, rows.shape[1])])
+        if _distributed():
+            keys, rows = _all_gather_cat(keys), _all_gather_cat(rows)
+        keys, best = keys.topk(n)
+        valid = (keys >= 0).sum().clamp_min(1)  # rows in all batches together, if fewer than n
+        return rows[best[torch.arange(n, device=flat.device) % valid]]
+
+
+def _hash32(x: Tensor) -> Tensor:
+    """A 32-bit integer hash (int64 tensor in, int64 in [0, 2**32) out), the same on every device.
+
+    Thomas Mueller's mixer: every intermediate stays below 2**63, so int64 arithmetic is exact."""
+    mask, multiplier = 0xFFFFFFFF, 0x45D9F3B
+    x = x & mask
+    x = ((x ^ (x >> 16)) * multiplier) & mask
+    x = ((x ^ (x >> 16)) * multiplier) & mask
+    return x ^ (x >> 16)
+
+
+def _all_gather_cat(t: Tensor) -> Tensor:
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t)
+    return torch.cat(parts)

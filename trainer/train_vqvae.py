@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from export.runtime.figures import reconstruction_grid
 from trainer.config import VQVAEConfig, load_config
-from trainer.data import SliceShards, epoch_batches, train_batches
+from trainer.data import SliceShards, epoch_batches, train_batches, training_source
 from trainer.image_metrics import reconstruction_metrics
 from trainer.models import build_vqvae
 from trainer.quantizer import codebook_stats
@@ -75,7 +75,8 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
                           world_size=accelerator.num_processes, shuffle=True, seed=cfg.seed,
                           shuffle_buffer=cfg.data.shuffle_buffer)
     samples_per_step = cfg.data.batch_size * tc.grad_accum
-    batches = train_batches(dataset, cfg.data.batch_size, start_sample=start_step * samples_per_step,
+    source = training_source(dataset, cfg.data, accelerator.device)  # in memory when it fits, else the stream
+    batches = train_batches(source, cfg.data.batch_size, start_sample=start_step * samples_per_step,
                             num_workers=cfg.data.num_workers)
 
     progress = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc="vqvae",
