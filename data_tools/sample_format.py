@@ -21,6 +21,7 @@ from data_tools.layout import DataError
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 ENTRIES = ("png", "json", "seg.png")
+IMAGE_SIZE = 256  # the only slice size the models, codes and ONNX runtime support
 
 
 def sample_record(key: str, png: bytes, metadata: dict, mask_png: bytes | None) -> dict:
