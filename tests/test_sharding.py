@@ -381,3 +381,58 @@ def test_bad_preview_count_is_refused_at_parse_time(demo_shards: Path, tmp_path:
         cli(["preview", str(demo_shards), "--out", str(tmp_path / "p.png"), "--count", "0"])
     assert exit_info.value.code == 2 and "argument --count: must be an integer >= 1" in capsys.readouterr().err
 
+
+BROKEN_MANIFESTS = {
+    "not JSON": (lambda m: "{\"format_version\": 1, ", "not valid JSON"),
+    "not UTF-8": (lambda m: b"\xff\xfe{}", "not valid UTF-8"),
+    "a list": (lambda m: "[]", "expected a JSON object"),
+    "no splits": (lambda m: json.dumps({**m, "splits": None}), "'splits'"),
+    "shard name leaves the folder": (
+        lambda m: json.dumps({**m, "splits": {"test": {**m["splits"]["test"], "shards": [
+            {**m["splits"]["test"]["shards"][0], "name": "../test-000000.tar"}]}}}), "'../test-000000.tar'"),
+    "missing shard field": (
+        lambda m: json.dumps({**m, "splits": {"test": {**m["splits"]["test"], "shards": [{"name": "x.tar"}]}}}),
+        "num_samples"),
+}
+
+
+@pytest.mark.parametrize("breakage", BROKEN_MANIFESTS)
+@pytest.mark.parametrize("command", ["verify", "preview"])
+def test_broken_manifest_is_exit_2_naming_it(command: str, breakage: str, demo_shards: Path, tmp_path: Path, capsys):
+    shards = tmp_path / "shards"
+    shutil.copytree(demo_shards, shards)
+    manifest = shards / "manifest.json"
+    make_broken, problem = BROKEN_MANIFESTS[breakage]
+    broken = make_broken(json.loads(manifest.read_text()))
+    manifest.write_bytes(broken if isinstance(broken, bytes) else broken.encode())
+    args = {"verify": ["verify", str(shards), "--quiet"],
+            "preview": ["preview", str(shards), "--split", "test", "--out", str(tmp_path / "p.png")]}[command]
+    assert cli(args) == 2
+    message = capsys.readouterr().err
+    assert str(manifest) in message and problem in message, message
+    assert len(message.strip().splitlines()) == 1, message
+
+
+@pytest.mark.parametrize("case", ["out is a folder", "out inside the shards", "unknown split", "no extension"])
+def test_preview_output_and_split_are_checked(case: str, demo_shards: Path, tmp_path: Path, capsys):
+    shards = tmp_path / "shards"
+    shutil.copytree(demo_shards, shards)
+    out, split = tmp_path / "preview.png", "train"
+    if case == "out is a folder":
+        out.mkdir()
+    elif case == "out inside the shards":
+        out = shards / "train-000000.tar"
+    elif case == "unknown split":
+        split = "valid"
+    else:
+        out = tmp_path / "preview"
+    before = tree_digest(shards)
+    status = cli(["preview", str(shards), "--split", split, "--out", str(out), "--count", "3"])
+    message = capsys.readouterr().err
+    assert tree_digest(shards) == before
+    if case == "no extension":
+        assert status == 0 and Image.open(out).format == "PNG"
+        return
+    assert status == 2 and len(message.strip().splitlines()) == 1, message
+    assert {"out is a folder": str(out), "out inside the shards": "inside the shard folder",
+            "unknown split": "split 'valid' is not in"}[case] in message
