@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shutil
@@ -436,3 +437,17 @@ def test_preview_output_and_split_are_checked(case: str, demo_shards: Path, tmp_
     assert status == 2 and len(message.strip().splitlines()) == 1, message
     assert {"out is a folder": str(out), "out inside the shards": "inside the shard folder",
             "unknown split": "split 'valid' is not in"}[case] in message
+
+
+def test_full_disk_is_exit_2_and_keeps_the_old_output(small_layout: Path, tmp_path: Path, monkeypatch, capsys):
+    out = tmp_path / "shards"
+    args = ["shard", "--src", str(small_layout), "--out", str(out), "--quiet", "--force"]
+    assert cli(args) == 0
+    before = tree_digest(out)
+
+    def disk_full(self, encoded):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out.parent / "x.tar"))
+    monkeypatch.setattr("data_tools.shard.ShardSetWriter.write", disk_full)
+    assert cli(args) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert tree_digest(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["shards", "src"]
