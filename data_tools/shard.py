@@ -33,7 +33,7 @@ from tqdm import tqdm
 from data_tools.layout import SPLITS, DataError, SliceFile, find_layout_root, list_problems, scan_layout, split_folders
 from data_tools.output_dir import atomic_output_dir
 from data_tools.png_header import check_png_header
-from data_tools.sample_format import FORMAT_VERSION, MANIFEST, sample_record
+from data_tools.sample_format import FORMAT_VERSION, IMAGE_SIZE, MANIFEST, sample_record
 
 TAR_MTIME = 0.0  # fixed tar header time: same input -> byte-identical shards
 
@@ -204,7 +204,7 @@ def write_split(slices: list[SliceFile], out_dir: Path, pool: Pool, size: int,
     }
 
 
-def shard_dataset(src: Path, out: Path, *, splits: tuple[str, ...] = SPLITS, size: int = 256,
+def shard_dataset(src: Path, out: Path, *, splits: tuple[str, ...] = SPLITS, size: int = IMAGE_SIZE,
                   samples_per_shard: int = 256, max_shard_mb: float = 50.0, workers: int | None = None,
                   force: bool = False, show_progress: bool = True) -> dict:
     """Shard the PNG layout at `src` into `out`; returns the manifest (also written to out)."""
