@@ -17,7 +17,7 @@
 # it runs under `torchrun` (gloo), since `accelerate launch --cpu` starts only one process there.
 # Extra ARGS go to the trainer, e.g. --resume or --set train.max_steps=5000.
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "${BASH_SOURCE[0]}")"
 
 usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 
@@ -53,17 +53,33 @@ stage2() {
     run_distributed trainer prior --config "$config" "$@"
 }
 
-# config_value CONFIG CLASS KEY: one value of a config, as the trainer reads it
+# config_value CONFIG CLASS KEY: one value of a config, as the trainer reads it. The arguments reach
+# Python as sys.argv, never inside its code: a config named `x'); import os; ...` is only a file name.
 config_value() {
-    python -c "from trainer.config import $2, load_config; c = load_config('$1', cls=$2); print(c.$3)"
+    python - "$@" <<'PY'
+import sys
+from functools import reduce
+
+from trainer import config
+
+path, cls, key = sys.argv[1:]
+try:
+    loaded = config.load_config(path, cls=getattr(config, cls))
+except config.ConfigError as err:
+    print(f"error: {err}", file=sys.stderr)
+    sys.exit(2)
+print(reduce(getattr, key.split("."), loaded))
+PY
 }
 
 all() {
     local vqvae_config=${1:?usage: launch.sh all VQVAE_CONFIG PRIOR_CONFIG} prior_config=${2:?usage: launch.sh all VQVAE_CONFIG PRIOR_CONFIG}
     local device=cpu; (( $(gpu_count) > 0 )) && device=cuda
+    local checkpoint codes   # read before stage 1, so that a bad config fails in a second, not after training
+    checkpoint=$(config_value "$vqvae_config" VQVAEConfig out_dir)
+    codes=$(config_value "$prior_config" PriorConfig codes.dir)
     stage1 "$vqvae_config"
-    python -m trainer encode --checkpoint "$(config_value "$vqvae_config" VQVAEConfig out_dir)" \
-        --out "$(config_value "$prior_config" PriorConfig codes.dir)" --device "$device"
+    python -m trainer encode --checkpoint "$checkpoint" --out "$codes" --device "$device"
     stage2 "$prior_config"
 }
 
@@ -97,6 +113,8 @@ demo() {
     echo "== figures in $out/figures and $out/samples/generated.png"
     ls "$out/figures" "$out/figures/vqvae_test" "$out/figures/prior_test"
 }
+
+[[ "${BASH_SOURCE[0]}" != "$0" ]] && return 0   # sourced (tests): define the functions, run nothing
 
 case "${1:-}" in
     demo) shift; demo "$@" ;;

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,7 +12,9 @@ from data_tools.layout import SPLITS
 from data_tools.preview import preview_grid
 from data_tools.shard import shard_dataset
 from data_tools.verify import verify_shards
-from export.runtime.shard_format import DataError
+from export.runtime.cli_types import integer, number, positive_int
+from export.runtime.output_dir import OutputError
+from export.runtime.shard_format import IMAGE_SIZE, DataError
 
 
 def print_summary(manifest: dict, out: Path, seconds: float) -> None:
@@ -41,14 +44,19 @@ def main(argv: list[str] | None = None) -> int:
     shard.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest.json")
     shard.add_argument("--splits", default=",".join(SPLITS),
                        help="comma-separated splits to shard (default: %(default)s)")
-    shard.add_argument("--size", type=int, default=256,
-                       help="side of the stored square images; others are resized (default: %(default)s)")
-    shard.add_argument("--samples-per-shard", type=int, default=256,
+    shard.add_argument("--size", type=int, default=IMAGE_SIZE,
+                       help=f"side of the stored square images; others are resized. Only {IMAGE_SIZE} is supported "
+                            "end to end (models, codes and the ONNX runtime assume it) (default: %(default)s)")
+    shard.add_argument("--samples-per-shard", type=positive_int, default=256,
                        help="target samples per shard; shards of a split are made equal in size (default: %(default)s)")
-    shard.add_argument("--max-shard-mb", type=float, default=50.0,
-                       help="hard cap on a shard's size in MiB (default: %(default)s)")
-    shard.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
-    shard.add_argument("--force", action="store_true", help="replace an existing, non-empty output folder")
+    shard.add_argument("--max-shard-mb", type=number(low=1), default=50.0,
+                       help="hard cap on a shard's size in MiB, >= 1 (a slice takes well under 1 MiB) "
+                            "(default: %(default)s)")
+    max_workers = 4 * (os.cpu_count() or 1)
+    shard.add_argument("--workers", type=integer(1, max_workers), default=None,
+                       help=f"encoding processes, 1 to {max_workers} (4 per core) (default: all cores)")
+    shard.add_argument("--force", action="store_true",
+                       help="replace an existing output folder written by `shard` (never any other folder)")
     shard.add_argument("--quiet", action="store_true", help="no progress bar")
 
     verify = commands.add_parser(
@@ -64,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Decodes the first --count samples of a split from its shards and writes them, "
                     "with their keys, as one PNG: a quick look at what the shards hold.")
     preview.add_argument("shard_dir", type=Path, help="folder written by `shard`")
-    preview.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    preview.add_argument("--out", type=Path, required=True, help="PNG file to write (outside the shard folder)")
     preview.add_argument("--split", default="train", help="split to show (default: %(default)s)")
-    preview.add_argument("--count", type=int, default=16, help="number of samples (default: %(default)s)")
+    preview.add_argument("--count", type=positive_int, default=16, help="number of samples (default: %(default)s)")
 
     args = parser.parse_args(argv)
     try:
@@ -75,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             unknown = [s for s in splits if s not in SPLITS]
             if unknown or not splits:
                 parser.error(f"--splits: unknown split(s) {unknown}; choose from {list(SPLITS)}")
-            if args.size < 8 or args.samples_per_shard < 1 or args.max_shard_mb <= 0:
-                parser.error("--size must be >= 8, --samples-per-shard >= 1 and --max-shard-mb > 0")
+            if args.size != IMAGE_SIZE:
+                parser.error(f"--size {args.size}: only {IMAGE_SIZE} is supported end to end (the models, the codes "
+                             f"and the ONNX runtime assume {IMAGE_SIZE}x{IMAGE_SIZE}); other images are resized to it")
             start = time.perf_counter()
             manifest = shard_dataset(args.src, args.out, splits=splits, size=args.size,
                                      samples_per_shard=args.samples_per_shard, max_shard_mb=args.max_shard_mb,
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  {problem}", file=sys.stderr)
                 return 1
             print(f"verify: {args.shard_dir} OK")
-    except DataError as err:
+    except (DataError, OutputError, OSError) as err:  # OSError: e.g. a full disk, named by its message
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -2,25 +2,40 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from export.runtime.shard_format import decode_gray_png, iter_shard, read_manifest
+from export.runtime.output_dir import OutputError, resolved, write_file_atomically
+from export.runtime.shard_format import MANIFEST, DataError, decode_gray_png, iter_shard, read_manifest
 
 
 def preview_grid(shard_dir: Path, out: Path, split: str = "train", count: int = 16, columns: int = 8) -> Path:
     """Write the first `count` images of a split (as decoded from its shards) with their keys."""
     manifest = read_manifest(shard_dir)
+    if split not in manifest["splits"]:
+        known = ", ".join(manifest["splits"])
+        raise DataError(f"{shard_dir / MANIFEST}: split '{split}' is not in it (it has {known})")
+    if resolved(shard_dir) in resolved(out).parents:
+        raise OutputError(f"{out}: inside the shard folder {shard_dir} (the input); write the preview elsewhere")
     size = manifest["image_size"]
     samples = []
     for shard in manifest["splits"][split]["shards"]:
-        for sample in iter_shard(shard_dir / shard["name"]):
-            samples.append((sample["__key__"], decode_gray_png(sample["png"])))
-            if len(samples) == count:
-                break
+        path = shard_dir / shard["name"]
+        try:
+            for sample in iter_shard(path):
+                samples.append((sample["__key__"], decode_gray_png(sample["png"])))
+                if len(samples) == count:
+                    break
+        except (OSError, tarfile.TarError, KeyError, ValueError, Image.DecompressionBombError) as err:
+            raise DataError(f"{path}: unreadable shard ({err!r}); "
+                            "`python -m data_tools verify` checks them all") from None
         if len(samples) == count:
             break
+    if not samples:
+        raise DataError(f"{shard_dir / MANIFEST}: split '{split}' has no samples")
     rows = -(-len(samples) // columns)
     sheet = Image.new("L", (columns * size, rows * (size + 14)), 0)
     draw = ImageDraw.Draw(sheet)
@@ -28,6 +43,7 @@ def preview_grid(shard_dir: Path, out: Path, split: str = "train", count: int = 
         x, y = (i % columns) * size, (i // columns) * (size + 14)
         sheet.paste(Image.fromarray(pixels), (x, y))
         draw.text((x + 4, y + size + 1), key, fill=255)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")  # PNG whatever the name's extension
+    write_file_atomically(out, buffer.getvalue())
     return out

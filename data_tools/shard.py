@@ -6,10 +6,12 @@ Each sample `case_001_slice_7` holds:
     json      {"subject", "slice", "split", "source", "mask_source", "original_size"}
 
 Colour policy: a colour-typed PNG whose channels are all equal (gray saved as RGB) is converted
-losslessly; a real colour image, an image with transparency, or a 16-bit / float image is refused.
+losslessly; a real colour image, an image with transparency, or a 16-bit PNG (by its header's bit
+depth, whatever mode Pillow opens it in) is refused.
 
-Output is built in a hidden sibling folder and renamed into place at the end, so a failure or an
-interrupt never leaves a half-written shard set behind.
+Output is built in a hidden sibling folder and renamed into place at the end (export.runtime.output_dir),
+so a failure or an interrupt never leaves a half-written shard set behind, and --force replaces only
+an earlier shard folder, never the input.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import io
 import json
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
@@ -28,9 +29,11 @@ import webdataset as wds
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from data_tools.layout import SPLITS, SliceFile, scan_layout
+from data_tools.layout import SPLITS, SliceFile, find_layout_root, list_problems, scan_layout, split_folders
 from export.runtime.digest import file_sha256
-from export.runtime.shard_format import FORMAT_VERSION, MANIFEST, DataError, sample_record
+from export.runtime.output_dir import atomic_output_dir
+from export.runtime.png_header import check_png_header
+from export.runtime.shard_format import FORMAT_VERSION, IMAGE_SIZE, MANIFEST, DataError, sample_record
 
 TAR_MTIME = 0.0  # fixed tar header time: same input -> byte-identical shards
 
@@ -47,17 +50,16 @@ class EncodedSlice:
 def read_gray8(path: Path, size: int, is_mask: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
     """Read a PNG as a (size, size) uint8 array; returns it with the original (width, height)."""
     try:
+        check_png_header(path)
         with Image.open(path) as img:
             if img.format != "PNG":
                 raise DataError(f"{path}: not a PNG file (found {img.format})")
             img.load()
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file") from None
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's ways of saying truncated/corrupt
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # PIL: truncated/corrupt
         raise DataError(f"{path}: unreadable or truncated PNG ({err})") from None
     original_size = img.size
-    if img.mode in ("I", "I;16", "I;16B", "F"):
-        raise DataError(f"{path}: {img.mode} image (16-bit or float); convert it to 8-bit grayscale first")
     if img.mode != "L":
         rgba = np.asarray(img.convert("RGBA"))
         if (rgba[..., 3] != 255).any():
@@ -162,11 +164,12 @@ class ShardSetWriter:
 
 
 def write_split(slices: list[SliceFile], out_dir: Path, pool: Pool, size: int,
-                samples_per_shard: int, max_shard_bytes: int, progress: tqdm) -> dict:
-    """Encode one split in parallel (order preserved) and write its shards; returns its manifest entry."""
+                samples_per_shard: int, max_shard_bytes: int, progress: tqdm, errors: list[str]) -> dict | None:
+    """Encode one split in parallel (order preserved) and write its shards; returns its manifest entry.
+    Bad files are added to `errors`; once there is one, files are still read (to report every bad one
+    in one run) but nothing more is written, and None is returned."""
     split = slices[0].split
     writer = ShardSetWriter(out_dir, split, shard_sizes(len(slices), samples_per_shard), max_shard_bytes)
-    errors: list[str] = []
     histogram = np.zeros(256, dtype=np.int64)
     resized = 0
     jobs = ((item, size) for item in slices)
@@ -181,8 +184,7 @@ def write_split(slices: list[SliceFile], out_dir: Path, pool: Pool, size: int,
         histogram += result.histogram
         resized += list(result.metadata["original_size"]) != [size, size]
     if errors:
-        listed = "\n  ".join(errors[:20]) + (f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else "")
-        raise DataError(f"{len(errors)} bad file(s) in split '{split}':\n  {listed}")
+        return None
     return {
         "num_samples": len(slices),
         "num_subjects": len({s.subject for s in slices}),
@@ -194,39 +196,26 @@ def write_split(slices: list[SliceFile], out_dir: Path, pool: Pool, size: int,
     }
 
 
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished folder into place; an old one (with --force) is removed only afterwards."""
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def shard_dataset(src: Path, out: Path, *, splits: tuple[str, ...] = SPLITS, size: int = 256,
+def shard_dataset(src: Path, out: Path, *, splits: tuple[str, ...] = SPLITS, size: int = IMAGE_SIZE,
                   samples_per_shard: int = 256, max_shard_mb: float = 50.0, workers: int | None = None,
                   force: bool = False, show_progress: bool = True) -> dict:
     """Shard the PNG layout at `src` into `out`; returns the manifest (also written to out)."""
-    if out.exists() and any(out.iterdir()) and not force:
-        raise DataError(f"{out}: output folder exists and is not empty (use --force to replace it)")
-    by_split = scan_layout(src, splits)
-    total = sum(len(v) for v in by_split.values())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    manifest = {"format_version": FORMAT_VERSION, "image_size": size,
-                "entries": ["png", "json"], "splits": {}}
-    try:
-        with Pool(workers or os.cpu_count()) as pool, \
+    root = find_layout_root(src)
+    inputs = [folder for split in SPLITS for folder in split_folders(root, split)]  # all: --out must spare each
+    with atomic_output_dir(out, marker=MANIFEST, force=force, inputs=inputs) as tmp:
+        by_split = scan_layout(src, splits)
+        total = sum(len(v) for v in by_split.values())
+        manifest = {"format_version": FORMAT_VERSION, "image_size": size,
+                    "entries": ["png", "json"], "splits": {}}
+        errors: list[str] = []
+        with Pool(min(workers or os.cpu_count(), total)) as pool, \
                 tqdm(total=total, unit="img", desc="sharding", disable=not show_progress) as progress:
             for split, slices in by_split.items():
                 manifest["splits"][split] = write_split(slices, tmp, pool, size, samples_per_shard,
-                                                        int(max_shard_mb * 2**20), progress)
+                                                        int(max_shard_mb * 2**20), progress, errors)
+        if errors:
+            raise DataError(list_problems(f"{len(errors)} bad file(s)", errors))
         if any(s["has_masks"] for s in manifest["splits"].values()):
             manifest["entries"].append("seg.png")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from data_tools.shard import pixel_stats
 from export.runtime.digest import file_sha256
-from export.runtime.shard_format import DataError, decode_gray_png, decode_metadata, iter_shard, read_manifest
+from export.runtime.shard_format import decode_gray_png, decode_metadata, iter_shard, read_manifest
 
 
 def check_sample(sample: dict, split: str, size: int,
@@ -28,6 +28,8 @@ def check_sample(sample: dict, split: str, size: int,
         meta = decode_metadata(sample["json"])
     except Exception as err:  # any decoding failure is a finding, not a crash
         return [f"{key}: cannot decode ({err})"], None, None
+    if not isinstance(meta, dict):
+        return [f"{key}: metadata is not a JSON object"], None, None
     problems = []
     if pixels.shape != (size, size):
         problems.append(f"{key}: image is {pixels.shape}, expected ({size}, {size})")
@@ -35,7 +37,7 @@ def check_sample(sample: dict, split: str, size: int,
         problems.append(f"{key}: metadata says split {meta.get('split')!r}, shard is '{split}'")
     if key != f"case_{meta.get('subject')}_slice_{meta.get('slice')}":
         problems.append(f"{key}: key does not match metadata subject/slice")
-    return problems, np.bincount(pixels.ravel(), minlength=256), meta.get("subject")
+    return problems, np.bincount(pixels.ravel(), minlength=256), str(meta.get("subject"))
 
 
 def verify_split(shard_dir: Path, split: str, entry: dict, size: int, progress: tqdm) -> tuple[list[str], set[str]]:
@@ -75,10 +77,8 @@ def verify_split(shard_dir: Path, split: str, entry: dict, size: int, progress: 
 
 
 def verify_shards(shard_dir: Path, show_progress: bool = True) -> list[str]:
-    try:
-        manifest = read_manifest(shard_dir)
-    except DataError as err:
-        return [str(err)]
+    """Every problem found in the shards; a missing or broken manifest raises DataError (nothing to check against)."""
+    manifest = read_manifest(shard_dir)
     splits = manifest["splits"]
     problems: list[str] = []
     owner: dict[str, str] = {}

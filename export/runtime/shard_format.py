@@ -19,6 +19,7 @@ from PIL import Image
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 ENTRIES = ("png", "json", "seg.png")
+IMAGE_SIZE = 256  # the only slice size the models, codes and ONNX runtime support
 BLOCK = 512  # tar block size
 EMPTY_BLOCK = bytes(BLOCK)  # two of them end a tar
 
@@ -111,10 +112,45 @@ def decode_metadata(data: bytes) -> dict:
 
 
 def read_manifest(shard_dir: str | Path) -> dict:
+    """The manifest of a shard folder, checked field by field, so that every reader can trust its
+    shape: a damaged or crafted manifest fails here, naming the file, instead of deep in a reader."""
     path = Path(shard_dir) / MANIFEST
     if not path.is_file():
         raise DataError(f"{path}: no manifest; is this a folder written by `python -m data_tools shard`?")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from None
+    problem = manifest_problem(manifest)
+    if problem:
+        raise DataError(f"{path}: {problem}")
     return manifest
+
+
+def manifest_problem(manifest) -> str | None:
+    """What is wrong with a parsed manifest's structure, or None."""
+    def wrong(value, kind: type) -> bool:
+        return not isinstance(value, kind) or (kind is int and isinstance(value, bool))
+
+    if not isinstance(manifest, dict):
+        return f"expected a JSON object, got {type(manifest).__name__}"
+    if manifest.get("format_version") != FORMAT_VERSION:
+        return f"format_version {manifest.get('format_version')!r} is not {FORMAT_VERSION}"
+    if wrong(manifest.get("image_size"), int) or wrong(manifest.get("splits"), dict):
+        return "'image_size' (an integer) and 'splits' (an object) are required"
+    for split, entry in manifest["splits"].items():
+        fields = {"num_samples": int, "subjects": list, "has_masks": bool, "pixel_stats": dict, "shards": list}
+        missing = [k for k, kind in fields.items() if not isinstance(entry, dict) or wrong(entry.get(k), kind)]
+        if missing or not all(isinstance(subject, str) for subject in entry["subjects"]):
+            return f"split {split!r}: {', '.join(missing) or 'subjects'} missing or of the wrong type"
+        for shard in entry["shards"]:
+            fields = {"name": str, "num_samples": int, "sha256": str}
+            missing = [k for k, kind in fields.items() if not isinstance(shard, dict) or wrong(shard.get(k), kind)]
+            if missing:
+                return f"split {split!r}: a shard's {', '.join(missing)} missing or of the wrong type"
+            name = shard["name"]
+            if Path(name).name != name or name in ("", ".", ".."):  # stays inside the shard folder
+                return f"split {split!r}: shard name {name!r} is not a file name inside the folder"
+    return None

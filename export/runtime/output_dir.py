@@ -1,0 +1,103 @@
+"""Outputs that appear whole or not at all, and never at an input's expense (torch-free, for every command).
+
+A command builds its output folder in a hidden folder beside the target and renames it into place only
+when everything is written: a failure, an interrupt or a full disk leaves nothing partial, and an older
+output survives until the new one is complete. An existing folder is replaced only with --force and only
+when it holds the command's marker file (manifest.json, model.json, ...), so --force cannot delete a
+folder the tool did not write; and never when it is, contains or lies inside an input
+(`shard --src x --out x --force` once replaced its own input with shards).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+
+class OutputError(Exception):
+    """The output path cannot be written, or may not be replaced; the message names it and says why."""
+
+
+def resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as err:  # Python 3.11 raises RuntimeError on a symlink loop
+        raise OutputError(f"{path}: cannot resolve the path ({err})") from None
+
+
+def check_output_dir(out: Path, *, marker: str, force: bool, inputs: Iterable[Path] = ()) -> Path:
+    """Refuse, before any work, an output folder that may not be (re)written; returns its resolved path."""
+    target = resolved(out)
+    for item in inputs:
+        source = resolved(item)
+        relation = ("is" if target == source else "contains" if target in source.parents
+                    else "lies inside" if source in target.parents else None)
+        if relation:
+            raise OutputError(f"{out}: {relation} the input {item}; write the output elsewhere")
+    if target.parent == target:
+        raise OutputError(f"{out}: the filesystem root cannot be an output folder")
+    if target.exists() and not target.is_dir():
+        raise OutputError(f"{out}: exists and is not a folder")
+    if target.is_dir():
+        try:
+            has_entries = any(target.iterdir())
+        except OSError as err:
+            raise OutputError(f"{out}: cannot read the existing folder ({err.strerror})") from None
+        if has_entries and not (target / marker).is_file():
+            raise OutputError(f"{out}: exists and has no {marker}, so this tool did not write it; "
+                              "choose another output folder or remove it yourself")
+        if has_entries and not force:
+            raise OutputError(f"{out}: output folder exists and is not empty (use --force to replace it)")
+    return target
+
+
+def replace_dir(tmp: Path, out: Path) -> None:
+    """Move the finished folder into place; an old one is removed only once the new one is there."""
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: Path, *, marker: str, force: bool, inputs: Iterable[Path] = ()) -> Iterator[Path]:
+    """Check `out` (see check_output_dir), then yield an empty hidden folder beside it to write into; on
+    success it replaces `out`, on any exception it is deleted and `out` is left as it was. The body must
+    write `marker`, or the output could never be replaced by a later run."""
+    target = check_output_dir(out, marker=marker, force=force, inputs=inputs)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as err:
+        raise OutputError(f"{out}: cannot create the output folder ({err.strerror or err})") from None
+    try:
+        yield tmp
+        if not (tmp / marker).is_file():
+            raise RuntimeError(f"{out}: the command did not write {marker}; refusing to place an unmarked output")
+        replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Write a whole file or nothing (a crash mid-write leaves the old file, not a torn one)."""
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; expected a file name")
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"{path}: cannot write it ({err.strerror or err})") from None
