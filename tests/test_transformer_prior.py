@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from trainer import sampling_rule
+from trainer.kv_cache import write_cache
 from trainer.pixelcnn import PriorShape
 from trainer.pixelcnn import sample as pixelcnn_sample
-from trainer.transformer_prior import TransformerPrior, sample, write_cache
+from trainer.transformer_prior import TransformerPrior, sample
 
 SHAPE = PriorShape(num_codes=16, height=6, width=5, num_conditions=4)
 

@@ -17,13 +17,14 @@ head_dim floats per earlier cell, every step), and fewer key/value heads shrink 
 while every query head stays. kv_heads = heads is ordinary multi-head attention.
 
 Exact cached sampling (`step`): the cache holds, per layer, the keys (B, kv_heads, head_dim, N) stored
-transposed and the values (B, kv_heads, N, head_dim) of all N = H * W cells, allocated once (`empty_cache`)
-and filled one cell per step by the caller (`write_cache`). A step gets the position t, attends to
-the cached cells < t (the rest is masked) and to its own token's key and value, and returns those for
-the caller to write at t. Why this layout: in the ONNX step model (export/transformer_onnx.py) only
-the batch axis varies, nothing is concatenated or copied (onnxruntime reads the sampler's numpy
-buffers in place), and both attention products are plain matrix products. Sampling a grid costs
-one forward pass's work plus attention over the full cache length at every step.
+transposed and the values (B, kv_heads, N, head_dim) of all N = H * W cells (trainer/kv_cache.py),
+allocated once (`empty_cache`) and filled one cell per step by the caller (`write_cache`). A step gets
+the position t, attends to the cached cells < t (the rest is masked) and to its own token's key and
+value, and returns those for the caller to write at t. Why this layout: in the ONNX step model
+(export/transformer_onnx.py) only the batch axis varies, nothing is concatenated or copied
+(onnxruntime reads the sampler's numpy buffers in place), and both attention products are plain
+matrix products. Sampling a grid costs one forward pass's work plus attention over the full cache
+length at every step.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainer.kv_cache import cache_shapes, write_cache
 from trainer.pixelcnn import GatedPixelCNN, PriorShape, draw
 from trainer.sampling_rule import check_sampling_options
 
@@ -150,10 +152,9 @@ class TransformerPrior(nn.Module):
     def empty_cache(self, batch: int, dtype: torch.dtype = torch.float32, device=None) -> list[Tensor]:
         """Zeroed cache for `step`: per layer, keys (B, kv_heads, head_dim, N) then values (B, kv_heads, N, head_dim)."""
         attention = self.blocks[0].attention
-        cells = self.shape.height * self.shape.width
-        shapes = [(batch, attention.kv_heads, attention.head_dim, cells), (batch, attention.kv_heads, cells,
-                                                                          attention.head_dim)]
-        return [torch.zeros(shapes[n % 2], dtype=dtype, device=device) for n in range(2 * len(self.blocks))]
+        shapes = cache_shapes(len(self.blocks), attention.kv_heads, attention.head_dim, batch,
+                              self.shape.height * self.shape.width)
+        return [torch.zeros(shape, dtype=dtype, device=device) for shape in shapes]
 
     def step(self, previous: Tensor, position: Tensor, condition: Tensor | None,
              cache: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
@@ -169,15 +170,6 @@ class TransformerPrior(nn.Module):
             x, k, v = block.step(x, mask, keys, values)
             new += [k, v]
         return self.head(self.norm(x)), new
-
-
-def write_cache(cache: list[Tensor], new: list[Tensor], position: int) -> None:
-    """Store one step's keys and values (from `step`) at `position` of the cache, in place."""
-    for index, (buffer, entry) in enumerate(zip(cache, new)):
-        if index % 2 == 0:
-            buffer[..., position] = entry
-        else:
-            buffer[..., position, :] = entry
 
 
 @torch.no_grad()
