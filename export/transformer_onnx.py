@@ -1,14 +1,14 @@
 """Torch -> ONNX for the transformer prior: one `prior_step` model, the key/value cache as explicit inputs.
 
     prior_step.onnx  previous (B,) int64, position (1,) int64 [, condition (B,) int64],
-                     key_0 (B, kv_heads, head_dim, N), value_0 (B, kv_heads, N, head_dim), key_1, ...
+                     key_0 (B, kv_heads, head_dim, cells), value_0 (B, kv_heads, cells, head_dim), key_1, ...
                      -> logits (B, K), new_key_0 (B, kv_heads, head_dim), new_value_0, new_key_1, ...
 
 TransformerPrior.step exported as it is (trainer/transformer_prior.py says why its cache has this
-layout): the cache is full-length and only the batch axis varies, so the graph has no data-dependent
-shapes; the sampler (export/transformer_runtime.py) owns the cache buffers, passes them in, and writes
-each step's new keys and values at the step's position. One tensor per layer and kind, not one for
-the whole cache, because slicing a layer out of a graph input is a copy in onnxruntime.
+layout): only the batch and the cache length (cells, at most H * W) vary; the sampler
+(export/transformer_runtime.py) owns the cache buffers, passes them in, and writes each step's new
+keys and values at the step's position. One tensor per layer and kind, not one for the whole cache,
+because slicing a layer out of a graph input is a copy in onnxruntime.
 """
 
 from __future__ import annotations
@@ -52,11 +52,12 @@ def export_step(prior: TransformerPrior, path: Path, opset: int = DEFAULT_OPSET)
     sampler needs to allocate the cache. The prior's parameters must be float32, as the sampler's cache is."""
     conditional = bool(prior.shape.num_conditions)
     inputs, outputs = step_names(len(prior.blocks), conditional)
-    batch = Dim("batch")
-    # Example batch of 2: torch.export specialises sizes 0 and 1.
+    batch, cells = Dim("batch"), Dim("cells", max=prior.shape.height * prior.shape.width)
+    # Example batch and cache length of 2: torch.export specialises sizes 0 and 1.
     examples = [torch.zeros(2, dtype=torch.long), torch.tensor([1])] + [torch.zeros(2, dtype=torch.long)] * conditional
-    examples += prior.empty_cache(2)
-    dynamic = ({0: batch}, None, tuple({0: batch} for _ in examples[2:]))   # *condition_and_cache is one argument
+    examples += prior.empty_cache(2, cells=2)
+    cache_axes = [{0: batch, 3: cells}, {0: batch, 2: cells}] * len(prior.blocks)
+    dynamic = ({0: batch}, None, tuple([{0: batch}] * conditional + cache_axes))   # *condition_and_cache: one argument
     with quiet_exporter():
         program = torch.onnx.export(PriorStep(prior).eval(), tuple(examples), dynamo=True, opset_version=opset,
                                     dynamic_shapes=dynamic, input_names=inputs, output_names=outputs,

@@ -38,7 +38,7 @@ def exported(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[Transfo
     return prior, session, spec
 
 
-def test_the_cache_is_explicit_and_only_the_batch_varies(exported):
+def test_the_cache_is_explicit_and_only_batch_and_cache_length_vary(exported):
     prior, session, spec = exported
     graph = onnx.load(str(session.path)).graph
     names = [i.name for i in graph.input]
@@ -46,7 +46,9 @@ def test_the_cache_is_explicit_and_only_the_batch_varies(exported):
     assert names[-4:] == ["key_0", "value_0", "key_1", "value_1"] and len(spec["outputs"]) == 5
     assert ("condition" in names) == bool(prior.shape.num_conditions)
     value = next(i for i in graph.input if i.name == "value_1").type.tensor_type.shape.dim
-    assert value[0].dim_param and [d.dim_value for d in value[1:]] == [2, HEIGHT * WIDTH, 4]
+    assert value[0].dim_param and value[2].dim_param and [value[1].dim_value, value[3].dim_value] == [2, 4]
+    key = next(i for i in graph.input if i.name == "key_0").type.tensor_type.shape.dim
+    assert key[3].dim_param == value[2].dim_param and [key[1].dim_value, key[2].dim_value] == [2, 4]
     assert (spec["layers"], spec["kv_heads"], spec["head_dim"]) == (2, 2, 4)
 
 

@@ -16,15 +16,14 @@ Why: sampling on a CPU is bound by reading the key/value cache (batch x layers x
 head_dim floats per earlier cell, every step), and fewer key/value heads shrink it in proportion
 while every query head stays. kv_heads = heads is ordinary multi-head attention.
 
-Exact cached sampling (`step`): the cache holds, per layer, the keys (B, kv_heads, head_dim, N) stored
-transposed and the values (B, kv_heads, N, head_dim) of all N = H * W cells (trainer/kv_cache.py),
-allocated once (`empty_cache`) and filled one cell per step by the caller (`write_cache`). A step gets
+Exact cached sampling (`step`): the cache holds, per layer, the keys (B, kv_heads, head_dim, cells)
+stored transposed and the values (B, kv_heads, cells, head_dim) of the cells sampled so far and some
+zeroed room after them (trainer/kv_cache.py: the samplers grow it a grid row at a time). A step gets
 the position t, attends to the cached cells < t (the rest is masked) and to its own token's key and
 value, and returns those for the caller to write at t. Why this layout: in the ONNX step model
-(export/transformer_onnx.py) only the batch axis varies, nothing is concatenated or copied
-(onnxruntime reads the sampler's numpy buffers in place), and both attention products are plain
-matrix products. Sampling a grid costs one forward pass's work plus attention over the full cache
-length at every step.
+(export/transformer_onnx.py) nothing is concatenated or copied (onnxruntime reads the sampler's
+numpy buffers in place) and both attention products are plain matrix products. Sampling a grid
+costs about one forward pass's work.
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.kv_cache import cache_shapes, write_cache
+from trainer.kv_cache import cache_shapes, grow_cache, write_cache
 from trainer.pixelcnn import GatedPixelCNN, PriorShape, draw
 from trainer.sampling_rule import check_sampling_options
 
@@ -149,11 +148,12 @@ class TransformerPrior(nn.Module):
             x = block(x)
         return self.head(self.norm(x)).transpose(1, 2).unflatten(2, (height, width))
 
-    def empty_cache(self, batch: int, dtype: torch.dtype = torch.float32, device=None) -> list[Tensor]:
-        """Zeroed cache for `step`: per layer, keys (B, kv_heads, head_dim, N) then values (B, kv_heads, N, head_dim)."""
+    def empty_cache(self, batch: int, dtype: torch.dtype = torch.float32, device=None,
+                    cells: int | None = None) -> list[Tensor]:
+        """Zeroed cache for `step` (trainer/kv_cache.py) with room for `cells` cells (default: the whole grid)."""
         attention = self.blocks[0].attention
-        shapes = cache_shapes(len(self.blocks), attention.kv_heads, attention.head_dim, batch,
-                              self.shape.height * self.shape.width)
+        cells = self.shape.height * self.shape.width if cells is None else cells
+        shapes = cache_shapes(len(self.blocks), attention.kv_heads, attention.head_dim, batch, cells)
         return [torch.zeros(shape, dtype=dtype, device=device) for shape in shapes]
 
     def step(self, previous: Tensor, position: Tensor, condition: Tensor | None,
@@ -181,12 +181,15 @@ def sample(prior: TransformerPrior, uniforms: Tensor, condition: Tensor | None =
     check_sampling_options(temperature, top_k, prior.shape.num_codes)
     prior.check_condition(condition, batch)
     codes = torch.zeros(batch, height, width, dtype=torch.long, device=uniforms.device)
-    cache = prior.empty_cache(batch, next(prior.parameters()).dtype, uniforms.device)
+    dtype = next(prior.parameters()).dtype
+    cache = prior.empty_cache(batch, dtype, uniforms.device, cells=0)
     flat = codes.view(batch, -1)
     for t in range(height * width):
         if naive:
             logits = prior(codes, condition)[:, :, t // width, t % width]
         else:
+            if t % width == 0:
+                cache = grow_cache(cache, t + width, lambda shape: torch.zeros(shape, dtype=dtype, device=uniforms.device))
             position = torch.tensor([t], device=uniforms.device)
             logits, new = prior.step(flat[:, max(t - 1, 0)], position, condition, cache)
             write_cache(cache, new, t)
