@@ -1,0 +1,41 @@
+"""Sample code grids from the transformer prior's exported step model with onnxruntime and numpy only.
+
+The loop is trainer.transformer_prior.sample's cached path: one `prior_step` call per cell, the
+cache held here as numpy buffers that onnxruntime reads in place (grown a row at a time), the new
+keys and values written at the step's position. The uniform numbers and the draw rule are
+trainer/sampling_rule.py's, so a seed gives the same code grids as the PyTorch sampler (the logits
+agree to float rounding).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from trainer.kv_cache import cache_shapes, grow_cache, write_cache
+from trainer.sampling_rule import check_sampling_options, draw
+
+
+def sample_codes(session: ort.InferenceSession, spec: dict, info: dict, uniforms: np.ndarray,
+                 conditions: np.ndarray | None = None, temperature: float = 1.0, top_k: int = 0,
+                 progress=None) -> np.ndarray:
+    """Code grids (B, H, W) int64 in raster order from one uniform number per cell (B, H, W).
+    `spec` is prior_step's model.json entry (export/transformer_onnx.py), `info` gives num_codes."""
+    check_sampling_options(temperature, top_k, info["num_codes"])
+    batch, height, width = uniforms.shape
+    codes = np.zeros((batch, height * width), dtype=np.int64)
+    cache = [np.zeros(shape, dtype=np.float32)
+             for shape in cache_shapes(spec["layers"], spec["kv_heads"], spec["head_dim"], batch, 0)]
+    fixed = {} if conditions is None else {"condition": conditions.astype(np.int64, copy=False)}
+    cache_names = spec["inputs"][-len(cache):]
+    for t in range(height * width):
+        if t % width == 0:   # one more row of room: attention runs over the rows sampled so far
+            cache = grow_cache(cache, t + width, lambda shape: np.zeros(shape, dtype=np.float32))
+        feeds = {"previous": codes[:, max(t - 1, 0)], "position": np.array([t], dtype=np.int64), **fixed,
+                 **dict(zip(cache_names, cache))}
+        logits, *new = session.run(spec["outputs"], feeds)
+        write_cache(cache, new, t)
+        codes[:, t] = draw(logits, uniforms[:, t // width, t % width], temperature, top_k)
+        if progress is not None and t % width == width - 1:
+            progress.update(1)
+    return codes.reshape(batch, height, width)
