@@ -2,7 +2,7 @@
 priors of several sizes, side by side with the gated PixelCNN of configs/prior_oasis_32_cpu.yaml, in one run.
 
 Random weights: the work per grid does not depend on them. Each transformer is exported as its
-`prior_step` model (export/transformer_onnx.py) and sampled by export/transformer_runtime.py; the
+`prior_step` model (export/transformer_onnx.py) and sampled by export/runtime/transformer_sampler.py; the
 PixelCNN by export/runtime.py, as `python -m export sample` does. The issue's goal: <= 3 s per 16
 brains on one core. Run it pinned to one core:
     OMP_NUM_THREADS=1 taskset -c 1 python bench/bench_transformer_sampling.py --json /tmp/bench.json
@@ -20,14 +20,14 @@ import torch
 from bench_onnx import NUM_CODES, NUM_CONDITIONS, REPO, VQVAE_CONFIG, machine, timed
 
 from export.onnx_export import export_models
-from export.runtime import ExportedModels
-from export.runtime import sample_codes as pixelcnn_sample_codes
+from export.runtime.onnx_models import ExportedModels
+from export.runtime.sample import sample_codes as pixelcnn_sample_codes
+from export.runtime.sampling_rule import sampling_randomness
+from export.runtime.transformer_sampler import sample_codes
 from export.transformer_onnx import export_step
-from export.transformer_runtime import sample_codes
 from trainer.config import PriorConfig, load_config
+from trainer.models import build_prior
 from trainer.pixelcnn import PriorShape
-from trainer.sample import build_prior
-from trainer.sampling_rule import sampling_randomness
 from trainer.transformer_prior import TransformerPrior
 from trainer.vqvae import VQVAE
 

@@ -6,7 +6,7 @@
 
 TransformerPrior.step exported as it is (trainer/transformer_prior.py says why its cache has this
 layout): only the batch and the cache length (cells, at most H * W) vary; the sampler
-(export/transformer_runtime.py) owns the cache buffers, passes them in, and writes each step's new
+(export/runtime/transformer_sampler.py) owns the cache buffers, passes them in, and writes each step's new
 keys and values at the step's position. One tensor per layer and kind, not one for the whole cache,
 because slicing a layer out of a graph input is a copy in onnxruntime.
 """
@@ -20,8 +20,9 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
-from export.model_dir import DEFAULT_OPSET, sha256
 from export.onnx_export import quiet_exporter
+from export.runtime.digest import file_sha256
+from export.runtime.model_dir import DEFAULT_OPSET
 from trainer.transformer_prior import TransformerPrior
 
 
@@ -65,5 +66,5 @@ def export_step(prior: TransformerPrior, path: Path, opset: int = DEFAULT_OPSET)
     program.save(path, external_data=False)
     onnx.checker.check_model(str(path), full_check=True)
     attention = prior.blocks[0].attention
-    return {"file": Path(path).name, "sha256": sha256(Path(path)), "inputs": inputs, "outputs": outputs,
+    return {"file": Path(path).name, "sha256": file_sha256(Path(path)), "inputs": inputs, "outputs": outputs,
             "layers": len(prior.blocks), "kv_heads": attention.kv_heads, "head_dim": attention.head_dim}

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import REPO
+from export.runtime.kv_cache import write_cache
+from export.runtime.sampling_rule import sampling_randomness
+from export.runtime.transformer_sampler import sample_codes
 from export.transformer_onnx import export_step
-from export.transformer_runtime import sample_codes
-from trainer.kv_cache import write_cache
 from trainer.pixelcnn import PriorShape
-from trainer.sampling_rule import sampling_randomness
 from trainer.transformer_prior import TransformerPrior, sample
 
 K, HEIGHT, WIDTH = 16, 5, 4
@@ -97,7 +97,7 @@ def test_bad_sampling_options_are_refused(exported):
 
 
 def test_the_runtime_sampler_never_imports_torch():
-    code = ("import sys; import export.transformer_runtime; "
+    code = ("import sys; import export.runtime.transformer_sampler; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                             capture_output=True, text=True, timeout=60, check=False)

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer import sampling_rule
-from trainer.kv_cache import write_cache
+from export.runtime import sampling_rule
+from export.runtime.kv_cache import write_cache
 from trainer.pixelcnn import PriorShape
 from trainer.pixelcnn import sample as pixelcnn_sample
 from trainer.transformer_prior import TransformerPrior, sample

@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from trainer.kv_cache import cache_shapes, grow_cache, write_cache
-from trainer.sampling_rule import check_sampling_options, draw
+from export.runtime.kv_cache import cache_shapes, grow_cache, write_cache
+from export.runtime.sampling_rule import check_sampling_options, draw
 
 
 def sample_codes(session: ort.InferenceSession, spec: dict, info: dict, uniforms: np.ndarray,
