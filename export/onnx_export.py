@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,10 +32,12 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
-from export.runtime.cli import add_checkpoint_argument
+from export.runtime.cli import add_checkpoint_argument, add_force_argument
+from export.runtime.cli_types import positive_int
 from export.runtime.digest import file_sha256
-from export.runtime.model_dir import DEFAULT_OPSET, FORMAT_VERSION, MODEL_JSON
-from trainer.models import load_prior, load_vqvae, resolve_checkpoint
+from export.runtime.model_dir import DEFAULT_OPSET, FORMAT_VERSION, GRAPH_METADATA, MODEL_JSON
+from export.runtime.output_dir import atomic_output_dir
+from trainer.models import load_paired_vqvae, load_prior, resolve_checkpoint
 from trainer.pixelcnn import GatedPixelCNN
 from trainer.quantizer import argmin_distance
 from trainer.vqvae import VQVAE
@@ -108,13 +109,17 @@ def quiet_exporter() -> Iterator[None]:
 
 
 def export_part(module: nn.Module, inputs: dict[str, Tensor], dynamic: dict[str, dict[int, Dim]],
-                output: str, path: Path, opset: int) -> dict:
-    """Export one model with named, dynamic axes and check it; returns its model.json entry."""
+                output: str, path: Path, opset: int, fields: dict) -> dict:
+    """Export one model with named, dynamic axes and check it; returns its model.json entry. The semantic
+    `fields` of model.json go into the file's metadata too, where the runtime checks model.json against them."""
     with quiet_exporter():
         program = torch.onnx.export(module.eval(), tuple(inputs.values()), dynamo=True, opset_version=opset,
                                     dynamic_shapes=tuple(dynamic[name] for name in inputs),
                                     input_names=list(inputs), output_names=[output], verbose=False)
     program.save(path, external_data=False)
+    graph = onnx.load(str(path))
+    onnx.helper.set_model_props(graph, {GRAPH_METADATA: json.dumps(fields, sort_keys=True)})
+    onnx.save(graph, str(path))
     onnx.checker.check_model(str(path), full_check=True)
     return {"file": path.name, "sha256": file_sha256(path), "inputs": list(inputs), "outputs": [output]}
 
@@ -134,25 +139,26 @@ def export_models(prior: GatedPixelCNN, vqvae: VQVAE, out: Path, opset: int = DE
     context = prior.row_context(band, condition.get("condition"))[..., :2]
     images = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     codes = torch.zeros(2, height, width, dtype=torch.long)
+    fields = {"image_size": IMAGE_SIZE, "height": height, "width": width, "num_codes": shape.num_codes,
+              "code_dim": vqvae.quantizer.code_dim, "num_conditions": shape.num_conditions,
+              "context_rows": prior.context_rows, "context_columns": prior.context_columns,
+              "layers": len(prior.layers), "channels": prior.embed.embedding_dim}
     models = {
         "encoder": export_part(EncoderGraph(vqvae), {"images": images}, {"images": {0: batch}},
-                               "codes", out / "encoder.onnx", opset),
+                               "codes", out / "encoder.onnx", opset, fields),
         "decoder": export_part(DecoderGraph(vqvae), {"codes": codes}, {"codes": {0: batch}},
-                               "images", out / "decoder.onnx", opset),
+                               "images", out / "decoder.onnx", opset, fields),
         "prior_row": export_part(PriorRowGraph(prior), {"band": band, **condition},
                                  {"band": {0: batch, 1: rows}, "condition": {0: batch}},
-                                 "context", out / "prior_row.onnx", opset),
+                                 "context", out / "prior_row.onnx", opset, fields),
         "prior_cell": export_part(PriorCellGraph(prior), {"row": band[:, 0, :2], "context": context, **condition},
                                   {"row": {0: batch, 1: columns}, "context": {0: batch, 3: columns},
                                    "condition": {0: batch}},
-                                  "logits", out / "prior_cell.onnx", opset),
+                                  "logits", out / "prior_cell.onnx", opset, fields),
     }
     written = onnx.load(str(out / "prior_cell.onnx")).opset_import   # the opset the exporter settled on
     info = {
-        "format_version": FORMAT_VERSION, "image_size": IMAGE_SIZE, "height": height, "width": width,
-        "num_codes": shape.num_codes, "code_dim": vqvae.quantizer.code_dim, "num_conditions": shape.num_conditions,
-        "context_rows": prior.context_rows, "context_columns": prior.context_columns,
-        "layers": len(prior.layers), "channels": prior.embed.embedding_dim,
+        "format_version": FORMAT_VERSION, **fields,
         "opset": next(o.version for o in written if o.domain in ("", "ai.onnx")),
         "source": source or {}, "models": models,
     }
@@ -160,42 +166,19 @@ def export_models(prior: GatedPixelCNN, vqvae: VQVAE, out: Path, opset: int = DE
     return info
 
 
-def check_pair(info: dict, vqvae: VQVAE, vqvae_path: Path, vqvae_sha256: str) -> None:
-    """The VQ-VAE must be the one whose codes the prior models: same K, same grid, same weights."""
-    grid = IMAGE_SIZE // vqvae.downsample
-    if (info["height"], info["width"]) != (grid, grid) or info["num_codes"] != vqvae.quantizer.num_codes:
-        raise ValueError(f"{vqvae_path}: makes {grid}x{grid} grids of {vqvae.quantizer.num_codes} codes, but the "
-                         f"prior models {info['height']}x{info['width']} grids of {info['num_codes']} codes")
-    if info.get("vqvae_sha256") not in (None, vqvae_sha256):
-        raise ValueError(f"{vqvae_path}: its weights (sha256 {vqvae_sha256[:12]}...) are not the ones the prior was "
-                         f"trained on ({info['vqvae_sha256'][:12]}..., prior.json); pass the right --vqvae")
-
-
 def export_checkpoint(checkpoint: Path, out: Path, vqvae_checkpoint: Path | None = None,
                       opset: int = DEFAULT_OPSET, force: bool = False) -> dict:
     """Export a prior checkpoint (or a run folder's newest) and its VQ-VAE into the folder `out`,
     written as a hidden temporary folder and renamed when complete; returns model.json's contents."""
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out}: already exists; pass --force to replace it")
     checkpoint = resolve_checkpoint(Path(checkpoint))
     prior, _, info = load_prior(checkpoint)
-    vqvae_path = resolve_checkpoint(Path(vqvae_checkpoint or info["vqvae_checkpoint"]))
-    vqvae, _ = load_vqvae(vqvae_path)
-    vqvae_sha256 = file_sha256(vqvae_path / "model.safetensors")
-    check_pair(info, vqvae, vqvae_path, vqvae_sha256)
+    vqvae, _, vqvae_path, vqvae_sha256 = load_paired_vqvae(info, vqvae_checkpoint)
     source = {"prior_checkpoint": str(checkpoint), "prior_sha256": file_sha256(checkpoint / "model.safetensors"),
               "vqvae_checkpoint": str(vqvae_path), "vqvae_sha256": vqvae_sha256}
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        model_info = export_models(prior, vqvae, tmp, opset, source)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return model_info
+    # --force replaces an earlier export only: never the checkpoints' folders (nor one holding them)
+    with atomic_output_dir(out, marker=MODEL_JSON, force=force, inputs=[checkpoint, vqvae_path]) as tmp:
+        return export_models(prior, vqvae, tmp, opset, source)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -205,8 +188,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vqvae", type=Path, default=None,
                         help="VQ-VAE checkpoint (default: the one recorded in the prior's prior.json); its weights "
                              "must be the ones the prior was trained on")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
-    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
+    add_force_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:

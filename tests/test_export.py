@@ -79,7 +79,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Path, 
     for num_conditions, force in ((SLICES, []), (0, ["--force"])):
         checkpoint, out = save_prior(root, vqvae, num_conditions), root / f"onnx{num_conditions}"
         if force:
-            out.mkdir()
+            out.mkdir()   # an earlier export (it has model.json): --force may replace it
+            (out / "model.json").write_text("{}")
             (out / "stale.txt").write_text("from an earlier export")
         assert cli(["onnx", "--checkpoint", str(checkpoint.parent.parent), "--out", str(out), *force]) == 0
         result[num_conditions] = checkpoint, out
@@ -273,13 +274,13 @@ def test_broken_model_folder_is_a_clear_error(exported, tmp_path, capsys, proble
 
 
 @pytest.mark.parametrize("num_conditions, options, message", [
-    (SLICES, ["--temperature", "0"], "temperature must be > 0"),
+    (SLICES, ["--temperature", "0"], "argument --temperature: must be a finite number > 0"),
     (SLICES, ["--top-k", "33"], "top_k must be in 0..32"),
     (SLICES, ["--slice", "4"], "slice must be in 0..3"),
     (0, ["--slice", "0"], "trained without slice conditioning"),
-    (SLICES, ["--n", "0"], "n must be >= 1"),
-    (SLICES, ["--batch-size", "0"], "--batch-size must be >= 1"),
-    (SLICES, ["--threads", "-1"], "--threads must be >= 0"),
+    (SLICES, ["--n", "0"], "argument --n: must be an integer >= 1"),
+    (SLICES, ["--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
+    (SLICES, ["--threads", "-1"], "argument --threads: must be an integer >= 0"),
 ])
 def test_bad_sampling_option_is_a_clear_error(exported, tmp_path, capsys, num_conditions, options, message):
     assert cli(["sample", "--model-dir", str(exported[num_conditions][1]), "--out", str(tmp_path / "s"), "--quiet",
@@ -291,7 +292,7 @@ def test_bad_sampling_option_is_a_clear_error(exported, tmp_path, capsys, num_co
 @pytest.mark.parametrize("image, message", [
     (Image.new("L", (128, 128)), "expected 256x256 pixels, got 128x128"),
     (Image.new("RGB", (256, 256)), "expected an 8-bit grayscale PNG, got mode RGB"),
-    (Image.new("I;16", (256, 256)), "expected an 8-bit grayscale PNG, got mode I;16"),
+    (Image.new("I;16", (256, 256)), "16-bit PNG (16-bit or float images are refused)"),
 ])
 def test_bad_input_png_is_a_clear_error(exported, tmp_path, capsys, image, message):
     path = tmp_path / "bad.png"
@@ -304,7 +305,7 @@ def test_bad_input_png_is_a_clear_error(exported, tmp_path, capsys, image, messa
 def test_export_refuses_to_overwrite_and_checks_the_vqvae(exported, tmp_path, capsys):
     checkpoint, out = exported[SLICES]
     assert cli(["onnx", "--checkpoint", str(checkpoint), "--out", str(out)]) == 2
-    assert f"{out}: already exists; pass --force" in capsys.readouterr().err
+    assert f"{out}: output folder exists and is not empty (use --force" in capsys.readouterr().err
     other = save_vqvae(tmp_path, seed=5)
     assert cli(["onnx", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o"), "--vqvae", str(other)]) == 2
     assert "not the ones the prior was trained on" in capsys.readouterr().err

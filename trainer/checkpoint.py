@@ -66,16 +66,39 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or not ours; the message names it."""
+
+
+def weights_are_finite(model: torch.nn.Module) -> bool:
+    """Whether every weight and buffer is finite: a checkpoint of NaN weights is never worth writing."""
+    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+
+
 def load_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
     path = checkpoint / "model.safetensors"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no model weights (is {checkpoint} a checkpoint folder?)")
-    return load_file(path)
+        raise CheckpointError(f"{path}: no model weights (is {checkpoint} a checkpoint folder?)")
+    try:
+        return load_file(path)
+    except Exception as err:  # safetensors raises its own error types for a truncated or foreign file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); truncated or foreign?") from None
 
 
 def load_training_state(checkpoint: Path) -> dict:
-    return torch.load(checkpoint / "state.pt", weights_only=True)
+    path = checkpoint / "state.pt"
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle refused by weights_only, missing file
+        raise CheckpointError(f"{path}: cannot load the training state ({str(err).splitlines()[0]})") from None
 
 
 def load_checkpoint_config(checkpoint: Path) -> dict:
-    return yaml.safe_load((checkpoint / "config.yaml").read_text())
+    path = checkpoint / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint's config ({str(err).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a YAML mapping")
+    return config

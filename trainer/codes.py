@@ -12,13 +12,14 @@ loading needs no pickle (`allow_pickle=False`).
 
 from __future__ import annotations
 
-import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from export.runtime.json_file import read_json_object
 from trainer.pixelcnn import PriorShape
 
 CODES_META = "codes.json"
@@ -37,15 +38,25 @@ def read_codes_meta(directory: str | Path) -> dict:
     path = Path(directory) / CODES_META
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no codes here; run `python -m trainer encode` first")
-    return json.loads(path.read_text())
+    meta = read_json_object(path)
+    if not isinstance(meta.get("splits"), dict):
+        raise ValueError(f"{path}: no 'splits' object; encode again with --force")
+    return meta
 
 
 def load_codes(directory: str | Path, split: str) -> CodeSet:
+    """A split's codes; only a split that codes.json lists (a file left by another checkpoint is not read)."""
     path = Path(directory) / f"{split}.npz"
+    if split not in read_codes_meta(directory)["splits"]:
+        raise FileNotFoundError(f"{path}: split '{split}' is not listed in {CODES_META}; it was not encoded "
+                                "by this VQ-VAE (run `python -m trainer encode`)")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: split '{split}' was not encoded")
-    with np.load(path, allow_pickle=False) as data:
-        return CodeSet(data["codes"], data["slices"], data["subjects"], data["keys"])
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return CodeSet(data["codes"], data["slices"], data["subjects"], data["keys"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"{path}: not a readable code file ({err}); encode again with --force") from None
 
 
 def load_code_tensors(directory: str | Path, split: str, shape: PriorShape) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -33,7 +33,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from export.runtime.shard_format import DataError, decode_gray_png, decode_metadata, iter_shard, read_manifest
+from export.runtime.shard_format import (
+    IMAGE_SIZE,
+    MANIFEST,
+    DataError,
+    decode_gray_png,
+    decode_metadata,
+    iter_shard,
+    read_manifest,
+)
 from trainer.config import DataConfig
 
 CHUNK = 16  # samples per worker -> main-process hand-over
@@ -57,6 +65,9 @@ class SliceShards(IterableDataset):
     def __init__(self, shard_dir: str | Path, split: str, *, rank: int = 0, world_size: int = 1,
                  shuffle: bool = False, seed: int = 0, shuffle_buffer: int = 256, with_masks: bool = False):
         manifest = read_manifest(shard_dir)
+        if manifest["image_size"] != IMAGE_SIZE:
+            raise DataError(f"{Path(shard_dir) / MANIFEST}: image_size {manifest['image_size']}; the models take "
+                            f"{IMAGE_SIZE}x{IMAGE_SIZE} slices (shard again with --size {IMAGE_SIZE})")
         if split not in manifest["splits"]:
             raise DataError(f"{shard_dir}: no split '{split}' (has {sorted(manifest['splits'])})")
         if not 0 <= rank < world_size:
@@ -66,6 +77,8 @@ class SliceShards(IterableDataset):
             raise DataError(f"{shard_dir}: split '{split}' has no masks")
         self.shard_dir, self.split = Path(shard_dir), split
         self.shards = [s["name"] for s in entry["shards"]]
+        self.digests = [s["sha256"] for s in entry["shards"]]
+        self.verified: set[int] = set()   # shards whose sha256 this process has checked: once is enough
         self.offsets = np.cumsum([0] + [s["num_samples"] for s in entry["shards"]])
         self.num_samples = int(self.offsets[-1])
         self.rank, self.world_size = rank, world_size
@@ -102,7 +115,7 @@ class SliceShards(IterableDataset):
 
         def mine() -> Iterator[dict]:
             for shard in shards:
-                for position, raw in enumerate(iter_shard(self.shard_dir / self.shards[shard])):
+                for position, raw in enumerate(self.read_shard(shard)):
                     if owners[self.offsets[shard] + position] == self.rank:
                         yield raw
 
@@ -133,13 +146,26 @@ class SliceShards(IterableDataset):
         turns = itertools.zip_longest(*per_worker)
         return np.array([g for turn in turns for chunk in turn if chunk for g in chunk], dtype=np.int64)
 
+    def read_shard(self, index: int) -> Iterator[dict]:
+        """The raw samples of shard `index`; the first read in this process checks its sha256 against
+        the manifest (a hash of bytes already read: cheap next to decoding them), so a corrupt or crafted
+        shard is named rather than met as an obscure decoding error."""
+        path = self.shard_dir / self.shards[index]
+        for raw in iter_shard(path, None if index in self.verified else self.digests[index]):
+            self.verified.add(index)
+            yield {**raw, "shard": str(path)}
+
     def decode(self, raws: list[dict]) -> dict:
         """Decode only the entries we write (PNG via PIL, metadata via json): never pickle."""
-        pixels = np.stack([decode_gray_png(r["png"]) for r in raws])[:, None]
+        def name(raw: dict, entry: str) -> str:
+            return f"{raw.get('shard', self.shard_dir)}:{raw['__key__']}.{entry}"
+
+        pixels = np.stack([decode_gray_png(r["png"], name(r, "png")) for r in raws])[:, None]
         out = {"pixels": torch.from_numpy(pixels), "keys": [r["__key__"] for r in raws],
                "meta": [decode_metadata(r["json"]) for r in raws]}
         if self.with_masks:
-            out["masks"] = torch.from_numpy(np.stack([decode_gray_png(r["seg.png"]) for r in raws])[:, None])
+            out["masks"] = torch.from_numpy(np.stack([decode_gray_png(r["seg.png"], name(r, "seg.png"))
+                                                      for r in raws])[:, None])
         return out
 
 
@@ -167,7 +193,7 @@ class _WholeShards(Dataset):
         return len(self.dataset.shards)
 
     def __getitem__(self, i: int) -> dict:
-        return self.dataset.decode(list(iter_shard(self.dataset.shard_dir / self.dataset.shards[i])))
+        return self.dataset.decode(list(self.dataset.read_shard(i)))
 
 
 class SlicesInMemory:

@@ -21,6 +21,8 @@ from tqdm import tqdm
 
 from export.runtime.cli import add_batch_size_argument, add_checkpoint_argument, add_device_argument, add_quiet_argument
 from export.runtime.digest import file_sha256
+from export.runtime.json_file import read_json_object
+from export.runtime.output_dir import check_output_dir, write_file_atomically
 from export.runtime.shard_format import read_manifest
 from trainer.codes import CODES_META, SPLITS
 from trainer.data import SliceShards, epoch_batches
@@ -34,16 +36,22 @@ DESCRIPTION = ("Run the VQ-VAE's encoder once over every split of the shards and
 def encode_splits(checkpoint: Path, out: Path, shards: str | None = None, batch_size: int = 64,
                   device: str = "cpu", force: bool = False, show_progress: bool = True) -> dict:
     """Encode every split of the shards with the VQ-VAE checkpoint; returns the codes.json contents."""
-    checkpoint = resolve_checkpoint(checkpoint)
+    out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
+    # The folder is filled split by split (so that a run resumes): never an input, nor a folder of other files.
+    check_output_dir(out, marker=CODES_META, force=True, inputs=[checkpoint])
     model, cfg = load_vqvae(checkpoint, device)
     shards = shards or cfg.data.shards
+    check_output_dir(out, marker=CODES_META, force=True, inputs=[checkpoint, Path(shards)])
     splits = [s for s in SPLITS if s in read_manifest(shards)["splits"]]
     sha = file_sha256(checkpoint / "model.safetensors")
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / CODES_META
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    if meta.get("checkpoint_sha256") != sha or force:   # another model's codes: start over
-        meta = {"splits": {}}
+    # --force starts over without reading codes.json, so a damaged one can be replaced
+    meta = read_json_object(meta_path) if meta_path.is_file() and not force else {}
+    if meta.get("checkpoint_sha256") != sha or not isinstance(meta.get("splits"), dict):
+        meta = {"splits": {}}   # another model's codes (or --force): start over, and never reuse their files
+        for split in SPLITS:
+            (out / f"{split}.npz").unlink(missing_ok=True)
     side = 256 // cfg.model.downsample
     meta.update({"vqvae_checkpoint": str(checkpoint), "checkpoint_sha256": sha, "shards": str(shards),
                  "num_codes": cfg.quantizer.num_codes, "code_dim": cfg.model.code_dim,
@@ -69,7 +77,7 @@ def encode_splits(checkpoint: Path, out: Path, shards: str | None = None, batch_
         meta["splits"][split] = len(keys)
         if split == "train":
             meta["num_slices"] = int(max(slices)) + 1
-        meta_path.write_text(json.dumps(meta, indent=1))
+        write_file_atomically(meta_path, json.dumps(meta, indent=1).encode())
     return meta
 
 

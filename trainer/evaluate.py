@@ -18,22 +18,35 @@ import torch
 from tqdm import tqdm
 
 from export.runtime import figures
-from export.runtime.cli import add_batch_size_argument, add_checkpoint_argument, add_device_argument, add_quiet_argument
+from export.runtime.cli import (
+    add_batch_size_argument,
+    add_checkpoint_argument,
+    add_device_argument,
+    add_force_argument,
+    add_quiet_argument,
+)
+from export.runtime.output_dir import atomic_output_dir, check_output_dir
 from trainer.data import SliceShards, epoch_batches
 from trainer.image_metrics import SSIM_SETTINGS, reconstruction_metrics
 from trainer.models import load_vqvae, resolve_checkpoint
 from trainer.quantizer import codebook_stats
-from trainer.training_run import log_to_wandb
+from trainer.training_run import log_to_wandb, read_metrics
 
+SUMMARY = "summary.json"   # the marker of an evaluation folder: --force replaces only a folder that has it
 DESCRIPTION = ("Reconstruct every image of a split; write per_image.csv, summary.json (mean, median, min SSIM, mean "
                "PSNR, codebook perplexity and codes used over the whole pass) and figures.")
 
 def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None, batch_size: int = 32,
-             device: str = "cpu", show_progress: bool = True, log_wandb: bool = False) -> dict:
-    """Evaluate on a whole split; writes per_image.csv, summary.json and figures to `out`
-    (and, with `log_wandb`, logs the summary and figures as a wandb run of the config's project)."""
+             device: str = "cpu", show_progress: bool = True, log_wandb: bool = False, force: bool = False) -> dict:
+    """Evaluate on a whole split; writes per_image.csv, summary.json and figures to `out`, which appears
+    whole or not at all (and, with `log_wandb`, logs the summary and figures as a wandb run of the config's
+    project)."""
+    out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint])
     model, cfg = load_vqvae(checkpoint, device)
-    dataset = SliceShards(shards or cfg.data.shards, split)
+    shards = shards or cfg.data.shards
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)])
+    dataset = SliceShards(shards, split)
     rows, counts = [], torch.zeros(cfg.quantizer.num_codes, dtype=torch.long)
     examples = None
     for batch in tqdm(epoch_batches(dataset, batch_size), total=-(-len(dataset) // batch_size),
@@ -48,27 +61,25 @@ def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None,
     ssim_all = np.array([r["ssim"] for r in rows])
     perplexity, used = codebook_stats(counts)
     summary = {
-        "checkpoint": str(resolve_checkpoint(checkpoint)), "split": split, "images": len(rows),
+        "checkpoint": str(checkpoint), "split": split, "images": len(rows),
         "ssim_mean": float(ssim_all.mean()), "ssim_median": float(np.median(ssim_all)),
         "ssim_min": float(ssim_all.min()), "psnr_mean": float(np.mean([r["psnr"] for r in rows])),
         "codebook_perplexity": float(perplexity), "codes_used": int(used), "num_codes": cfg.quantizer.num_codes,
         "grid": list(examples[4].shape[1:]), "ssim_settings": SSIM_SETTINGS,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "per_image.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-
-    originals, recons, ssims, keys, codes = examples
-    figures.reconstruction_grid(originals, recons, ssims, keys, out / "reconstructions.png")
-    figures.code_maps(originals, codes, keys, out / "code_maps.png", cfg.quantizer.num_codes)
-    figures.codebook_usage(counts.numpy(), out / "codebook_usage.png")
-    metrics_file = Path(cfg.out_dir) / "metrics.jsonl"
-    if metrics_file.is_file():
-        history = [json.loads(line) for line in metrics_file.read_text().splitlines()]
-        figures.loss_curves(history, out / "loss_curves.png")
+    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)]) as tmp:
+        with (tmp / "per_image.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        (tmp / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
+        originals, recons, ssims, keys, codes = examples
+        figures.reconstruction_grid(originals, recons, ssims, keys, tmp / "reconstructions.png")
+        figures.code_maps(originals, codes, keys, tmp / "code_maps.png", cfg.quantizer.num_codes)
+        figures.codebook_usage(counts.numpy(), tmp / "codebook_usage.png")
+        metrics_file = Path(cfg.out_dir) / "metrics.jsonl"
+        if metrics_file.is_file():
+            figures.loss_curves(read_metrics(metrics_file)[0], tmp / "loss_curves.png")
     if log_wandb:
         log_to_wandb(summary, out, cfg.wandb.project, cfg.wandb.mode, f"evaluate-{split}", prefix=split)
     return summary
@@ -85,9 +96,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wandb", action="store_true",
                         help="also log the summary and figures to wandb (offline unless WANDB_API_KEY is set)")
     add_quiet_argument(parser)
+    add_force_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     summary = evaluate(args.checkpoint, args.split, args.out, shards=args.shards, batch_size=args.batch_size,
-                       device=args.device, show_progress=not args.quiet, log_wandb=args.wandb)
+                       device=args.device, show_progress=not args.quiet, log_wandb=args.wandb, force=args.force)
     print(json.dumps(summary, indent=1))

@@ -30,9 +30,12 @@ from export.runtime.cli import (
     add_batch_size_argument,
     add_checkpoint_argument,
     add_device_argument,
+    add_force_argument,
     add_quiet_argument,
     add_sampling_arguments,
 )
+from export.runtime.cli_types import positive_int
+from export.runtime.output_dir import atomic_output_dir, check_output_dir
 from export.runtime.sample_files import write_samples
 from trainer.codes import load_code_tensors
 from trainer.data import SliceShards, epoch_batches
@@ -44,10 +47,11 @@ from trainer.generation_metrics import (
     mean_pairwise_ms_ssim,
     nearest_ssim,
 )
-from trainer.models import load_prior, load_vqvae, resolve_checkpoint
+from trainer.models import load_paired_vqvae, load_prior, resolve_checkpoint
 from trainer.prior_loss import likelihood_metrics, likelihood_sums
 from trainer.training_run import log_to_wandb
 
+SUMMARY = "summary.json"   # the marker of an evaluation folder: --force replaces only a folder that has it
 DESCRIPTION = ("Bits per code and top-1 accuracy of the prior on a split's code grids; then sample --n brains and "
                "compare them with that split's real slices: nearest-training-slice SSIM (memorisation), mean "
                "pairwise MS-SSIM (diversity), Frechet distance in the VQ-VAE encoder's feature space, and code "
@@ -70,10 +74,16 @@ def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
 
 def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0, split: str = "test",
                         batch_size: int = 32, device: str = "cpu", temperature: float = 1.0, top_k: int = 0,
-                        max_pairs: int = 500, log_wandb: bool = False, show_progress: bool = True) -> dict:
+                        max_pairs: int = 500, log_wandb: bool = False, show_progress: bool = True,
+                        force: bool = False) -> dict:
+    """Measure, then write summary.json, the figures and the samples into `out` (whole or not at all)."""
+    out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint])
     prior, cfg, info = load_prior(checkpoint, device)
-    vqvae, vq_cfg = load_vqvae(Path(info["vqvae_checkpoint"]), device)
-    summary: dict = {"checkpoint": str(resolve_checkpoint(checkpoint)), "split": split, "generated": n,
+    vqvae, vq_cfg, vqvae_path, _ = load_paired_vqvae(info, None, device)
+    inputs = [checkpoint, vqvae_path, Path(info["codes_dir"]), Path(vq_cfg.data.shards)]
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=inputs)
+    summary: dict = {"checkpoint": str(checkpoint), "split": split, "generated": n,
                      "seed": seed, "temperature": temperature, "top_k": top_k}
 
     codes, conditions = load_code_tensors(info["codes_dir"], split, prior.shape)
@@ -84,7 +94,6 @@ def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0,
     generated_codes, generated_conditions, generated = generate(prior, vqvae, n, seed, temperature, top_k,
                                                                 batch_size=batch_size, show_progress=show_progress)
     summary["sampling_seconds"] = time.perf_counter() - started
-    write_samples(out / "samples", generated_codes, generated_conditions, generated, prior.shape.num_codes)
     generated = torch.from_numpy(generated)[:, None]
 
     shards = vq_cfg.data.shards
@@ -118,13 +127,15 @@ def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0,
                     "code_total_variation": histograms["total_variation"],
                     "code_jensen_shannon_bits": histograms["jensen_shannon_bits"]})
 
-    out.mkdir(parents=True, exist_ok=True)
     shown = min(16, n)
-    figures.nearest_neighbours(generated[:shown, 0].numpy(), train_images[gen_nearest[:shown], 0].numpy(),
-                               gen_ssim[:shown], out / "nearest_train.png")
-    figures.code_histograms(np.asarray(histograms["counts_a"]), np.asarray(histograms["counts_b"]),
-                            out / "code_histograms.png")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=inputs) as tmp:
+        write_samples(tmp / "samples", generated_codes, generated_conditions, generated[:, 0].numpy(),
+                      prior.shape.num_codes)
+        figures.nearest_neighbours(generated[:shown, 0].numpy(), train_images[gen_nearest[:shown], 0].numpy(),
+                                   gen_ssim[:shown], tmp / "nearest_train.png")
+        figures.code_histograms(np.asarray(histograms["counts_a"]), np.asarray(histograms["counts_b"]),
+                                tmp / "code_histograms.png")
+        (tmp / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     if log_wandb:
         log_to_wandb(summary, out, cfg.wandb.project, cfg.wandb.mode, f"evaluate-prior-{split}", prefix=split)
     return summary
@@ -136,17 +147,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", choices=["validate", "test"],
                         help="real split (default: %(default)s)")
     add_sampling_arguments(parser, n=64, slice_option=False)
-    parser.add_argument("--max-pairs", type=int, default=500,
+    parser.add_argument("--max-pairs", type=positive_int, default=500,
                         help="image pairs per set for the MS-SSIM diversity (default: %(default)s)")
     add_batch_size_argument(parser, 32, "batch size for every pass")
     add_device_argument(parser)
     parser.add_argument("--wandb", action="store_true", help="also log the summary and figures to wandb")
     add_quiet_argument(parser)
+    add_force_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     summary = evaluate_generation(args.checkpoint, args.out, n=args.n, seed=args.seed, split=args.split,
                                   batch_size=args.batch_size, device=args.device, temperature=args.temperature,
                                   top_k=args.top_k, max_pairs=args.max_pairs, log_wandb=args.wandb,
-                                  show_progress=not args.quiet)
+                                  show_progress=not args.quiet, force=args.force)
     print(json.dumps(summary, indent=1))

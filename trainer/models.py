@@ -11,13 +11,15 @@ never import each other and a new kind of prior is built and loaded by adding it
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from trainer.checkpoint import list_checkpoints, load_checkpoint_config, load_weights
+from export.runtime.digest import file_sha256
+from export.runtime.json_file import read_json_object
+from export.runtime.shard_format import IMAGE_SIZE
+from trainer.checkpoint import CheckpointError, list_checkpoints, load_checkpoint_config, load_weights
 from trainer.config import PriorConfig, VQVAEConfig, build
 from trainer.pixelcnn import GatedPixelCNN, PriorShape
 from trainer.vqvae import VQVAE
@@ -35,6 +37,25 @@ def resolve_checkpoint(path: Path) -> Path:
     return found[-1]
 
 
+def load_state(model: nn.Module, checkpoint: Path) -> None:
+    """Load a checkpoint's weights into `model`; weights of another architecture are an error naming it."""
+    try:
+        model.load_state_dict(load_weights(checkpoint))
+    except RuntimeError as err:
+        raise CheckpointError(f"{checkpoint / 'model.safetensors'}: weights of another model "
+                              f"({str(err).splitlines()[0]})") from None
+
+
+def build_checked(cls: type, checkpoint: Path):
+    """The config of `cls` from a checkpoint's config.yaml; another stage's config is an error naming it."""
+    try:
+        return build(cls, load_checkpoint_config(checkpoint), "")
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{checkpoint}: not a {cls.__name__[:-6]} checkpoint ({err})") from None
+
+
 def build_vqvae(cfg: VQVAEConfig) -> VQVAE:
     return VQVAE(cfg.model, cfg.quantizer)
 
@@ -49,9 +70,11 @@ def build_prior(cfg: PriorConfig, shape: PriorShape) -> nn.Module:
 def load_vqvae(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[VQVAE, VQVAEConfig]:
     """Rebuild the model from a checkpoint's own config and load its weights (safetensors)."""
     checkpoint = resolve_checkpoint(checkpoint)
-    cfg = build(VQVAEConfig, load_checkpoint_config(checkpoint), "")
+    if (checkpoint / PRIOR_INFO).is_file():
+        raise CheckpointError(f"{checkpoint}: a prior checkpoint (it has {PRIOR_INFO}); a VQ-VAE checkpoint is needed")
+    cfg = build_checked(VQVAEConfig, checkpoint)
     model = build_vqvae(cfg)
-    model.load_state_dict(load_weights(checkpoint))
+    load_state(model, checkpoint)
     return model.to(device).eval(), cfg
 
 
@@ -62,9 +85,30 @@ def load_prior(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[nn
     info_path = checkpoint / PRIOR_INFO
     if not info_path.is_file():
         raise FileNotFoundError(f"{info_path}: missing; is {checkpoint} a stage-2 (prior) checkpoint?")
-    info = json.loads(info_path.read_text())
-    cfg = build(PriorConfig, load_checkpoint_config(checkpoint), "")
-    shape = PriorShape(info["num_codes"], info["height"], info["width"], info["num_conditions"])
+    info = read_json_object(info_path)
+    cfg = build_checked(PriorConfig, checkpoint)
+    try:
+        shape = PriorShape(info["num_codes"], info["height"], info["width"], info["num_conditions"])
+    except KeyError as err:
+        raise CheckpointError(f"{info_path}: missing {err}") from None
     prior = build_prior(cfg, shape)
-    prior.load_state_dict(load_weights(checkpoint))
+    load_state(prior, checkpoint)
     return prior.to(device).eval(), cfg, info
+
+
+def load_paired_vqvae(info: dict, vqvae_checkpoint: Path | None = None,
+                      device: str | torch.device = "cpu") -> tuple[VQVAE, VQVAEConfig, Path, str]:
+    """The VQ-VAE whose codes a prior models (its prior.json `info`): the one recorded there, or
+    `vqvae_checkpoint`, which must make the same grid with the same K from the same weights; the one check
+    `trainer sample`, `evaluate-prior` and `export onnx` share. Returns (model, config, folder, weights' sha256)."""
+    path = resolve_checkpoint(Path(vqvae_checkpoint or info["vqvae_checkpoint"]))
+    vqvae, cfg = load_vqvae(path, device)
+    sha256 = file_sha256(path / "model.safetensors")
+    grid = IMAGE_SIZE // vqvae.downsample
+    if (info["height"], info["width"]) != (grid, grid) or info["num_codes"] != vqvae.quantizer.num_codes:
+        raise ValueError(f"{path}: makes {grid}x{grid} grids of {vqvae.quantizer.num_codes} codes, but the "
+                         f"prior models {info['height']}x{info['width']} grids of {info['num_codes']} codes")
+    if info.get("vqvae_sha256") not in (None, sha256):
+        raise ValueError(f"{path}: its weights (sha256 {sha256[:12]}...) are not the ones the prior was "
+                         f"trained on ({info['vqvae_sha256'][:12]}..., prior.json); pass the right --vqvae")
+    return vqvae, cfg, path, sha256

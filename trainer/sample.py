@@ -19,12 +19,14 @@ from export.runtime.cli import (
     add_batch_size_argument,
     add_checkpoint_argument,
     add_device_argument,
+    add_force_argument,
     add_quiet_argument,
     add_sampling_arguments,
 )
-from export.runtime.sample_files import write_samples
+from export.runtime.output_dir import atomic_output_dir, check_output_dir
+from export.runtime.sample_files import SAMPLES_FILE, write_samples
 from trainer.generate import generate
-from trainer.models import load_prior, load_vqvae, resolve_checkpoint
+from trainer.models import load_paired_vqvae, load_prior, resolve_checkpoint
 from trainer.training_run import log_to_wandb
 
 DESCRIPTION = ("Sample code grids with the exact fast sampler (or --naive), decode them with the VQ-VAE the prior was "
@@ -33,19 +35,25 @@ DESCRIPTION = ("Sample code grids with the exact fast sampler (or --naive), deco
 
 def run_sampling(checkpoint: Path, out: Path, n: int = 16, seed: int = 0, temperature: float = 1.0, top_k: int = 0,
                  slice_index: int | None = None, batch_size: int = 16, device: str = "cpu", naive: bool = False,
-                 vqvae_checkpoint: Path | None = None, log_wandb: bool = False, show_progress: bool = True) -> dict:
+                 vqvae_checkpoint: Path | None = None, log_wandb: bool = False, show_progress: bool = True,
+                 force: bool = False) -> dict:
+    """Sample, decode and write the files into `out`, which appears whole or not at all."""
+    out = Path(out)
+    checkpoint = resolve_checkpoint(Path(checkpoint))
+    check_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[checkpoint])
     prior, cfg, info = load_prior(checkpoint, device)
-    vqvae, _ = load_vqvae(Path(vqvae_checkpoint or info["vqvae_checkpoint"]), device)
+    vqvae, _, vqvae_path, _ = load_paired_vqvae(info, vqvae_checkpoint, device)
     started = time.perf_counter()
     codes, conditions, images = generate(prior, vqvae, n, seed, temperature, top_k, slice_index, batch_size,
                                          naive, show_progress)
     seconds = time.perf_counter() - started
-    figure = write_samples(out, codes, conditions, images, prior.shape.num_codes)
-    summary = {"n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "slice": slice_index,
-               "sampler": "naive" if naive else "fast", "seconds": seconds, "figure": str(figure)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    with atomic_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[checkpoint, vqvae_path]) as tmp:
+        figure = write_samples(tmp, codes, conditions, images, prior.shape.num_codes)
+        summary = {"n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "slice": slice_index,
+                   "sampler": "naive" if naive else "fast", "seconds": seconds, "figure": str(out / figure.name)}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
     if log_wandb:
-        log_to_wandb({**summary, "checkpoint": str(resolve_checkpoint(checkpoint))}, out, cfg.wandb.project,
+        log_to_wandb({**summary, "checkpoint": str(checkpoint)}, out, cfg.wandb.project,
                      cfg.wandb.mode, "sample", prefix="sample")
     return summary
 
@@ -62,11 +70,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vqvae", type=Path, default=None,
                         help="VQ-VAE checkpoint to decode with (default: the one recorded in the prior)")
     parser.add_argument("--wandb", action="store_true", help="also log the figure to wandb (offline without a key)")
+    add_force_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     summary = run_sampling(args.checkpoint, args.out, n=args.n, seed=args.seed, temperature=args.temperature,
                            top_k=args.top_k, slice_index=args.slice, batch_size=args.batch_size, device=args.device,
                            naive=args.naive, vqvae_checkpoint=args.vqvae, log_wandb=args.wandb,
-                           show_progress=not args.quiet)
+                           show_progress=not args.quiet, force=args.force)
     print(f"{summary['n']} brains in {summary['seconds']:.1f} s -> {args.out} (figure: {summary['figure']})")

@@ -23,12 +23,43 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 
 from export.runtime.cli import add_quiet_argument
-from trainer.checkpoint import list_checkpoints, load_training_state, load_weights, save_checkpoint, set_rng_state
+from trainer.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_training_state,
+    load_weights,
+    save_checkpoint,
+    set_rng_state,
+    weights_are_finite,
+)
 from trainer.config import TrainConfig, WandbConfig, config_to_dict
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; the message names the step and the last good checkpoint."""
+class TrainingDiverged(ValueError):
+    """The loss or the weights became NaN or Inf; the message names the step and the last good checkpoint.
+    A ValueError, so the command line ends with that one line and exit 2: the config's values (learning
+    rate, clipping) are what to change."""
+
+
+def read_metrics(path: Path) -> tuple[list[dict], bool]:
+    """The rows of a metrics.jsonl and whether its last line was torn (a crash mid-write leaves one:
+    it is dropped). A bad line elsewhere is an error naming the file and the line."""
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not a metrics row")
+        except ValueError as err:
+            if number == len(lines):
+                return rows, True
+            raise ValueError(f"{path}: line {number} is not a metrics row ({err})") from None
+        rows.append(row)
+    return rows, False
 
 
 def lr_schedule(cfg: TrainConfig):
@@ -108,18 +139,13 @@ class TrainingRun:
         """Restore the newest checkpoint when resuming, wrap model and optimizer for the devices
         (compiling first if asked), open the logs. Returns (wrapped model, optimizer, start step)."""
         accelerator, start_step, kept_rows = self.accelerator, 0, []
-        found = list_checkpoints(self.checkpoints)
-        if self.resume and found:
-            model.load_state_dict(load_weights(found[-1]))
-            state = load_training_state(found[-1])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            set_rng_state(state["rng"])
-            start_step = state["step"]
-            if self.metrics_file.is_file():  # drop rows logged after the checkpoint we resume from
-                kept_rows = [r for r in self.metrics_file.read_text().splitlines()
-                             if json.loads(r)["step"] <= start_step]
-            accelerator.print(f"resuming from {found[-1]} (step {start_step})")
+        if self.resume:
+            start_step = self.restore(model, optimizer, scheduler)
+            if self.metrics_file.is_file() and start_step:  # drop rows logged after the checkpoint we resume from
+                rows, torn = read_metrics(self.metrics_file)
+                if torn:
+                    accelerator.print(f"{self.metrics_file}: dropped its torn last line (left by a crash)")
+                kept_rows = [json.dumps(r) for r in rows if r["step"] <= start_step]
 
         trained = torch.compile(model) if self.train.compile else model
         with warnings.catch_warnings():  # torch renames broadcast_buffers; Accelerate cannot pass the new name yet
@@ -133,6 +159,28 @@ class TrainingRun:
                 "wandb": {"mode": wandb_mode(self.wandb.mode), "dir": str(self.out), "name": self.out.name}})
         self.window_start = time.perf_counter()
         return trained, optimizer, start_step
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+        """Load the newest checkpoint that loads (saying which, and why a newer one was passed over);
+        returns its step, or 0, saying so, when there is none: --resume on a new run starts it fresh."""
+        found = list_checkpoints(self.checkpoints)
+        if not found:
+            self.accelerator.print(f"--resume: no checkpoint in {self.checkpoints}; starting a fresh run")
+            return 0
+        for checkpoint in reversed(found):
+            try:
+                weights, state = load_weights(checkpoint), load_training_state(checkpoint)
+                model.load_state_dict(weights)
+            except (CheckpointError, RuntimeError) as err:
+                self.accelerator.print(f"cannot resume from {checkpoint}: {err}; trying an older checkpoint")
+                continue
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            self.accelerator.print(f"resuming from {checkpoint} (step {state['step']})")
+            return state["step"]
+        raise CheckpointError(f"{self.checkpoints}: no checkpoint loads (see above); remove them or choose "
+                              "another out_dir")
 
     def add_metrics(self, *values: torch.Tensor) -> None:
         """Add one micro-step's metrics (the loss first) to the window, on the device: no host sync."""
@@ -184,6 +232,14 @@ class TrainingRun:
 
     def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
              config: Any, extra_json: dict[str, dict] | None = None) -> None:
+        """Write checkpoint `step`, unless its weights are not finite: then stop, naming the newest
+        checkpoint, which is good because every checkpoint passed this check (the loss of a step is
+        computed before its update, so a finite loss does not mean finite weights)."""
+        if not weights_are_finite(model):   # every rank: the weights are the same, so all stop together
+            last = list_checkpoints(self.checkpoints)
+            raise TrainingDiverged(
+                f"weights became NaN/Inf by step {step}; stopping without saving them. Last good checkpoint: "
+                f"{last[-1] if last else 'none'} (lower train.lr, or keep train.grad_clip on)")
         if self.accelerator.is_main_process:
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
             save_checkpoint(self.checkpoints, step, model, state, config_to_dict(config),

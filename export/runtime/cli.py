@@ -15,11 +15,14 @@ import importlib
 import sys
 from pathlib import Path
 
+from export.runtime.cli_types import non_negative_int, positive_float, positive_int
+from export.runtime.output_dir import OutputError
 from export.runtime.shard_format import DataError
 
 # A user's mistake: exit 2 with one line naming the file and the problem, never a traceback.
-# (Config and model-folder errors are ValueErrors.)
-USER_ERRORS = (DataError, FileExistsError, FileNotFoundError, ValueError)
+# (Config, checkpoint and model-folder errors are ValueErrors; an OSError, e.g. a full disk or a folder
+# that cannot be written, is reported by its message, which names the path.)
+USER_ERRORS = (DataError, OutputError, OSError, ValueError)
 
 
 def run_command_line(prog: str, description: str, commands: dict[str, tuple[str, str]],
@@ -40,7 +43,10 @@ def run_command_line(prog: str, description: str, commands: dict[str, tuple[str,
     command.description = module.DESCRIPTION
     command.add_argument("-h", "--help", action="help", help="show this help message and exit")
     module.add_arguments(command)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)   # a bad option: argparse names it and exits 2
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 2
     try:
         module.run(args)
     except USER_ERRORS as err:
@@ -58,25 +64,30 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
 
 
+def add_force_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out if this command wrote it (never a folder it did not write, nor an input)")
+
+
 def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def add_batch_size_argument(parser: argparse.ArgumentParser, default: int, what: str = "images per batch") -> None:
-    parser.add_argument("--batch-size", type=int, default=default, help=f"{what} (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=default, help=f"{what} (default: %(default)s)")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, n: int = 16, slice_option: bool = True) -> None:
     """The sampling options of `trainer sample`, `export sample` and `trainer evaluate-prior`."""
-    parser.add_argument("--n", type=int, default=n, help="number of brains (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--n", type=positive_int, default=n, help="number of brains (default: %(default)s)")
+    parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="random seed; the same seed gives the same brains, in either sampler "
                              "(default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=1.0,
+    parser.add_argument("--temperature", type=positive_float, default=1.0,
                         help="divide the logits by this (> 0); < 1 is more conservative (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=0,
+    parser.add_argument("--top-k", type=non_negative_int, default=0,
                         help="sample only among the k most likely codes per cell; 0 = all (default: %(default)s)")
     if slice_option:
-        parser.add_argument("--slice", type=int, default=None,
+        parser.add_argument("--slice", type=non_negative_int, default=None,
                             help="slice position to generate (0..31 on OASIS) if the prior is conditional; "
                                  "default: a random position per sample")

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from export.runtime.digest import file_sha256
+from export.runtime.json_file import read_json_object
 
 MODEL_JSON = "model.json"
 FORMAT_VERSION = 1
@@ -25,6 +26,12 @@ PARTS = ("encoder", "decoder", "prior_row", "prior_cell")
 KEYS = ("format_version", "image_size", "height", "width", "num_codes", "code_dim", "num_conditions",
         "context_rows", "context_columns", "layers", "channels", "opset", "source", "models")
 PART_KEYS = ("file", "sha256", "inputs", "outputs")
+# The fields the runtime's behaviour depends on. `export onnx` also writes them into every ONNX file's
+# metadata (covered by its sha256), and the runtime compares the two: an edited model.json is refused
+# rather than trusted (a smaller context_rows gave wrong samples with exit 0).
+SEMANTIC_KEYS = ("image_size", "height", "width", "num_codes", "code_dim", "num_conditions", "context_rows",
+                 "context_columns", "layers", "channels")
+GRAPH_METADATA = "brain_vqvae.model_json"
 
 
 class ModelDirError(ValueError):
@@ -41,22 +48,40 @@ def read_model_json(directory: Path) -> dict:
     if not path.is_file():
         raise ModelDirError(f"{path}: missing; is {directory} a folder written by `python -m export onnx`?")
     try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ModelDirError(f"{path}: not valid JSON ({err})") from None
-    version = info.get("format_version") if isinstance(info, dict) else None
+        info = read_json_object(path)
+    except ValueError as err:
+        raise ModelDirError(str(err)) from None
+    version = info.get("format_version")
     if version != FORMAT_VERSION:
         raise ModelDirError(f"{path}: format_version {version} is not {FORMAT_VERSION}; re-export the model")
     missing = [key for key in KEYS if key not in info]
     if missing:
         raise ModelDirError(f"{path}: missing keys {', '.join(missing)}")
+    if not isinstance(info["models"], dict):
+        raise ModelDirError(f"{path}: models must be an object")
     for part in PARTS:
         spec = info["models"].get(part)
         if not isinstance(spec, dict) or any(key not in spec for key in PART_KEYS):
             raise ModelDirError(f"{path}: models.{part} must have {', '.join(PART_KEYS)}")
+        name = spec["file"]
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ModelDirError(f"{path}: models.{part}.file {name!r} is not a file name inside the folder")
         onnx_file = directory / spec["file"]
         if not onnx_file.is_file():
             raise ModelDirError(f"{onnx_file}: missing (listed in {path})")
         if file_sha256(onnx_file) != spec["sha256"]:
             raise ModelDirError(f"{onnx_file}: sha256 differs from {path}; the files come from different exports")
     return info
+
+
+def check_graph_metadata(path: Path, info: dict, part: str, metadata: dict[str, str]) -> None:
+    """The semantic fields of model.json (at `path`) must be those `export onnx` wrote into the ONNX
+    file of `part` (its custom metadata, `metadata`); the message names the first field that differs."""
+    recorded = metadata.get(GRAPH_METADATA)
+    if recorded is None:
+        raise ModelDirError(f"{path}: {info['models'][part]['file']} carries no model description; re-export the model")
+    graph_fields = json.loads(recorded)
+    for key in SEMANTIC_KEYS:
+        if info.get(key) != graph_fields.get(key):
+            raise ModelDirError(f"{path}: {key} is {info.get(key)!r} but {info['models'][part]['file']} was exported "
+                                f"with {graph_fields.get(key)!r}; model.json was edited: re-export the model")

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.runtime.model_dir import PARTS, read_model_json
+from export.runtime.cli_types import non_negative_int
+from export.runtime.model_dir import MODEL_JSON, PARTS, ModelDirError, check_graph_metadata, read_model_json
 
 
 class ExportedModels:
@@ -28,6 +29,23 @@ class ExportedModels:
         self.sessions = {part: ort.InferenceSession(str(self.directory / self.info["models"][part]["file"]),
                                                     options, providers=["CPUExecutionProvider"])
                          for part in parts}
+        for part, session in self.sessions.items():
+            self.check_graph(part, session)
+
+    def check_graph(self, part: str, session: ort.InferenceSession) -> None:
+        """model.json must describe this graph: the fields recorded in it at export, and the static
+        axes the runtime relies on (grid and K), read from the graph itself."""
+        path, info = self.directory / MODEL_JSON, self.info
+        check_graph_metadata(path, info, part, session.get_modelmeta().custom_metadata_map)
+        spec = info["models"][part]
+        names = [i.name for i in session.get_inputs()] + [o.name for o in session.get_outputs()]
+        if names[: len(spec["inputs"])] != spec["inputs"] or spec["outputs"][0] not in names:
+            raise ModelDirError(f"{path}: models.{part} inputs/outputs are not the graph's ({', '.join(names)})")
+        static = {"decoder": (session.get_inputs()[0].shape[1:], [info["height"], info["width"]], "height/width"),
+                  "prior_cell": (session.get_outputs()[0].shape[1:], [info["num_codes"]], "num_codes")}
+        if part in static and static[part][0] != static[part][1]:
+            shape, expected, field = static[part]
+            raise ModelDirError(f"{path}: {field} {expected} does not match {spec['file']}'s axes {shape}")
 
     def run(self, part: str, *arrays: np.ndarray) -> np.ndarray:
         spec = self.info["models"][part]
@@ -49,5 +67,5 @@ class ExportedModels:
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=non_negative_int, default=0,
                         help="onnxruntime threads per model; 0 = onnxruntime's default (default: %(default)s)")

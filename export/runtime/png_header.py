@@ -20,7 +20,11 @@ def check_png_header(path: Path) -> None:
     """Refuse a 16-bit PNG or one that declares more than MAX_PIXELS; a file that is not a PNG at all is
     left to the decoder, which says what it is."""
     with open(path, "rb") as f:
-        head = f.read(33)
+        check_png_bytes(f.read(33), str(path))
+
+
+def check_png_bytes(head: bytes, path: str) -> None:
+    """check_png_header on the first 33 bytes of a PNG read elsewhere (a shard member); `path` names it."""
     if not head.startswith(PNG_SIGNATURE):
         return
     if len(head) < 33 or head[12:16] != b"IHDR":

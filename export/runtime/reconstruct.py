@@ -24,20 +24,28 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from export.runtime.cli import add_batch_size_argument, add_quiet_argument
+from export.runtime.cli import add_batch_size_argument, add_force_argument, add_quiet_argument
 from export.runtime.figures import code_maps
 from export.runtime.onnx_models import ExportedModels, add_threads_argument
+from export.runtime.output_dir import atomic_output_dir, check_output_dir
+from export.runtime.png_header import check_png_bytes, check_png_header
 from export.runtime.sample_files import save_code_map, save_image
 from export.runtime.shard_format import iter_shard, read_manifest
 
 FIGURE_COUNT = 8
+SUMMARY = "summary.json"   # the marker of a reconstruction folder: --force replaces only a folder that has it
 DESCRIPTION = ("Encode 8-bit grayscale PNG slices (or a split of shards) to code grids and decode them; "
                "write reconstructions/, codes/ (16-bit code maps), codes.npz, code_maps.png and summary.json.")
 
 
 def read_slice(source: Path | bytes, name: str, size: int) -> np.ndarray:
-    """(size, size) uint8 pixels of an 8-bit grayscale image; anything else is an error naming it."""
+    """(size, size) uint8 pixels of an 8-bit grayscale image; anything else (a truncated file, a 16-bit or
+    oversized PNG read from its header before any pixel is decoded) is an error naming it."""
     try:
+        if isinstance(source, Path):
+            check_png_header(source)
+        else:
+            check_png_bytes(source[:33], name)
         with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as img:
             if img.mode != "L":
                 raise ValueError(f"{name}: expected an 8-bit grayscale PNG, got mode {img.mode}")
@@ -46,6 +54,8 @@ def read_slice(source: Path | bytes, name: str, size: int) -> np.ndarray:
             return np.asarray(img, dtype=np.uint8)
     except UnidentifiedImageError:
         raise ValueError(f"{name}: not an image") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:   # PIL: truncated or corrupt data
+        raise ValueError(f"{name}: cannot decode the image ({err})") from None
 
 
 def png_files(paths: list[Path]) -> list[Path]:
@@ -83,23 +93,36 @@ def shard_slices(shards: Path, split: str, size: int) -> tuple[Iterator[tuple[st
 
 
 def reconstruct(model_dir: Path, out: Path, inputs: list[Path] = (), shards: Path | None = None,
-                split: str = "test", batch_size: int = 32, threads: int = 0, show_progress: bool = True) -> dict:
+                split: str = "test", batch_size: int = 32, threads: int = 0, show_progress: bool = True,
+                force: bool = False) -> dict:
     """`python -m export reconstruct`: encode + decode PNG files or a split of shards; returns the summary."""
     if bool(inputs) == (shards is not None):
         raise ValueError("give either PNG files/folders or --shards, not both or neither")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    out = Path(out)
+    sources = [Path(model_dir), *([Path(shards)] if shards is not None else map(Path, inputs))]
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=sources)
     models = ExportedModels(model_dir, ("encoder", "decoder"), threads)
-    size, num_codes = models.info["image_size"], models.info["num_codes"]
+    size = models.info["image_size"]
     if shards is not None:
         slices, total = shard_slices(Path(shards), split, size)
     else:
         files = png_files([Path(p) for p in inputs])
         total = len(files)
         slices = ((f.name, read_slice(f, str(f), size)) for f in files)
-    out = Path(out)
-    (out / "reconstructions").mkdir(parents=True, exist_ok=True)
-    (out / "codes").mkdir(parents=True, exist_ok=True)
+    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=sources) as tmp:
+        return write_reconstructions(models, slices, total, tmp, out, batch_size, show_progress, {
+            "model_dir": str(model_dir), "inputs": [str(p) for p in inputs] if shards is None else None,
+            "shards": None if shards is None else str(shards), "split": None if shards is None else split})
+
+
+def write_reconstructions(models: ExportedModels, slices: Iterator[tuple[str, np.ndarray]], total: int, out: Path,
+                          final: Path, batch_size: int, show_progress: bool, about: dict) -> dict:
+    """Encode and decode `slices` batch by batch and write every file into `out` (to become `final`)."""
+    num_codes = models.info["num_codes"]
+    (out / "reconstructions").mkdir()
+    (out / "codes").mkdir()
     names, all_codes, errors, firsts = [], [], [], []
     started = time.perf_counter()
     with tqdm(total=total, desc="reconstruct", unit="img", disable=not show_progress) as bar:
@@ -121,12 +144,12 @@ def reconstruct(model_dir: Path, out: Path, inputs: list[Path] = (), shards: Pat
     mse = np.concatenate(errors).astype(np.float64)
     np.savez(out / "codes.npz", codes=codes, names=np.asarray(names, str))
     originals, grids = zip(*firsts)
-    figure = code_maps(np.stack(originals), np.stack(grids), names[:FIGURE_COUNT], out / "code_maps.png", num_codes)
-    summary = {"model_dir": str(model_dir), "inputs": [str(p) for p in inputs] if shards is None else None,
-               "shards": None if shards is None else str(shards), "split": None if shards is None else split,
-               "images": len(names), "mse_mean": float(mse.mean()), "psnr_mean": float((-10 * np.log10(mse)).mean()),
-               "seconds": seconds, "images_per_second": len(names) / seconds, "figure": str(figure)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    figure = code_maps(np.stack(originals), np.stack(grids), names[:FIGURE_COUNT], out / "code_maps.png",
+                       num_codes)
+    summary = {**about, "images": len(names), "mse_mean": float(mse.mean()),
+               "psnr_mean": float((-10 * np.log10(mse)).mean()),
+               "seconds": seconds, "images_per_second": len(names) / seconds, "figure": str(final / figure.name)}
+    (out / SUMMARY).write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -141,10 +164,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_batch_size_argument(parser, 32)
     add_threads_argument(parser)
     add_quiet_argument(parser)
+    add_force_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     summary = reconstruct(args.model_dir, args.out, args.inputs, args.shards, args.split, args.batch_size,
-                          args.threads, show_progress=not args.quiet)
+                          args.threads, show_progress=not args.quiet, force=args.force)
     print(f"{summary['images']} slices, PSNR {summary['psnr_mean']:.2f} dB, "
           f"{summary['images_per_second']:.1f} images/s -> {args.out}")

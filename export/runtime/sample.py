@@ -19,9 +19,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from export.runtime.cli import add_batch_size_argument, add_quiet_argument, add_sampling_arguments
+from export.runtime.cli import add_batch_size_argument, add_force_argument, add_quiet_argument, add_sampling_arguments
 from export.runtime.onnx_models import ExportedModels, add_threads_argument
-from export.runtime.sample_files import write_samples
+from export.runtime.output_dir import atomic_output_dir, check_output_dir
+from export.runtime.sample_files import SAMPLES_FILE, write_samples
 from export.runtime.sampling_rule import check_sampling_options, draw, sampling_randomness
 
 DESCRIPTION = ("Sample code grids with the exported prior and decode them; the same options, semantics and output "
@@ -70,16 +71,21 @@ def generate(models: ExportedModels, n: int, seed: int = 0, temperature: float =
 
 def run_sampling(model_dir: Path, out: Path, n: int = 16, seed: int = 0, temperature: float = 1.0, top_k: int = 0,
                  slice_index: int | None = None, batch_size: int = 16, threads: int = 0,
-                 show_progress: bool = True) -> dict:
-    """`python -m export sample`: generate, write the files and summary.json; returns the summary."""
+                 show_progress: bool = True, force: bool = False) -> dict:
+    """`python -m export sample`: generate, write the files and summary.json (the folder appears whole or
+    not at all); returns the summary."""
+    out = Path(out)
+    check_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[Path(model_dir)])
     models = ExportedModels(model_dir, ("prior_row", "prior_cell", "decoder"), threads)
     started = time.perf_counter()
     codes, conditions, images = generate(models, n, seed, temperature, top_k, slice_index, batch_size, show_progress)
     seconds = time.perf_counter() - started
-    figure = write_samples(Path(out), codes, conditions, images, models.info["num_codes"])
-    summary = {"n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "slice": slice_index,
-               "sampler": "onnxruntime", "seconds": seconds, "figure": str(figure), "model_dir": str(model_dir)}
-    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=1))
+    with atomic_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[Path(model_dir)]) as tmp:
+        figure = write_samples(tmp, codes, conditions, images, models.info["num_codes"])
+        summary = {"n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "slice": slice_index,
+                   "sampler": "onnxruntime", "seconds": seconds, "figure": str(out / figure.name),
+                   "model_dir": str(model_dir)}
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -91,10 +97,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_batch_size_argument(parser, 16, "grids sampled together")
     add_quiet_argument(parser)
     add_threads_argument(parser)
+    add_force_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     summary = run_sampling(args.model_dir, args.out, n=args.n, seed=args.seed, temperature=args.temperature,
                            top_k=args.top_k, slice_index=args.slice, batch_size=args.batch_size, threads=args.threads,
-                           show_progress=not args.quiet)
+                           show_progress=not args.quiet, force=args.force)
     print(f"{summary['n']} brains in {summary['seconds']:.1f} s -> {args.out} (figure: {summary['figure']})")

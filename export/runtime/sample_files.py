@@ -16,6 +16,7 @@ from PIL import Image
 
 from export.runtime.figures import generated_grid
 
+SAMPLES_FILE = "samples.npz"   # the marker of a samples folder: --force replaces only a folder that has it
 FIGURE_COUNT = 32   # a figure of hundreds of brains would be tens of thousands of pixels tall
 
 
@@ -39,7 +40,7 @@ def write_samples(out: Path, codes: np.ndarray, conditions: np.ndarray | None, i
     for i, (grid, image) in enumerate(zip(codes, images)):
         save_code_map(grid, num_codes, out / "codes" / f"{i:03d}.png")
         save_image(image, out / "images" / f"{i:03d}.png")
-    np.savez(out / "samples.npz", codes=codes.astype(np.uint16),
+    np.savez(out / SAMPLES_FILE, codes=codes.astype(np.uint16),
              **({"conditions": conditions.astype(np.int16)} if conditions is not None else {}))
     shown = slice(0, FIGURE_COUNT)
     titles = None if conditions is None else [f"slice {int(c)}" for c in conditions[shown]]

@@ -8,6 +8,7 @@ with PIL and json: nothing is unpickled, whatever a tar file contains.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -35,7 +36,7 @@ def sample_record(key: str, png: bytes, metadata: dict, mask_png: bytes | None) 
     return record
 
 
-def iter_shard(path: str | Path) -> Iterator[dict]:
+def iter_shard(path: str | Path, sha256: str | None = None) -> Iterator[dict]:
     """Raw samples of one shard, in file order: {"__key__", "png", "json"[, "seg.png"]} as bytes.
 
     Members with any other extension are skipped unread, so a foreign tar cannot smuggle in
@@ -43,10 +44,11 @@ def iter_shard(path: str | Path) -> Iterator[dict]:
     sharing a key). The tar headers are parsed here, on the shard read whole (a few MiB), rather
     than by `tarfile`, which spent about 0.1-0.4 ms per sample on them, as much as a third of the
     PNG decoding (bench/bench_data.py); the standard library only, so the CPU runtime, which reads
-    shards too, needs neither webdataset nor the torch it imports.
+    shards too, needs neither webdataset nor the torch it imports. With `sha256` (the manifest's), a
+    shard whose bytes differ is refused before any sample is decoded.
     """
     sample: dict = {}
-    for name, data in _tar_files(Path(path)):
+    for name, data in _tar_files(Path(path), sha256):
         key, _, entry = name.rpartition("/")[2].partition(".")
         if entry not in ENTRIES:
             continue
@@ -59,9 +61,12 @@ def iter_shard(path: str | Path) -> Iterator[dict]:
         yield sample
 
 
-def _tar_files(path: Path) -> Iterator[tuple[str, bytes]]:
+def _tar_files(path: Path, sha256: str | None = None) -> Iterator[tuple[str, bytes]]:
     """(name, content) of the regular files of an uncompressed POSIX tar (ustar, pax, GNU long names)."""
     data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise DataError(f"{path}: sha256 differs from {MANIFEST}; the shard is corrupt or was replaced "
+                        "(`python -m data_tools verify` checks them all)")
     position, long_name = 0, None
     while position + BLOCK <= len(data):
         header = data[position: position + BLOCK]
@@ -99,12 +104,20 @@ def _pax_path(records: bytes) -> str | None:
     return None
 
 
-def decode_gray_png(data: bytes) -> np.ndarray:
-    """PNG bytes -> (H, W) uint8; anything but 8-bit grayscale is an error (shards hold only that)."""
-    with Image.open(io.BytesIO(data)) as img:
-        if img.mode != "L":
-            raise ValueError(f"expected an 8-bit grayscale PNG, got mode {img.mode}")
-        return np.asarray(img, dtype=np.uint8)
+def decode_gray_png(data: bytes, name: str = "PNG") -> np.ndarray:
+    """PNG bytes -> (H, W) uint8; anything but 8-bit grayscale is an error (shards hold only that). A crafted
+    shard's oversized or 16-bit PNG is refused from its header before any pixel is decoded; `name` (the shard
+    and the key) is in every error."""
+    from export.runtime.png_header import check_png_bytes  # here, not at the top: png_header imports DataError
+
+    check_png_bytes(data[:33], name)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.mode != "L":
+                raise ValueError(f"expected an 8-bit grayscale PNG, got mode {img.mode}")
+            return np.asarray(img, dtype=np.uint8)
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:   # PIL: not a PNG, truncated, corrupt
+        raise DataError(f"{name}: cannot decode the PNG ({err})") from None
 
 
 def decode_metadata(data: bytes) -> dict:
