@@ -333,3 +333,44 @@ def test_a_png_that_is_not_an_image_is_named(models, tmp_path, capsys):
     assert export_cli(["reconstruct", "--model-dir", str(models["onnx"]), "--out", str(tmp_path / "r"), str(bad),
                        "--quiet"]) == 2
     assert f"{bad}: not an image" in error_line(capsys)
+
+
+def test_a_corrupt_shard_read_by_a_dataloader_worker_is_one_line(demo_shards, tmp_path):
+    from export.runtime.shard_format import DataError
+    from trainer.data import SliceShards, epoch_batches
+    shards = copy_shards(demo_shards, tmp_path)
+    name = json.loads((shards / "manifest.json").read_text())["splits"]["test"]["shards"][0]["name"]
+    data = bytearray((shards / name).read_bytes())
+    data[600] ^= 0xFF
+    (shards / name).write_bytes(bytes(data))
+    with pytest.raises(DataError) as caught:
+        list(epoch_batches(SliceShards(shards, "test"), 8, num_workers=1))
+    assert str(caught.value).startswith(f"{shards / name}: sha256 differs") and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("damage", ["model.json-utf8", "prior.json", "codes.json-utf8"])
+def test_json_and_utf8_errors_name_the_file(models, tmp_path, capsys, damage):
+    if damage == "model.json-utf8":
+        model_dir = tmp_path / "onnx"
+        shutil.copytree(models["onnx"], model_dir)
+        (model_dir / "model.json").write_bytes(b'{"format_version": "\xff"}')
+        code = export_cli(["sample", "--model-dir", str(model_dir), "--out", str(tmp_path / "s"), "--quiet"])
+        path = model_dir / "model.json"
+    elif damage == "prior.json":
+        run = tmp_path / "run"
+        shutil.copytree(models["run"], run)
+        path = list_checkpoints(run / "checkpoints")[-1] / "prior.json"
+        path.write_text("{not json")
+        code = trainer_cli(["sample", "--checkpoint", str(run), "--out", str(tmp_path / "s"), "--quiet"])
+    else:
+        codes = tmp_path / "codes"
+        codes.mkdir()
+        path = codes / "codes.json"
+        path.write_bytes(b"\xfe\xff")
+        from trainer.codes import read_codes_meta
+        with pytest.raises(ValueError, match="not valid UTF-8") as caught:
+            read_codes_meta(codes)
+        assert str(path) in str(caught.value)
+        return
+    assert code == 2
+    assert str(path) in error_line(capsys)

@@ -260,7 +260,11 @@ def _chunks(dataset: SliceShards | SlicesInMemory, epoch: int, num_workers: int)
     dataset.set_epoch(epoch)
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
                         persistent_workers=False, prefetch_factor=4 if num_workers else None)
-    yield from loader
+    try:
+        yield from loader
+    except DataError as err:   # a worker's error arrives with its traceback in the message: keep the last line
+        raise DataError(str(err).rstrip().splitlines()[-1].removeprefix(f"{DataError.__module__}.DataError: ")) \
+            from None
 
 
 def _rebatch(chunks: Iterator[dict], batch_size: int, keep_last: bool) -> Iterator[Batch]:
