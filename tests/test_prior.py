@@ -193,7 +193,7 @@ def test_sample_cli_writes_reproducible_brains(trained_prior: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize("option,message", [(["--temperature", "0"], "temperature"), (["--top-k", "33"], "top_k"),
-                                            (["--slice", "32"], "slice"), (["--n", "0"], "n must be")])
+                                            (["--slice", "32"], "slice"), (["--n", "0"], "argument --n")])
 def test_sample_cli_refuses_bad_options(trained_prior: Path, tmp_path: Path, capsys, option, message):
     assert cli(["sample", "--checkpoint", str(trained_prior), "--out", str(tmp_path), "--quiet", *option]) == 2
     assert message in capsys.readouterr().err

@@ -374,3 +374,11 @@ def test_json_and_utf8_errors_name_the_file(models, tmp_path, capsys, damage):
         return
     assert code == 2
     assert str(path) in error_line(capsys)
+
+
+def test_a_training_out_dir_that_is_a_file_is_a_clear_error(demo_shards, tmp_path, capsys):
+    out = tmp_path / "file"
+    out.write_text("a file")
+    assert train_cli(demo_shards, out) == 2
+    assert f"{out}: out_dir exists and is not a folder" in error_line(capsys)
+    assert out.read_text() == "a file"

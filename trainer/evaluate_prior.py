@@ -81,7 +81,7 @@ def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0,
     check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint])
     prior, cfg, info = load_prior(checkpoint, device)
     vqvae, vq_cfg, vqvae_path, _ = load_paired_vqvae(info, None, device)
-    inputs = [checkpoint, vqvae_path, Path(info["codes_dir"]), Path(vq_cfg.data.shards)]
+    inputs = [checkpoint, vqvae_path, *[Path(p) for p in (info.get("codes_dir"), vq_cfg.data.shards) if p]]
     check_output_dir(out, marker=SUMMARY, force=force, inputs=inputs)
     summary: dict = {"checkpoint": str(checkpoint), "split": split, "generated": n,
                      "seed": seed, "temperature": temperature, "top_k": top_k}

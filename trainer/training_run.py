@@ -23,6 +23,7 @@ import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 
 from export.runtime.cli import add_quiet_argument
+from export.runtime.output_dir import OutputError
 from trainer.checkpoint import (
     CheckpointError,
     list_checkpoints,
@@ -113,6 +114,8 @@ class TrainingRun:
         self.checkpoints = self.out / "checkpoints"
         self.metrics_file = self.out / "metrics.jsonl"
         self.train, self.wandb, self.resume = train, wandb, resume
+        if self.out.exists() and not self.out.is_dir():
+            raise OutputError(f"{self.out}: out_dir exists and is not a folder")
         if list_checkpoints(self.checkpoints) and not resume:
             raise FileExistsError(f"{self.checkpoints} already holds checkpoints: pass --resume to continue that "
                                   f"run, or choose another out_dir")
