@@ -87,7 +87,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", help="shard folder (default: the one in the checkpoint's config)")
     add_batch_size_argument(parser, 64)
     add_device_argument(parser)
-    parser.add_argument("--force", action="store_true", help="re-encode splits that are already there")
+    parser.add_argument("--force", action="store_true",
+                        help="re-encode every split without reading the codes.json there (a damaged one is replaced)")
     add_quiet_argument(parser)
 
 
