@@ -25,7 +25,7 @@ from export.runtime.reconstruct import read_slice
 from export.runtime.sample import sample_codes
 from export.runtime.sampling_rule import sampling_randomness
 from trainer.checkpoint import save_checkpoint
-from trainer.config import ModelConfig, PixelCNNConfig, PriorConfig, QuantizerConfig, VQVAEConfig, config_to_dict
+from trainer.config import ModelConfig, PriorConfig, PriorModelConfig, QuantizerConfig, VQVAEConfig, config_to_dict
 from trainer.models import build_prior, load_prior, load_vqvae
 from trainer.pixelcnn import PriorShape, sample
 from trainer.sample import run_sampling
@@ -59,7 +59,7 @@ def save_vqvae(root: Path, seed: int) -> Path:
 
 
 def save_prior(root: Path, vqvae: Path, num_conditions: int) -> Path:
-    cfg = PriorConfig(model=PixelCNNConfig(channels=8, layers=3, kernel=3, first_kernel=5, head_channels=16,
+    cfg = PriorConfig(model=PriorModelConfig(channels=8, layers=3, kernel=3, first_kernel=5, head_channels=16,
                                            condition_on_slice=bool(num_conditions)))
     torch.manual_seed(1)
     prior = build_prior(cfg, PriorShape(K, GRID, GRID, num_conditions))
