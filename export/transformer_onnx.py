@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
-from export.onnx_export import quiet_exporter
-from export.runtime.digest import file_sha256
+from export.onnx_graph import export_graph
 from export.runtime.model_dir import DEFAULT_OPSET
 from trainer.transformer_prior import TransformerPrior
 
@@ -59,12 +57,6 @@ def export_step(prior: TransformerPrior, path: Path, opset: int = DEFAULT_OPSET)
     examples += prior.empty_cache(2, cells=2)
     cache_axes = [{0: batch, 3: cells}, {0: batch, 2: cells}] * len(prior.blocks)
     dynamic = ({0: batch}, None, tuple([{0: batch}] * conditional + cache_axes))   # *condition_and_cache: one argument
-    with quiet_exporter():
-        program = torch.onnx.export(PriorStep(prior).eval(), tuple(examples), dynamo=True, opset_version=opset,
-                                    dynamic_shapes=dynamic, input_names=inputs, output_names=outputs,
-                                    verbose=False)
-    program.save(path, external_data=False)
-    onnx.checker.check_model(str(path), full_check=True)
+    entry = export_graph(PriorStep(prior), tuple(examples), dynamic, inputs, outputs, Path(path), opset)
     attention = prior.blocks[0].attention
-    return {"file": Path(path).name, "sha256": file_sha256(Path(path)), "inputs": inputs, "outputs": outputs,
-            "layers": len(prior.blocks), "kv_heads": attention.kv_heads, "head_dim": attention.head_dim}
+    return {**entry, "layers": len(prior.blocks), "kv_heads": attention.kv_heads, "head_dim": attention.head_dim}

@@ -10,18 +10,22 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.runtime.model_dir import PARTS, read_model_json
+from export.runtime.model_dir import PRIOR_PARTS, parts_of, read_model_json
 
 
 class ExportedModels:
     """The ONNX models of an export folder (export/runtime/model_dir.py), run by onnxruntime on the CPU.
-    Feeds and fetches use the names in model.json; only the `parts` asked for are loaded."""
+    Feeds and fetches use the names in model.json; only the `parts` asked for are loaded (all by default;
+    "prior" stands for the models of the folder's prior kind)."""
 
-    def __init__(self, directory: Path, parts: Iterable[str] = PARTS, threads: int = 0):
+    def __init__(self, directory: Path, parts: Iterable[str] | None = None, threads: int = 0):
         if threads < 0:
             raise ValueError(f"--threads must be >= 0 (0: onnxruntime's default), got {threads}")
         self.directory = Path(directory)
         self.info = read_model_json(self.directory)
+        kind = self.info["prior_kind"]
+        parts = parts_of(self.info) if parts is None else [
+            name for part in parts for name in (PRIOR_PARTS[kind] if part == "prior" else (part,))]
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1   # the graphs are chains: nothing to run side by side
