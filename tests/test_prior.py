@@ -22,9 +22,11 @@ from trainer.codes import load_codes, read_codes_meta
 from trainer.config import PriorConfig, load_config
 from trainer.data import SliceShards, epoch_batches
 from trainer.encode import encode_splits
+from trainer.evaluate_prior import load_images
 from trainer.generation_metrics import code_histogram_comparison
 from trainer.models import load_prior, load_vqvae
 from trainer.pixelcnn import GatedPixelCNN
+from trainer.structure_metrics import structure_metrics
 from trainer.train_prior import code_batches, train_prior
 from trainer.transformer_prior import TransformerPrior
 from wandb_log import history
@@ -231,7 +233,8 @@ def test_sample_cli_refuses_bad_options(trained_prior: Path, tmp_path: Path, cap
     assert message in capsys.readouterr().err
 
 
-def test_evaluate_prior_reports_every_metric(trained_prior: Path, codes: Path, tmp_path: Path, capsys):
+def test_evaluate_prior_reports_every_metric(trained_prior: Path, codes: Path, demo_shards: Path, tmp_path: Path,
+                                            capsys):
     out = tmp_path / "eval"
     assert cli(["evaluate-prior", "--checkpoint", str(trained_prior), "--out", str(out), "--n", "6",
                 "--max-pairs", "40", "--temperature", "3", "--quiet"]) == 0
@@ -245,5 +248,22 @@ def test_evaluate_prior_reports_every_metric(trained_prior: Path, codes: Path, t
     expected = code_histogram_comparison(load_codes(codes, "test").codes, generated, 32)
     assert summary["code_total_variation"] == pytest.approx(expected["total_variation"])
     assert summary["codes_used_generated"] == expected["codes_used_b"] > 1
-    for name in ("nearest_train.png", "code_histograms.png", "samples/generated.png"):
+    for name in ("nearest_train.png", "code_histograms.png", "structure_histograms.png", "samples/generated.png"):
         assert (out / name).is_file(), name
+    # structure: the real test slices' numbers are structure_metrics' own; the generated ones are those of the
+    # decoded samples; shares are shares and the histograms count every slice
+    real = structure_metrics(load_images(str(demo_shards), "test"))
+    assert summary["single_component_share_real"] == pytest.approx(real["single_component"].mean())
+    assert summary["symmetry_mean_real"] == pytest.approx(real["symmetry"].mean())
+    assert summary["symmetry_median_real"] == pytest.approx(np.median(real["symmetry"]))
+    assert summary["touches_edge_share_real"] == pytest.approx(real["touches_edge"].mean())
+    assert summary["single_component_share_real"] > 0.5 and summary["symmetry_mean_real"] > 0.5   # real heads
+    vqvae, _ = load_vqvae(Path(read_codes_meta(codes)["vqvae_checkpoint"]))
+    with torch.no_grad():
+        decoded = vqvae.decode(torch.from_numpy(generated.astype(np.int64)))
+    mine = structure_metrics(decoded.numpy())
+    assert summary["single_component_share_generated"] == pytest.approx(mine["single_component"].mean())
+    assert summary["symmetry_mean_generated"] == pytest.approx(mine["symmetry"].mean(), abs=1e-6)
+    histogram = summary["symmetry_histogram"]
+    assert sum(histogram["generated"]) == 6 and sum(histogram["real"]) == len(real["symmetry"]) == 32
+    assert len(histogram["edges"]) == len(histogram["real"]) + 1
