@@ -278,6 +278,9 @@ MODEL_DIR_ERRORS = {
     "unknown-kind": (lambda d: (d / "model.json").write_text(json.dumps(
         {**json.loads((d / "model.json").read_text()), "prior_kind": "pixelsnail"})),
                      "prior_kind 'pixelsnail' is not one this runtime can sample (pixelcnn, transformer)"),
+    "kind-not-a-string": (lambda d: (d / "model.json").write_text(json.dumps(
+        {**json.loads((d / "model.json").read_text()), "prior_kind": ["transformer"]})),
+                          "prior_kind ['transformer'] is not one this runtime can sample"),
     "missing-step-entry": (lambda d: (d / "model.json").write_text(json.dumps(
         {**json.loads((d / "model.json").read_text()), "prior_kind": "transformer"})), "models.prior_step must have"),
 }

@@ -64,7 +64,7 @@ def read_model_json(directory: Path) -> dict:
     if version != FORMAT_VERSION:
         raise ModelDirError(f"{path}: format_version {version} is not {FORMAT_VERSION}; re-export the model")
     kind = info.setdefault("prior_kind", "pixelcnn")
-    if kind not in PRIOR_PARTS:
+    if not isinstance(kind, str) or kind not in PRIOR_PARTS:
         raise ModelDirError(f"{path}: prior_kind {kind!r} is not one this runtime can sample "
                             f"({', '.join(PRIOR_PARTS)}); use a newer brain-vqvae or re-export the model")
     missing = [key for key in KEYS + PRIOR_KEYS[kind] if key not in info]
