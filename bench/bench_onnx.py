@@ -1,6 +1,6 @@
 """Benchmark: onnxruntime vs PyTorch on the CPU, side by side in one run: sampling and reconstruction.
 
-Sampling a batch of --batch code grids, --grid x --grid, K = 512, with a prior of the PixelCNNConfig
+Sampling a batch of --batch code grids, --grid x --grid, K = 512, with a prior of the PriorModelConfig
 defaults (trainer/config.py) conditioned on 32 slice positions. Random weights: the work per sample
 does not depend on them.
   * onnxruntime: export/runtime/sample.py's sampler (what `python -m export sample` runs), exact and fast:

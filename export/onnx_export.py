@@ -1,8 +1,10 @@
-"""Torch -> ONNX: the VQ-VAE as an encoder and a decoder, the prior as the two halves of its exact sampler.
+"""Torch -> ONNX: the VQ-VAE as an encoder and a decoder, the prior as what its exact fast sampler runs.
 
     python -m export onnx --checkpoint runs/prior_oasis32_cpu --out runs/prior_oasis32_cpu/onnx
 
-The prior is exported as `prior_row` (GatedPixelCNN.row_context) and `prior_cell` (cell_logits), not
+model.json's "prior_kind" says which prior the folder holds. The transformer is exported as one
+`prior_step` model with its key/value cache as explicit inputs and outputs (export/transformer_onnx.py).
+The gated PixelCNN is exported as `prior_row` (GatedPixelCNN.row_context) and `prior_cell` (cell_logits), not
 as the whole network run once per cell, nor as a network that caches activations between cells:
   * bounded windows: a cell's logits depend only on `context_rows` rows above it and
     `context_columns` cells to its left (trainer/pixelcnn.py), so both models take windows that
@@ -13,18 +15,12 @@ as the whole network run once per cell, nor as a network that caches activations
     that approximate the edges or must rebuild the zero padding by hand.
 The full forward pass is not exported: the sampler never runs it, and the tests check the two
 halves against it in torch.
-
-Uses the current exporter (torch.export, `dynamo=True`); every axis that can vary is dynamic.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -32,20 +28,24 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
+from export.onnx_graph import export_part
 from export.runtime.cli import add_checkpoint_argument, add_force_argument
 from export.runtime.cli_types import positive_int
 from export.runtime.digest import file_sha256
-from export.runtime.model_dir import DEFAULT_OPSET, FORMAT_VERSION, GRAPH_METADATA, MODEL_JSON
+from export.runtime.model_dir import DEFAULT_OPSET, FORMAT_VERSION, MODEL_JSON
 from export.runtime.output_dir import atomic_output_dir
+from export.transformer_onnx import export_step
 from trainer.models import load_paired_vqvae, load_prior, resolve_checkpoint
 from trainer.pixelcnn import GatedPixelCNN
 from trainer.quantizer import argmin_distance
+from trainer.transformer_prior import TransformerPrior
 from trainer.vqvae import VQVAE
 
 IMAGE_SIZE = 256
-DESCRIPTION = ("Write encoder.onnx, decoder.onnx, prior_row.onnx and prior_cell.onnx (the two halves of the exact "
-               "fast sampler) and model.json (shapes, receptive field, opset, sha256 of every file and of the source "
-               "weights) into a new folder. All batch and window axes are dynamic.")
+DESCRIPTION = ("Write encoder.onnx, decoder.onnx, the prior's models (PixelCNN: prior_row.onnx and prior_cell.onnx, "
+               "the two halves of the exact fast sampler; transformer: prior_step.onnx, one step with the key/value "
+               "cache as inputs) and model.json (prior kind, shapes, opset, sha256 of every file and of the source "
+               "weights) into a new folder. All batch, window and cache axes are dynamic.")
 
 
 class EncoderGraph(nn.Module):
@@ -92,62 +92,53 @@ class PriorCellGraph(nn.Module):
         return self.prior.cell_logits(row, context, condition)
 
 
-@contextmanager
-def quiet_exporter() -> Iterator[None]:
-    """Hide the exporter's notes that concern torch itself, not the user's models: that torchvision's
-    operators are not registered (we use none), and deprecation warnings from torch.export."""
-    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registration.level
-    registration.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning, message=".*LeafSpec")
-            warnings.filterwarnings("ignore", category=UserWarning, message="# The axis name")
-            yield
-    finally:
-        registration.setLevel(level)
-
-
-def export_part(module: nn.Module, inputs: dict[str, Tensor], dynamic: dict[str, dict[int, Dim]],
-                output: str, path: Path, opset: int, fields: dict) -> dict:
-    """Export one model with named, dynamic axes and check it; returns its model.json entry. The semantic
-    `fields` of model.json go into the file's metadata too, where the runtime checks model.json against them."""
-    with quiet_exporter():
-        program = torch.onnx.export(module.eval(), tuple(inputs.values()), dynamo=True, opset_version=opset,
-                                    dynamic_shapes=tuple(dynamic[name] for name in inputs),
-                                    input_names=list(inputs), output_names=[output], verbose=False)
-    program.save(path, external_data=False)
-    graph = onnx.load(str(path))
-    onnx.helper.set_model_props(graph, {GRAPH_METADATA: json.dumps(fields, sort_keys=True)})
-    onnx.save(graph, str(path))
-    onnx.checker.check_model(str(path), full_check=True)
-    return {"file": path.name, "sha256": file_sha256(path), "inputs": list(inputs), "outputs": [output]}
-
-
 @torch.no_grad()
-def export_models(prior: GatedPixelCNN, vqvae: VQVAE, out: Path, opset: int = DEFAULT_OPSET,
+def export_models(prior: GatedPixelCNN | TransformerPrior, vqvae: VQVAE, out: Path, opset: int = DEFAULT_OPSET,
                   source: dict | None = None) -> dict:
-    """Write the four models and model.json into the folder `out`; returns model.json's contents.
-    `source` records where the weights came from (checkpoints and their sha256)."""
+    """Write the VQ-VAE's two models, the prior's (by its kind) and model.json into the folder `out`;
+    returns model.json's contents. `source` records where the weights came from (checkpoints and their sha256)."""
     shape, height, width = prior.shape, prior.shape.height, prior.shape.width
+    if isinstance(prior, TransformerPrior):
+        kind, details = "transformer", {}
+    else:
+        kind, details = "pixelcnn", {"context_rows": prior.context_rows, "context_columns": prior.context_columns,
+                                     "layers": len(prior.layers), "channels": prior.embed.embedding_dim}
+    fields = {"prior_kind": kind, "image_size": IMAGE_SIZE, "height": height, "width": width,
+              "num_codes": shape.num_codes, "code_dim": vqvae.quantizer.code_dim,
+              "num_conditions": shape.num_conditions, **details}
     batch = Dim("batch")
-    rows = Dim("rows", min=1, max=prior.context_rows + 1)
-    columns = Dim("n", min=1, max=prior.context_columns + 1)
-    # Example inputs: batch 2 and windows of 2 (torch.export specialises sizes 0 and 1).
-    condition = {"condition": torch.zeros(2, dtype=torch.long)} if shape.num_conditions else {}
-    band = torch.zeros(2, 2, width, dtype=torch.long)
-    context = prior.row_context(band, condition.get("condition"))[..., :2]
     images = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     codes = torch.zeros(2, height, width, dtype=torch.long)
-    fields = {"image_size": IMAGE_SIZE, "height": height, "width": width, "num_codes": shape.num_codes,
-              "code_dim": vqvae.quantizer.code_dim, "num_conditions": shape.num_conditions,
-              "context_rows": prior.context_rows, "context_columns": prior.context_columns,
-              "layers": len(prior.layers), "channels": prior.embed.embedding_dim}
     models = {
         "encoder": export_part(EncoderGraph(vqvae), {"images": images}, {"images": {0: batch}},
                                "codes", out / "encoder.onnx", opset, fields),
         "decoder": export_part(DecoderGraph(vqvae), {"codes": codes}, {"codes": {0: batch}},
                                "images", out / "decoder.onnx", opset, fields),
+    }
+    if kind == "transformer":
+        models["prior_step"] = export_step(prior, out / "prior_step.onnx", opset, fields)
+    else:
+        models.update(export_pixelcnn(prior, out, opset, fields))
+    written = onnx.load(str(out / "decoder.onnx")).opset_import   # the opset the exporter settled on
+    info = {
+        "format_version": FORMAT_VERSION, **fields,
+        "opset": next(o.version for o in written if o.domain in ("", "ai.onnx")),
+        "source": source or {}, "models": models,
+    }
+    (out / MODEL_JSON).write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def export_pixelcnn(prior: GatedPixelCNN, out: Path, opset: int, fields: dict) -> dict:
+    """prior_row.onnx and prior_cell.onnx, the two halves of the PixelCNN's exact fast sampler; their entries."""
+    batch = Dim("batch")
+    rows = Dim("rows", min=1, max=prior.context_rows + 1)
+    columns = Dim("n", min=1, max=prior.context_columns + 1)
+    # Example inputs: batch 2 and windows of 2 (torch.export specialises sizes 0 and 1).
+    condition = {"condition": torch.zeros(2, dtype=torch.long)} if prior.shape.num_conditions else {}
+    band = torch.zeros(2, 2, prior.shape.width, dtype=torch.long)
+    context = prior.row_context(band, condition.get("condition"))[..., :2]
+    return {
         "prior_row": export_part(PriorRowGraph(prior), {"band": band, **condition},
                                  {"band": {0: batch, 1: rows}, "condition": {0: batch}},
                                  "context", out / "prior_row.onnx", opset, fields),
@@ -156,14 +147,6 @@ def export_models(prior: GatedPixelCNN, vqvae: VQVAE, out: Path, opset: int = DE
                                    "condition": {0: batch}},
                                   "logits", out / "prior_cell.onnx", opset, fields),
     }
-    written = onnx.load(str(out / "prior_cell.onnx")).opset_import   # the opset the exporter settled on
-    info = {
-        "format_version": FORMAT_VERSION, **fields,
-        "opset": next(o.version for o in written if o.domain in ("", "ai.onnx")),
-        "source": source or {}, "models": models,
-    }
-    (out / MODEL_JSON).write_text(json.dumps(info, indent=1) + "\n")
-    return info
 
 
 def export_checkpoint(checkpoint: Path, out: Path, vqvae_checkpoint: Path | None = None,

@@ -15,13 +15,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
-from export.onnx_export import quiet_exporter
-from export.runtime.digest import file_sha256
+from export.onnx_graph import export_graph
 from export.runtime.model_dir import DEFAULT_OPSET
 from trainer.transformer_prior import TransformerPrior
 
@@ -48,9 +46,10 @@ def step_names(layers: int, conditional: bool) -> tuple[list[str], list[str]]:
 
 
 @torch.no_grad()
-def export_step(prior: TransformerPrior, path: Path, opset: int = DEFAULT_OPSET) -> dict:
+def export_step(prior: TransformerPrior, path: Path, opset: int = DEFAULT_OPSET, fields: dict | None = None) -> dict:
     """Write prior_step.onnx to `path` and check it; returns its model.json entry, with what the
-    sampler needs to allocate the cache. The prior's parameters must be float32, as the sampler's cache is."""
+    sampler needs to allocate the cache. The prior's parameters must be float32, as the sampler's cache is.
+    `fields`: model.json's semantic fields, recorded in the file (see export_graph)."""
     conditional = bool(prior.shape.num_conditions)
     inputs, outputs = step_names(len(prior.blocks), conditional)
     batch, cells = Dim("batch"), Dim("cells", max=prior.shape.height * prior.shape.width)
@@ -59,12 +58,6 @@ def export_step(prior: TransformerPrior, path: Path, opset: int = DEFAULT_OPSET)
     examples += prior.empty_cache(2, cells=2)
     cache_axes = [{0: batch, 3: cells}, {0: batch, 2: cells}] * len(prior.blocks)
     dynamic = ({0: batch}, None, tuple([{0: batch}] * conditional + cache_axes))   # *condition_and_cache: one argument
-    with quiet_exporter():
-        program = torch.onnx.export(PriorStep(prior).eval(), tuple(examples), dynamo=True, opset_version=opset,
-                                    dynamic_shapes=dynamic, input_names=inputs, output_names=outputs,
-                                    verbose=False)
-    program.save(path, external_data=False)
-    onnx.checker.check_model(str(path), full_check=True)
+    entry = export_graph(PriorStep(prior), tuple(examples), dynamic, inputs, outputs, Path(path), opset, fields or {})
     attention = prior.blocks[0].attention
-    return {"file": Path(path).name, "sha256": file_sha256(Path(path)), "inputs": inputs, "outputs": outputs,
-            "layers": len(prior.blocks), "kv_heads": attention.kv_heads, "head_dim": attention.head_dim}
+    return {**entry, "layers": len(prior.blocks), "kv_heads": attention.kv_heads, "head_dim": attention.head_dim}

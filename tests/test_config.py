@@ -61,3 +61,23 @@ def test_override_on_a_null_section_fills_it(tmp_path: Path):
 def test_overrides_still_work():
     config = load_config(DEMO_CONFIG, ["train.lr=1e-3", "seed=7", "data.shards=runs/x"])
     assert (config.train.lr, config.seed, config.data.shards) == (1e-3, 7, "runs/x")
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("model.kind=pixelsnail", "model.kind: must be one of pixelcnn, transformer"),
+    ("model.transformer.heads=3", "model.transformer.heads: must divide width"),
+    ("model.transformer.kv_heads=3", "model.transformer.kv_heads: must divide heads"),
+    ("model.transformer.layers=0", "model.transformer.layers: must be >= 1"),
+    ("model.transformer.dropout=1", "model.transformer.dropout: must be in [0, 1)"),
+    ("model.transformer.depth=4", "model.transformer.depth: unknown key"),
+])
+def test_bad_prior_kind_or_transformer_value_is_named(override: str, problem: str):
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs" / "prior_demo_cpu.yaml", [override], cls=PriorConfig)
+    assert problem in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_prior_kind_defaults_to_pixelcnn_and_every_prior_config_loads():
+    assert load_config(REPO / "configs" / "prior_demo_cpu.yaml", cls=PriorConfig).model.kind == "pixelcnn"
+    kinds = {path.name: load_config(path, cls=PriorConfig).model.kind for path in REPO.glob("configs/prior_*.yaml")}
+    assert set(kinds.values()) <= {"pixelcnn", "transformer"} and kinds

@@ -19,13 +19,21 @@ from PIL import Image
 from conftest import DEMO_SRC, REPO
 from export.__main__ import main as cli
 from export.runtime.digest import file_sha256
-from export.runtime.model_dir import PARTS
+from export.runtime.model_dir import PARTS, PRIOR_PARTS
 from export.runtime.onnx_models import ExportedModels
 from export.runtime.reconstruct import read_slice
 from export.runtime.sample import sample_codes
 from export.runtime.sampling_rule import sampling_randomness
 from trainer.checkpoint import save_checkpoint
-from trainer.config import ModelConfig, PixelCNNConfig, PriorConfig, QuantizerConfig, VQVAEConfig, config_to_dict
+from trainer.config import (
+    ModelConfig,
+    PriorConfig,
+    PriorModelConfig,
+    QuantizerConfig,
+    TransformerConfig,
+    VQVAEConfig,
+    config_to_dict,
+)
 from trainer.models import build_prior, load_prior, load_vqvae
 from trainer.pixelcnn import PriorShape, sample
 from trainer.sample import run_sampling
@@ -58,32 +66,36 @@ def save_vqvae(root: Path, seed: int) -> Path:
     return save_checkpoint(root / f"vqvae{seed}", 1, model, {}, config_to_dict(cfg), keep=1)
 
 
-def save_prior(root: Path, vqvae: Path, num_conditions: int) -> Path:
-    cfg = PriorConfig(model=PixelCNNConfig(channels=8, layers=3, kernel=3, first_kernel=5, head_channels=16,
-                                           condition_on_slice=bool(num_conditions)))
+def save_prior(root: Path, vqvae: Path, num_conditions: int, kind: str = "pixelcnn") -> Path:
+    transformer = TransformerConfig(layers=2, width=16, heads=2, kv_heads=1, mlp_ratio=2, dropout=0.0)
+    cfg = PriorConfig(model=PriorModelConfig(kind=kind, channels=8, layers=3, kernel=3, first_kernel=5,
+                                             head_channels=16, condition_on_slice=bool(num_conditions),
+                                             transformer=transformer))
     torch.manual_seed(1)
     prior = build_prior(cfg, PriorShape(K, GRID, GRID, num_conditions))
     info = {**vars(prior.shape), "vqvae_checkpoint": str(vqvae),
             "vqvae_sha256": file_sha256(vqvae / "model.safetensors"), "codes_dir": ""}
-    return save_checkpoint(root / f"prior{num_conditions}" / "checkpoints", 1, prior, {}, config_to_dict(cfg), keep=1,
-                           extra_json={"prior.json": info})
+    return save_checkpoint(root / f"prior_{kind}{num_conditions}" / "checkpoints", 1, prior, {}, config_to_dict(cfg),
+                           keep=1, extra_json={"prior.json": info})
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[int, tuple[Path, Path]]:
-    """{num_conditions: (prior checkpoint, export folder)} for a conditional and an unconditional prior
-    over the same VQ-VAE, exported through the CLI; the second replaces a stale folder with --force."""
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[int | str, tuple[Path, Path]]:
+    """{num_conditions: (prior checkpoint, export folder)} for a conditional and an unconditional PixelCNN
+    over the same VQ-VAE, and {"transformer": ...} for a conditional transformer prior, exported through the
+    CLI; the second replaces a stale folder with --force."""
     root = tmp_path_factory.mktemp("export")
     vqvae = save_vqvae(root, seed=0)
     result = {}
-    for num_conditions, force in ((SLICES, []), (0, ["--force"])):
-        checkpoint, out = save_prior(root, vqvae, num_conditions), root / f"onnx{num_conditions}"
+    for key, force in ((SLICES, []), (0, ["--force"]), ("transformer", [])):
+        num_conditions, kind = (SLICES, key) if key == "transformer" else (key, "pixelcnn")
+        checkpoint, out = save_prior(root, vqvae, num_conditions, kind), root / f"onnx_{key}"
         if force:
             out.mkdir()   # an earlier export (it has model.json): --force may replace it
             (out / "model.json").write_text("{}")
             (out / "stale.txt").write_text("from an earlier export")
         assert cli(["onnx", "--checkpoint", str(checkpoint.parent.parent), "--out", str(out), *force]) == 0
-        result[num_conditions] = checkpoint, out
+        result[key] = checkpoint, out
     return result
 
 
@@ -100,7 +112,8 @@ def test_export_writes_checked_models_with_dynamic_axes_and_model_json(exported)
     assert model["source"]["vqvae_sha256"] == info["vqvae_sha256"]
     dynamic = {"encoder": {"images": [0]}, "decoder": {"codes": [0]}, "prior_row": {"band": [0, 1], "condition": [0]},
                "prior_cell": {"row": [0, 1], "context": [0, 3], "condition": [0]}}
-    for part in PARTS:
+    assert model["prior_kind"] == "pixelcnn"
+    for part in PARTS + PRIOR_PARTS["pixelcnn"]:
         proto = onnx.load(str(out / model["models"][part]["file"]))
         onnx.checker.check_model(proto, full_check=True)
         inputs = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
@@ -166,10 +179,12 @@ def test_onnxruntime_sampler_draws_what_the_torch_sampler_draws(exported, num_co
     np.testing.assert_array_equal(codes, expected.numpy())
 
 
-@pytest.mark.parametrize("num_conditions, extra", [(SLICES, ["--slice", "2"]), (0, [])],
-                         ids=["conditional-slice", "unconditional"])
-def test_sample_cli_writes_the_files_trainer_sample_writes(exported, tmp_path, num_conditions, extra):
-    checkpoint, out = exported[num_conditions]
+@pytest.mark.parametrize("key, extra", [(SLICES, ["--slice", "2"]), (0, []), ("transformer", ["--slice", "2"]),
+                                       ("transformer", [])],
+                         ids=["conditional-slice", "unconditional", "transformer-slice", "transformer"])
+def test_sample_cli_writes_the_files_trainer_sample_writes(exported, tmp_path, key, extra):
+    checkpoint, out = exported[key]
+    num_conditions = 0 if key == 0 else SLICES
     options = {"n": 3, "seed": 4, "temperature": 0.9, "top_k": 8, "batch_size": 2}
     reference = run_sampling(checkpoint, tmp_path / "torch", slice_index=2 if extra else None, show_progress=False,
                              **options)
@@ -261,6 +276,14 @@ MODEL_DIR_ERRORS = {
                         "prior_cell.onnx: sha256 differs"),
     "old-format": (lambda d: (d / "model.json").write_text(json.dumps(
         {**json.loads((d / "model.json").read_text()), "format_version": 0})), "format_version 0"),
+    "unknown-kind": (lambda d: (d / "model.json").write_text(json.dumps(
+        {**json.loads((d / "model.json").read_text()), "prior_kind": "pixelsnail"})),
+                     "prior_kind 'pixelsnail' is not one this runtime can sample (pixelcnn, transformer)"),
+    "kind-not-a-string": (lambda d: (d / "model.json").write_text(json.dumps(
+        {**json.loads((d / "model.json").read_text()), "prior_kind": ["transformer"]})),
+                          "prior_kind ['transformer'] is not one this runtime can sample"),
+    "missing-step-entry": (lambda d: (d / "model.json").write_text(json.dumps(
+        {**json.loads((d / "model.json").read_text()), "prior_kind": "transformer"})), "models.prior_step must have"),
 }
 
 
@@ -300,6 +323,24 @@ def test_bad_input_png_is_a_clear_error(exported, tmp_path, capsys, image, messa
     assert cli(["reconstruct", "--model-dir", str(exported[SLICES][1]), "--out", str(tmp_path / "r"), str(path),
                 "--quiet"]) == 2
     assert f"{path}: {message}" in capsys.readouterr().err
+
+
+def test_folder_without_prior_kind_samples_as_pixelcnn_and_transformer_folder_holds_its_step(exported, tmp_path):
+    """Folders exported before the transformer existed have no prior_kind: they are PixelCNN folders."""
+    old = broken_copy(exported[SLICES][1], tmp_path, lambda d: (d / "model.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((d / "model.json").read_text()).items() if k != "prior_kind"})))
+    assert cli(["sample", "--model-dir", str(old), "--out", str(tmp_path / "old"), "--n", "2", "--quiet"]) == 0
+    assert cli(["sample", "--model-dir", str(exported[SLICES][1]), "--out", str(tmp_path / "new"), "--n", "2",
+                "--quiet"]) == 0
+    with np.load(tmp_path / "old" / "samples.npz") as a, np.load(tmp_path / "new" / "samples.npz") as b:
+        np.testing.assert_array_equal(a["codes"], b["codes"])
+    checkpoint, out = exported["transformer"]
+    model = json.loads((out / "model.json").read_text())
+    prior, _, _ = load_prior(checkpoint)
+    assert model["prior_kind"] == "transformer" and set(model["models"]) == {"encoder", "decoder", "prior_step"}
+    step = model["models"]["prior_step"]
+    assert (step["layers"], step["kv_heads"], step["head_dim"]) == (2, 1, 8) and len(prior.blocks) == 2
+    assert "context_rows" not in model and not (out / "prior_row.onnx").exists()
 
 
 def test_export_refuses_to_overwrite_and_checks_the_vqvae(exported, tmp_path, capsys):

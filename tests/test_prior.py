@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from conftest import DEMO_CONFIG, REPO, free_port, tiny
@@ -21,20 +22,31 @@ from trainer.codes import load_codes, read_codes_meta
 from trainer.config import PriorConfig, load_config
 from trainer.data import SliceShards, epoch_batches
 from trainer.encode import encode_splits
+from trainer.evaluate_prior import load_images
 from trainer.generation_metrics import code_histogram_comparison
-from trainer.models import load_vqvae
+from trainer.models import load_prior, load_vqvae
+from trainer.pixelcnn import GatedPixelCNN
+from trainer.structure_metrics import structure_metrics
 from trainer.train_prior import code_batches, train_prior
+from trainer.transformer_prior import TransformerPrior
 from wandb_log import history
 
 PRIOR_CONFIG = REPO / "configs" / "prior_demo_cpu.yaml"
 
 
-def tiny_prior(codes: Path, out: Path, *extra: str) -> PriorConfig:
-    """The demo prior config shrunk to seconds on a CPU."""
-    return load_config(PRIOR_CONFIG, [f"codes.dir={codes}", f"out_dir={out}", "codes.batch_size=8", "model.channels=8",
-            "model.layers=2", "model.first_kernel=3", "model.head_channels=16", "train.max_steps=12",
-            "train.warmup_steps=2", "train.log_every=2", "train.eval_every=6", "train.checkpoint_every=6",
-            "wandb.enabled=false", "sample_count=2", *extra], cls=PriorConfig)
+TINY_MODELS = {   # model overrides per prior kind
+    "pixelcnn": ["model.channels=8", "model.layers=2", "model.first_kernel=3", "model.head_channels=16"],
+    "transformer": ["model.kind=transformer", "model.transformer.layers=2", "model.transformer.width=16",
+                    "model.transformer.heads=2", "model.transformer.kv_heads=1", "model.transformer.mlp_ratio=2"],
+}
+
+
+def tiny_prior(codes: Path, out: Path, *extra: str, kind: str = "pixelcnn") -> PriorConfig:
+    """The demo prior config, with a prior of `kind`, shrunk to seconds on a CPU."""
+    return load_config(PRIOR_CONFIG, [f"codes.dir={codes}", f"out_dir={out}", "codes.batch_size=8",
+                                      *TINY_MODELS[kind], "train.max_steps=12", "train.warmup_steps=2",
+                                      "train.log_every=2", "train.eval_every=6", "train.checkpoint_every=6",
+                                      "wandb.enabled=false", "sample_count=2", *extra], cls=PriorConfig)
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +61,12 @@ def codes(demo_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "codes"
 
 
-@pytest.fixture(scope="module")
-def trained_prior(codes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("prior_run") / "run"
+@pytest.fixture(scope="module", params=list(TINY_MODELS))
+def trained_prior(codes: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A briefly trained prior of each kind: every test that uses it runs for both."""
+    out = tmp_path_factory.mktemp(f"prior_run_{request.param}") / "run"
     train_prior(tiny_prior(codes, out, "train.max_steps=40", "train.lr=1e-2", "train.eval_every=40",
-                           "train.checkpoint_every=40"), show_progress=False)
+                           "train.checkpoint_every=40", kind=request.param), show_progress=False)
     return out
 
 
@@ -110,20 +123,38 @@ def test_prior_learns_and_logs(trained_prior: Path):
     assert (trained_prior / "figures" / "samples_latest.png").is_file()
 
 
-def test_resumed_prior_run_ends_with_identical_weights(codes: Path, tmp_path: Path):
+@pytest.mark.parametrize("kind", list(TINY_MODELS))
+def test_resumed_prior_run_ends_with_identical_weights(codes: Path, tmp_path: Path, kind: str):
+    """Dropout draws from torch's RNG, which the checkpoint restores, so the transformer resumes exactly too."""
     straight = tmp_path / "straight"
-    train_prior(tiny_prior(codes, straight), show_progress=False)
+    train_prior(tiny_prior(codes, straight, kind=kind), show_progress=False)
     resumed = tmp_path / "resumed"
     shutil.copytree(straight, resumed)
     shutil.rmtree(resumed / "checkpoints" / "step_0000012")   # as if stopped after step 6
-    train_prior(tiny_prior(codes, resumed), resume=True, show_progress=False)
+    train_prior(tiny_prior(codes, resumed, kind=kind), resume=True, show_progress=False)
     a = load_weights(straight / "checkpoints" / "step_0000012")
     b = load_weights(resumed / "checkpoints" / "step_0000012")
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = [json.loads(r)["step"] for r in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert rows == list(range(2, 13, 2))
     with pytest.raises(FileExistsError, match="--resume"):
-        train_prior(tiny_prior(codes, straight), show_progress=False)
+        train_prior(tiny_prior(codes, straight, kind=kind), show_progress=False)
+
+
+def test_checkpoint_records_the_kind_and_one_without_it_loads_as_pixelcnn(trained_prior: Path, tmp_path: Path):
+    checkpoint = list_checkpoints(trained_prior / "checkpoints")[-1]
+    prior, cfg, _ = load_prior(checkpoint)
+    assert yaml.safe_load((checkpoint / "config.yaml").read_text())["model"]["kind"] == cfg.model.kind
+    assert type(prior) is {"pixelcnn": GatedPixelCNN, "transformer": TransformerPrior}[cfg.model.kind]
+    if cfg.model.kind == "pixelcnn":   # as written before `model.kind` existed
+        old = tmp_path / "old"
+        shutil.copytree(checkpoint, old)
+        config = yaml.safe_load((old / "config.yaml").read_text())
+        del config["model"]["kind"], config["model"]["transformer"]
+        (old / "config.yaml").write_text(yaml.safe_dump(config))
+        loaded, old_cfg, _ = load_prior(old)
+        assert old_cfg.model.kind == "pixelcnn" and isinstance(loaded, GatedPixelCNN)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), prior.state_dict().values()))
 
 
 def test_gradient_accumulation_matches_one_big_batch(codes: Path, tmp_path: Path):
@@ -183,8 +214,11 @@ def test_sample_cli_writes_reproducible_brains(trained_prior: Path, tmp_path: Pa
     a, b, c = (np.load(tmp_path / name / "samples.npz") for name in "abc")
     assert a["codes"].shape == (3, 16, 16) and a["codes"].max() < 32 and len(np.unique(a["codes"])) > 3
     assert np.array_equal(a["codes"], b["codes"])           # the naive sampler draws the same brains
-    assert not np.array_equal(a["codes"], c["codes"])       # the slice position matters
-    assert list(a["conditions"]) == [7, 7, 7]
+    assert list(a["conditions"]) == [7, 7, 7] and list(c["conditions"]) == [20, 20, 20]
+    # the slice position matters (the briefly trained transformer's logits move too little to change a draw)
+    prior, _, _ = load_prior(trained_prior)
+    grids = torch.from_numpy(a["codes"].astype(np.int64))
+    assert not torch.allclose(prior(grids, torch.full((3,), 7)), prior(grids, torch.full((3,), 20)), atol=1e-4)
     code_map = np.asarray(Image.open(tmp_path / "a" / "codes" / "001.png"))
     assert np.array_equal(code_map // (65535 // 31), a["codes"][1])
     image = np.asarray(Image.open(tmp_path / "a" / "images" / "002.png"))
@@ -199,7 +233,8 @@ def test_sample_cli_refuses_bad_options(trained_prior: Path, tmp_path: Path, cap
     assert message in capsys.readouterr().err
 
 
-def test_evaluate_prior_reports_every_metric(trained_prior: Path, codes: Path, tmp_path: Path, capsys):
+def test_evaluate_prior_reports_every_metric(trained_prior: Path, codes: Path, demo_shards: Path, tmp_path: Path,
+                                            capsys):
     out = tmp_path / "eval"
     assert cli(["evaluate-prior", "--checkpoint", str(trained_prior), "--out", str(out), "--n", "6",
                 "--max-pairs", "40", "--temperature", "3", "--quiet"]) == 0
@@ -213,5 +248,22 @@ def test_evaluate_prior_reports_every_metric(trained_prior: Path, codes: Path, t
     expected = code_histogram_comparison(load_codes(codes, "test").codes, generated, 32)
     assert summary["code_total_variation"] == pytest.approx(expected["total_variation"])
     assert summary["codes_used_generated"] == expected["codes_used_b"] > 1
-    for name in ("nearest_train.png", "code_histograms.png", "samples/generated.png"):
+    for name in ("nearest_train.png", "code_histograms.png", "structure_histograms.png", "samples/generated.png"):
         assert (out / name).is_file(), name
+    # structure: the real test slices' numbers are structure_metrics' own; the generated ones are those of the
+    # decoded samples; shares are shares and the histograms count every slice
+    real = structure_metrics(load_images(str(demo_shards), "test"))
+    assert summary["single_component_share_real"] == pytest.approx(real["single_component"].mean())
+    assert summary["symmetry_mean_real"] == pytest.approx(real["symmetry"].mean())
+    assert summary["symmetry_median_real"] == pytest.approx(np.median(real["symmetry"]))
+    assert summary["touches_edge_share_real"] == pytest.approx(real["touches_edge"].mean())
+    assert summary["single_component_share_real"] > 0.5 and summary["symmetry_mean_real"] > 0.5   # real heads
+    vqvae, _ = load_vqvae(Path(read_codes_meta(codes)["vqvae_checkpoint"]))
+    with torch.no_grad():
+        decoded = vqvae.decode(torch.from_numpy(generated.astype(np.int64)))
+    mine = structure_metrics(decoded.numpy())
+    assert summary["single_component_share_generated"] == pytest.approx(mine["single_component"].mean())
+    assert summary["symmetry_mean_generated"] == pytest.approx(mine["symmetry"].mean(), abs=1e-6)
+    histogram = summary["symmetry_histogram"]
+    assert sum(histogram["generated"]) == 6 and sum(histogram["real"]) == len(real["symmetry"]) == 32
+    assert len(histogram["edges"]) == len(histogram["real"]) + 1

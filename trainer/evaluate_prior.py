@@ -11,7 +11,12 @@ codes and the realism of its brains.
    c. Fréchet distance in the frozen VQ-VAE encoder's feature space. The decoder cannot make every
       detail of a real scan, so two references bound it: the test slices' own reconstructions (the
       floor a perfect prior would reach) and a disjoint set of real training slices;
-   d. the histogram of codes in generated grids vs the encoder's grids of the test slices.
+   d. the histogram of codes in generated grids vs the encoder's grids of the test slices;
+   e. structure (trainer/structure_metrics.py), because a Fréchet distance does not say what is wrong:
+      the share of slices whose brain mask is one connected component, the symmetry (mirror IoU of the
+      mask about the anatomical midline, which runs horizontally on these PNGs) and the share whose mask
+      touches the image edge, generated vs real. Each generated slice in nearest_train.png is titled
+      with its own: components and symmetry.
 Everything goes to summary.json (printed too), with figures beside it.
 """
 
@@ -49,13 +54,15 @@ from trainer.generation_metrics import (
 )
 from trainer.models import load_paired_vqvae, load_prior, resolve_checkpoint
 from trainer.prior_loss import likelihood_metrics, likelihood_sums
+from trainer.structure_metrics import structure_metrics, summarize
 from trainer.training_run import log_to_wandb
 
 SUMMARY = "summary.json"   # the marker of an evaluation folder: --force replaces only a folder that has it
 DESCRIPTION = ("Bits per code and top-1 accuracy of the prior on a split's code grids; then sample --n brains and "
                "compare them with that split's real slices: nearest-training-slice SSIM (memorisation), mean "
-               "pairwise MS-SSIM (diversity), Frechet distance in the VQ-VAE encoder's feature space, and code "
-               "histograms. Prints and writes summary.json, figures and the samples.")
+               "pairwise MS-SSIM (diversity), Frechet distance in the VQ-VAE encoder's feature space, code histograms "
+               "and structure (one connected brain, symmetry, edge contact). Prints and writes summary.json, "
+               "figures and the samples.")
 
 
 def load_images(shards: str, split: str, limit: int = 0, seed: int = 0) -> torch.Tensor:
@@ -126,19 +133,44 @@ def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0,
     summary.update({"codes_used_real": histograms["codes_used_a"], "codes_used_generated": histograms["codes_used_b"],
                     "code_total_variation": histograms["total_variation"],
                     "code_jensen_shannon_bits": histograms["jensen_shannon_bits"]})
+    # (e) structure
+    structure = {"generated": structure_metrics(generated.numpy()), "real": structure_metrics(real.numpy())}
+    summary.update(structure_summary(structure))
 
     shown = min(16, n)
     with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=inputs) as tmp:
         write_samples(tmp / "samples", generated_codes, generated_conditions, generated[:, 0].numpy(),
                       prior.shape.num_codes)
         figures.nearest_neighbours(generated[:shown, 0].numpy(), train_images[gen_nearest[:shown], 0].numpy(),
-                                   gen_ssim[:shown], tmp / "nearest_train.png")
+                                   gen_ssim[:shown], tmp / "nearest_train.png",
+                                   titles=[structure_title(structure["generated"], i) for i in range(shown)])
+        figures.structure_histograms(structure["real"], structure["generated"], tmp / "structure_histograms.png")
         figures.code_histograms(np.asarray(histograms["counts_a"]), np.asarray(histograms["counts_b"]),
                                 tmp / "code_histograms.png")
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     if log_wandb:
         log_to_wandb(summary, out, cfg.wandb.project, cfg.wandb.mode, f"evaluate-prior-{split}", prefix=split)
     return summary
+
+
+def structure_summary(structure: dict[str, dict[str, np.ndarray]]) -> dict:
+    """summary.json's structure entries: shares and symmetry per set ("generated", "real"), and the
+    symmetry histograms over [0, 1]."""
+    summary, histogram = {}, {}
+    for name, metrics in structure.items():
+        shares = summarize(metrics)
+        for key in ("single_component_share", "symmetry_mean", "symmetry_median", "touches_edge_share",
+                    "empty_share"):
+            summary[f"{key}_{name}"] = shares[key]
+        histogram["edges"] = shares["symmetry_histogram"]["edges"]
+        histogram[name] = shares["symmetry_histogram"]["counts"]
+    return {**summary, "symmetry_histogram": histogram}
+
+
+def structure_title(metrics: dict[str, np.ndarray], index: int) -> str:
+    """One generated slice's structure, short enough for a panel title."""
+    parts = int(metrics["components"][index])
+    return f"{parts} part{'s' * (parts != 1)}, sym {metrics['symmetry'][index]:.2f}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

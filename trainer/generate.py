@@ -11,17 +11,25 @@ import torch
 from tqdm import tqdm
 
 from export.runtime.sampling_rule import sampling_randomness
-from trainer.pixelcnn import GatedPixelCNN, sample
+from trainer import pixelcnn, transformer_prior
+from trainer.pixelcnn import GatedPixelCNN
+from trainer.transformer_prior import TransformerPrior
 from trainer.vqvae import VQVAE
 
 
+def sampler_for(prior: GatedPixelCNN | TransformerPrior):
+    """The prior kind's exact sampler: both take the same arguments and follow the same rule."""
+    return transformer_prior.sample if isinstance(prior, TransformerPrior) else pixelcnn.sample
+
+
 @torch.no_grad()
-def generate(prior: GatedPixelCNN, vqvae: VQVAE, n: int, seed: int = 0, temperature: float = 1.0, top_k: int = 0,
-             slice_index: int | None = None, batch_size: int = 16, naive: bool = False,
+def generate(prior: GatedPixelCNN | TransformerPrior, vqvae: VQVAE, n: int, seed: int = 0, temperature: float = 1.0,
+             top_k: int = 0, slice_index: int | None = None, batch_size: int = 16, naive: bool = False,
              show_progress: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(codes (n, H, W), conditions (n,) or None, images (n, 256, 256) float in [0, 1])."""
     device = next(prior.parameters()).device
     shape = prior.shape
+    sample = sampler_for(prior)
     uniforms, conditions = sampling_randomness(n, shape.height, shape.width, shape.num_conditions, seed, slice_index)
     uniforms = torch.from_numpy(uniforms)
     conditions = None if conditions is None else torch.from_numpy(conditions)

@@ -22,6 +22,7 @@ from export.runtime.shard_format import IMAGE_SIZE
 from trainer.checkpoint import CheckpointError, list_checkpoints, load_checkpoint_config, load_weights
 from trainer.config import PriorConfig, VQVAEConfig, build
 from trainer.pixelcnn import GatedPixelCNN, PriorShape
+from trainer.transformer_prior import TransformerPrior
 from trainer.vqvae import VQVAE
 
 PRIOR_INFO = "prior.json"   # in a stage-2 checkpoint: grid, K, conditions, and the VQ-VAE whose codes it models
@@ -60,9 +61,13 @@ def build_vqvae(cfg: VQVAEConfig) -> VQVAE:
     return VQVAE(cfg.model, cfg.quantizer)
 
 
-def build_prior(cfg: PriorConfig, shape: PriorShape) -> nn.Module:
-    """The untrained prior `cfg.model` describes, for code grids of `shape` (the gated PixelCNN)."""
+def build_prior(cfg: PriorConfig, shape: PriorShape) -> GatedPixelCNN | TransformerPrior:
+    """The untrained prior `cfg.model` describes (`model.kind`), for code grids of `shape`."""
     m = cfg.model
+    if m.kind == "transformer":
+        t = m.transformer
+        return TransformerPrior(shape, layers=t.layers, width=t.width, heads=t.heads, kv_heads=t.kv_heads,
+                                mlp_ratio=t.mlp_ratio, dropout=t.dropout)
     return GatedPixelCNN(shape, channels=m.channels, layers=m.layers, kernel=m.kernel,
                          first_kernel=m.first_kernel, head_channels=m.head_channels)
 
@@ -78,9 +83,11 @@ def load_vqvae(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[VQ
     return model.to(device).eval(), cfg
 
 
-def load_prior(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, PriorConfig, dict]:
+def load_prior(checkpoint: Path, device: str | torch.device = "cpu"
+               ) -> tuple[GatedPixelCNN | TransformerPrior, PriorConfig, dict]:
     """The prior of a checkpoint (or a run folder's newest), its config and its prior.json (grid,
-    K, conditions, and the VQ-VAE checkpoint whose codes it models)."""
+    K, conditions, and the VQ-VAE checkpoint whose codes it models). The kind comes from the checkpoint's
+    config.yaml; one written before `model.kind` existed has none and is a PixelCNN (the default)."""
     checkpoint = resolve_checkpoint(checkpoint)
     info_path = checkpoint / PRIOR_INFO
     if not info_path.is_file():

@@ -1,5 +1,5 @@
-"""Stage 2: train the gated PixelCNN prior on the frozen VQ-VAE's code grids. A plain PyTorch loop;
-Accelerate wraps the model and optimizer (devices, DDP, mixed precision) and carries wandb.
+"""Stage 2: train the prior (`model.kind`: the gated PixelCNN or the transformer) on the frozen VQ-VAE's code
+grids. A plain PyTorch loop; Accelerate wraps the model and optimizer (devices, DDP, mixed precision) and carries wandb.
 
     python -m trainer encode --checkpoint runs/oasis32 --out runs/oasis32/codes   # once
     python -m trainer prior --config configs/prior_oasis_32.yaml                 # one process

@@ -130,14 +130,15 @@ def generated_grid(indices: np.ndarray, images: np.ndarray, path: Path, num_code
 
 
 def nearest_neighbours(generated: np.ndarray, nearest: np.ndarray, ssim: np.ndarray, path: Path,
-                       columns: int = 8) -> Path:
+                       columns: int = 8, titles: list[str] | None = None) -> Path:
     """Generated slices (N, H, W) above their most similar training slices (SSIM as captions): a
-    memorisation check one can see."""
+    memorisation check one can see. `titles` label the generated slices (default "generated")."""
     path = Path(path)
+    titles = ["generated"] * len(generated) if titles is None else titles
     with _figure(path) as fig:
         pairs = _pair_axes(fig, len(generated), columns)
-        for (top, bottom), image, match, score in zip(pairs, generated, nearest, ssim, strict=True):
-            _image(top, image, title="generated")
+        for (top, bottom), image, match, score, title in zip(pairs, generated, nearest, ssim, titles, strict=True):
+            _image(top, image, title=title)
             _image(bottom, match, caption=f"nearest train, SSIM {float(score):.3f}")
     return path
 
@@ -155,6 +156,31 @@ def code_histograms(real: np.ndarray, generated: np.ndarray, path: Path) -> Path
         ax.set_xlabel("code (most used in real grids first)")
         ax.set_ylabel("frequency")
         ax.legend()
+    return path
+
+
+def structure_histograms(real: dict[str, np.ndarray], generated: dict[str, np.ndarray], path: Path) -> Path:
+    """Structure metrics (trainer/structure_metrics.py, per slice) of real and generated slices side by side:
+    the distribution of the mirror-IoU symmetry, and how many components the brain mask has."""
+    path = Path(path)
+    with _figure(path, figsize=(9, 3.5)) as fig:
+        symmetry, components = fig.subplots(1, 2)
+        bins = np.linspace(0.0, 1.0, 21)
+        for metrics, label in ((real, "real"), (generated, "generated")):
+            values = np.asarray(metrics["symmetry"], np.float64)
+            symmetry.hist(values, bins=bins, weights=np.full(len(values), 1.0 / max(len(values), 1)),
+                          histtype="step", lw=1.5, label=f"{label} (n = {len(values)})")
+        symmetry.set_xlabel("symmetry (mirror IoU of the brain mask)")
+        symmetry.set_ylabel("share of slices")
+        symmetry.legend(loc="upper left")
+        counts = [np.minimum(np.asarray(m["components"]), 3) for m in (real, generated)]
+        share = [[float((c == k).mean()) if len(c) else 0.0 for k in range(4)] for c in counts]
+        for offset, values, label in ((-0.2, share[0], "real"), (0.2, share[1], "generated")):
+            components.bar(np.arange(4) + offset, values, width=0.4, label=label)
+        components.set_xticks(range(4), ["0 (empty)", "1", "2", "3+"])
+        components.set_xlabel("connected components of the brain mask")
+        components.set_ylabel("share of slices")
+        components.legend()
     return path
 
 

@@ -11,18 +11,29 @@ import numpy as np
 import onnxruntime as ort
 
 from export.runtime.cli_types import non_negative_int
-from export.runtime.model_dir import MODEL_JSON, PARTS, ModelDirError, check_graph_metadata, read_model_json
+from export.runtime.model_dir import (
+    MODEL_JSON,
+    PRIOR_PARTS,
+    ModelDirError,
+    check_graph_metadata,
+    parts_of,
+    read_model_json,
+)
 
 
 class ExportedModels:
     """The ONNX models of an export folder (export/runtime/model_dir.py), run by onnxruntime on the CPU.
-    Feeds and fetches use the names in model.json; only the `parts` asked for are loaded."""
+    Feeds and fetches use the names in model.json; only the `parts` asked for are loaded (all by default;
+    "prior" stands for the models of the folder's prior kind)."""
 
-    def __init__(self, directory: Path, parts: Iterable[str] = PARTS, threads: int = 0):
+    def __init__(self, directory: Path, parts: Iterable[str] | None = None, threads: int = 0):
         if threads < 0:
             raise ValueError(f"--threads must be >= 0 (0: onnxruntime's default), got {threads}")
         self.directory = Path(directory)
         self.info = read_model_json(self.directory)
+        kind = self.info["prior_kind"]
+        parts = parts_of(self.info) if parts is None else [
+            name for part in parts for name in (PRIOR_PARTS[kind] if part == "prior" else (part,))]
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1   # the graphs are chains: nothing to run side by side
@@ -42,7 +53,8 @@ class ExportedModels:
         if names[: len(spec["inputs"])] != spec["inputs"] or spec["outputs"][0] not in names:
             raise ModelDirError(f"{path}: models.{part} inputs/outputs are not the graph's ({', '.join(names)})")
         static = {"decoder": (session.get_inputs()[0].shape[1:], [info["height"], info["width"]], "height/width"),
-                  "prior_cell": (session.get_outputs()[0].shape[1:], [info["num_codes"]], "num_codes")}
+                  "prior_cell": (session.get_outputs()[0].shape[1:], [info["num_codes"]], "num_codes"),
+                  "prior_step": (session.get_outputs()[0].shape[1:], [info["num_codes"]], "num_codes")}
         if part in static and static[part][0] != static[part][1]:
             shape, expected, field = static[part]
             raise ModelDirError(f"{path}: {field} {expected} does not match {spec['file']}'s axes {shape}")

@@ -2,10 +2,12 @@
 
     python -m export sample --model-dir runs/prior_oasis32_cpu/onnx --n 16 --seed 0 --out samples/
 
-The loop is trainer.pixelcnn.sample's exact fast sampler (one `prior_row` call per row on a band of
-rows above it, one `prior_cell` call per cell on a window of columns), and the random numbers and
-the draw rule are export/runtime/sampling_rule.py's, so a seed gives the same code grids as
-`python -m trainer sample`. (The logits agree to float rounding, ~1e-7, so a draw could only differ
+The loop is the torch sampler's exact fast path for the folder's prior kind: for the PixelCNN,
+trainer.pixelcnn.sample's (one `prior_row` call per row on a band of rows above it, one `prior_cell`
+call per cell on a window of columns, here); for the transformer, trainer.transformer_prior.sample's
+(one `prior_step` call per cell with the key/value cache, export/runtime/transformer_sampler.py).
+The random numbers and the draw rule are export/runtime/sampling_rule.py's, so a seed gives the same
+code grids as `python -m trainer sample`. (The logits agree to float rounding, ~1e-7, so a draw could only differ
 if a uniform number fell that close to a step of the CDF.) The outputs are the same files too.
 """
 
@@ -24,6 +26,7 @@ from export.runtime.onnx_models import ExportedModels, add_threads_argument
 from export.runtime.output_dir import atomic_output_dir, check_output_dir
 from export.runtime.sample_files import SAMPLES_FILE, write_samples
 from export.runtime.sampling_rule import check_sampling_options, draw, sampling_randomness
+from export.runtime.transformer_sampler import sample_codes as transformer_sample_codes
 
 DESCRIPTION = ("Sample code grids with the exported prior and decode them; the same options, semantics and output "
                "files as `python -m trainer sample`, and the same brains for the same seed.")
@@ -31,8 +34,12 @@ DESCRIPTION = ("Sample code grids with the exported prior and decode them; the s
 
 def sample_codes(models: ExportedModels, uniforms: np.ndarray, conditions: np.ndarray | None = None,
                  temperature: float = 1.0, top_k: int = 0, progress: tqdm | None = None) -> np.ndarray:
-    """Code grids (B, H, W) int64 in raster order from one uniform number per cell (B, H, W)."""
+    """Code grids (B, H, W) int64 in raster order from one uniform number per cell (B, H, W), by the
+    sampler of the folder's prior kind."""
     info = models.info
+    if info["prior_kind"] == "transformer":
+        return transformer_sample_codes(models.sessions["prior_step"], info["models"]["prior_step"], info, uniforms,
+                                        conditions, temperature, top_k, progress)
     check_sampling_options(temperature, top_k, info["num_codes"])
     batch, height, width = uniforms.shape
     codes = np.zeros((batch, height, width), dtype=np.int64)
@@ -76,7 +83,7 @@ def run_sampling(model_dir: Path, out: Path, n: int = 16, seed: int = 0, tempera
     not at all); returns the summary."""
     out = Path(out)
     check_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[Path(model_dir)])
-    models = ExportedModels(model_dir, ("prior_row", "prior_cell", "decoder"), threads)
+    models = ExportedModels(model_dir, ("prior", "decoder"), threads)
     started = time.perf_counter()
     codes, conditions, images = generate(models, n, seed, temperature, top_k, slice_index, batch_size, show_progress)
     seconds = time.perf_counter() - started
