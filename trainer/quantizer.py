@@ -24,6 +24,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from export.runtime.code_usage import perplexity
+
 __all__ = [
     "QuantizerOutput",
     "VectorQuantizer",
@@ -112,8 +114,7 @@ def codebook_stats(counts: Tensor) -> tuple[Tensor, Tensor]:
     Accumulate `torch.bincount(indices.flatten(), minlength=K)` over an evaluation pass and
     call this once, to report usage over the whole pass rather than an average of batches.
     """
-    probs = counts.float() / counts.sum().clamp_min(1)
-    return torch.special.entr(probs).sum().exp(), (counts > 0).sum()
+    return perplexity(counts, xp=torch), (counts > 0).sum()
 
 
 def _distributed() -> bool:

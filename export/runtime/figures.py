@@ -21,6 +21,8 @@ import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from export.runtime.code_usage import perplexity  # noqa: E402  (part of this module's interface)
+
 __all__ = [
     "code_maps",
     "code_histograms",
@@ -212,13 +214,6 @@ def loss_curves(history: list[dict], path: Path) -> Path:
             ax.grid(alpha=0.3)
         axes[-1].set_xlabel("step")
     return path
-
-
-def perplexity(counts: np.ndarray) -> float:
-    """exp(entropy) of code usage: the number of equally used codes it is worth (1.0 for no counts)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    probs = counts[counts > 0] / max(counts.sum(), 1.0)
-    return float(np.exp(-(probs * np.log(probs)).sum()))
 
 
 def codebook_usage(counts: np.ndarray, path: Path) -> Path:
