@@ -36,7 +36,7 @@ from export.runtime.cli import (
 from export.runtime.sample_files import write_samples
 from trainer.codes import load_code_tensors
 from trainer.data import SliceShards, epoch_batches
-from trainer.generate import generate
+from trainer.generate import generate, numpy_decoder
 from trainer.generation_metrics import (
     code_histogram_comparison,
     encoder_features,
@@ -84,7 +84,8 @@ def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0,
     generated_codes, generated_conditions, generated = generate(prior, vqvae, n, seed, temperature, top_k,
                                                                 batch_size=batch_size, show_progress=show_progress)
     summary["sampling_seconds"] = time.perf_counter() - started
-    write_samples(out / "samples", generated_codes, generated_conditions, generated, prior.shape.num_codes)
+    write_samples(out / "samples", generated_codes, generated_conditions, generated, prior.shape.num_codes,
+                  numpy_decoder(vqvae))
     generated = torch.from_numpy(generated)[:, None]
 
     shards = vq_cfg.data.shards
@@ -121,9 +122,10 @@ def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0,
     out.mkdir(parents=True, exist_ok=True)
     shown = min(16, n)
     figures.nearest_neighbours(generated[:shown, 0].numpy(), train_images[gen_nearest[:shown], 0].numpy(),
-                               gen_ssim[:shown], out / "nearest_train.png")
+                               gen_ssim[:shown], out / "nearest_train.png",
+                               f"Memorisation check: generated slices, nearest training slices ({shown} of {n})")
     figures.code_histograms(np.asarray(histograms["counts_a"]), np.asarray(histograms["counts_b"]),
-                            out / "code_histograms.png")
+                            out / "code_histograms.png", f"Code frequencies: {split} split vs {n} prior samples")
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     if log_wandb:
         log_to_wandb(summary, out, cfg.wandb.project, cfg.wandb.mode, f"evaluate-prior-{split}", prefix=split)

@@ -23,7 +23,7 @@ from export.runtime.cli import (
     add_sampling_arguments,
 )
 from export.runtime.sample_files import write_samples
-from trainer.generate import generate
+from trainer.generate import generate, numpy_decoder
 from trainer.models import load_prior, load_vqvae, resolve_checkpoint
 from trainer.training_run import log_to_wandb
 
@@ -40,7 +40,7 @@ def run_sampling(checkpoint: Path, out: Path, n: int = 16, seed: int = 0, temper
     codes, conditions, images = generate(prior, vqvae, n, seed, temperature, top_k, slice_index, batch_size,
                                          naive, show_progress)
     seconds = time.perf_counter() - started
-    figure = write_samples(out, codes, conditions, images, prior.shape.num_codes)
+    figure = write_samples(out, codes, conditions, images, prior.shape.num_codes, numpy_decoder(vqvae))
     summary = {"n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "slice": slice_index,
                "sampler": "naive" if naive else "fast", "seconds": seconds, "figure": str(figure)}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

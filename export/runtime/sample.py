@@ -76,7 +76,7 @@ def run_sampling(model_dir: Path, out: Path, n: int = 16, seed: int = 0, tempera
     started = time.perf_counter()
     codes, conditions, images = generate(models, n, seed, temperature, top_k, slice_index, batch_size, show_progress)
     seconds = time.perf_counter() - started
-    figure = write_samples(Path(out), codes, conditions, images, models.info["num_codes"])
+    figure = write_samples(Path(out), codes, conditions, images, models.info["num_codes"], models.decode)
     summary = {"n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "slice": slice_index,
                "sampler": "onnxruntime", "seconds": seconds, "figure": str(figure), "model_dir": str(model_dir)}
     (Path(out) / "summary.json").write_text(json.dumps(summary, indent=1))
