@@ -132,6 +132,27 @@ def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0,
     return summary
 
 
+def summary_table(summary: dict) -> str:
+    """The few numbers to read first, generated beside real: likelihood, memorisation, diversity, Frechet."""
+    split = summary["split"]
+    rows = [
+        ("", "generated", f"real {split}", ""),
+        ("nearest-train SSIM, mean", f"{summary['nearest_train_ssim_generated']:.3f}",
+         f"{summary['nearest_train_ssim_real']:.3f}", "memorisation: generated far above real = copies"),
+        ("nearest-train SSIM, max", f"{summary['nearest_train_ssim_generated_max']:.3f}",
+         f"{summary['nearest_train_ssim_real_max']:.3f}", ""),
+        ("pairwise MS-SSIM", f"{summary['ms_ssim_generated']:.3f}", f"{summary['ms_ssim_real']:.3f}",
+         "diversity: lower = more varied"),
+        (f"Frechet to {split}", f"{summary[f'frechet_generated_vs_{split}']:.3g}",
+         f"{summary[f'frechet_train_vs_{split}']:.3g}",
+         f"real = train slices; floor (reconstructions) {summary[f'frechet_reconstructed_vs_{split}']:.3g}"),
+    ]
+    lines = [f"{split}: {summary[f'{split}_bits_per_code']:.3f} bits per code, top-1 accuracy "
+             f"{summary[f'{split}_accuracy']:.3f}; {summary['generated']} generated brains"]
+    lines += [f"{name:<26}{generated:>12}{real:>15}  {note}".rstrip() for name, generated, real, note in rows]
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(parser, "prior")
     parser.add_argument("--out", type=Path, required=True, help="folder for summary.json, figures and samples")
@@ -143,6 +164,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_batch_size_argument(parser, 32, "batch size for every pass")
     add_device_argument(parser)
     parser.add_argument("--wandb", action="store_true", help="also log the summary and figures to wandb")
+    parser.add_argument("--table", action="store_true",
+                        help="print a short table of the main numbers instead of the whole summary.json")
     add_quiet_argument(parser)
 
 
@@ -151,4 +174,4 @@ def run(args: argparse.Namespace) -> None:
                                   batch_size=args.batch_size, device=args.device, temperature=args.temperature,
                                   top_k=args.top_k, max_pairs=args.max_pairs, log_wandb=args.wandb,
                                   show_progress=not args.quiet)
-    print(json.dumps(summary, indent=1))
+    print(summary_table(summary) if args.table else json.dumps(summary, indent=1))
