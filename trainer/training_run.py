@@ -106,7 +106,7 @@ def log_to_wandb(summary: dict, out: Path, project: str, mode: str, name: str, p
     run.log({f"{prefix}/{path.stem}": wandb.Image(str(path)) for path in sorted(out.glob("*.png"))})
     location = wandb_location(run)
     run.finish()
-    print(location)
+    print(location, file=sys.stderr)   # stderr: a command's stdout stays its result (JSON, a table)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, configs: str) -> None:
@@ -250,7 +250,7 @@ class TrainingRun:
                     if self.wandb.enabled and self.accelerator.is_main_process else None)
         self.accelerator.end_training()
         if location:
-            print(location)
+            print(location, file=sys.stderr)
         final = list_checkpoints(self.checkpoints)[-1]
         self.accelerator.print(f"final checkpoint: {final}")
         return final
