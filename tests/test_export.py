@@ -222,8 +222,11 @@ def test_reconstruct_pngs_and_shards_matches_the_vqvae(exported, demo_shards, tm
     assert summary["ssim_mean"] == pytest.approx(float(ssim.mean()), abs=2e-3)   # ONNX vs torch decoder: ~1/255
     assert summary["ssim_min"] == pytest.approx(float(ssim.min()), abs=2e-3)
     description = Image.open(tmp_path / "png_out" / "reconstructions.png").text["Description"].splitlines()
-    assert description[0] == "ONNX VQ-VAE on 4 input slices: 4 slices spread over the inputs"
-    assert {"original", "reconstruction", *keys} <= set(description)
+    assert description[0] == "ONNX VQ-VAE on 4 input slices: 2 slices spread over the inputs, then the 2 worst by SSIM"
+    worst = [keys[i] for i in np.argsort(ssim.numpy())[:2]]   # each slice shown once: the rest as spread
+    assert [line for line in description if line.startswith(("worst: ", "case_"))] == [
+        *[key for key in keys if key not in worst], *[f"worst: {key}" for key in worst]]
+    assert {"original", "reconstruction"} <= set(description)
 
     assert cli(["reconstruct", "--model-dir", str(out), "--out", str(tmp_path / "shard_out"), "--shards",
                 str(demo_shards), "--split", "test", "--quiet"]) == 0
