@@ -83,34 +83,60 @@ all() {
     stage2 "$prior_config"
 }
 
+# Stage clock of the demo: `stage TITLE` closes the running stage (printing its time) and opens the next;
+# `stage_times` closes the last one and prints every stage's time and the total.
+STAGE_NAMES=() STAGE_SECONDS=() STAGE_STARTED=""
+now() { date +%s.%N; }
+stage() {
+    close_stage
+    echo "== $1"
+    STAGE_NAMES+=("$1") STAGE_STARTED=$(now)
+}
+close_stage() {
+    [[ -z "$STAGE_STARTED" ]] && return 0
+    local seconds; seconds=$(awk -v a="$STAGE_STARTED" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+    STAGE_SECONDS+=("$seconds") STAGE_STARTED=""
+    echo "   ($seconds s)"
+}
+stage_times() {
+    close_stage
+    echo "== time per stage"
+    local i total=0
+    for i in "${!STAGE_NAMES[@]}"; do
+        printf '%8.1f s  %s\n' "${STAGE_SECONDS[$i]}" "${STAGE_NAMES[$i]%%:*}"
+        total=$(awk -v a="$total" -v b="${STAGE_SECONDS[$i]}" 'BEGIN { print a + b }')
+    done
+    printf '%8.1f s  total\n' "$total"
+}
+
 demo() {
     local out=${1:-runs/demo}
-    echo "== 1/7 shard the embedded demo data -> $out/shards"
+    stage "1/7 shard: the embedded demo data -> $out/shards"
     python -m data_tools shard --src data_tools/demo_data/keras_png_slices_data --out "$out/shards" \
         --samples-per-shard 16 --force --quiet
     python -m data_tools verify "$out/shards" --quiet
     python -m data_tools preview "$out/shards" --split train --count 16 --out "$out/figures/shards_preview.png"
-    echo "== 2/7 stage 1: train the VQ-VAE (configs/vqvae_demo_cpu.yaml)"
+    stage "2/7 stage 1: train the VQ-VAE (configs/vqvae_demo_cpu.yaml)"
     rm -rf "$out/vqvae" "$out/codes" "$out/prior"
     python -m trainer vqvae --config configs/vqvae_demo_cpu.yaml --set "data.shards=$out/shards" \
         --set "out_dir=$out/vqvae"
-    echo "== 3/7 evaluate stage 1 on the demo test split"
+    stage "3/7 evaluate stage 1: the demo test split"
     python -m trainer evaluate --checkpoint "$out/vqvae" --split test --out "$out/figures/vqvae_test" --quiet \
         | python -c "import json,sys; s=json.load(sys.stdin); print(f\"test SSIM mean {s['ssim_mean']:.3f} (min {s['ssim_min']:.3f}), PSNR {s['psnr_mean']:.1f} dB, {s['codes_used']} of {s['num_codes']} codes used\")"
-    echo "== 4/7 encode every split, then stage 2: train the prior (configs/prior_demo_cpu.yaml)"
+    stage "4/7 stage 2: encode every split, train the prior (configs/prior_demo_cpu.yaml)"
     python -m trainer encode --checkpoint "$out/vqvae" --out "$out/codes" --quiet
     python -m trainer prior --config configs/prior_demo_cpu.yaml --set "codes.dir=$out/codes" --set "out_dir=$out/prior"
-    echo "== 5/7 evaluate stage 2: test bits per code, and generated vs real brains"
+    stage "5/7 evaluate stage 2: test bits per code, and generated vs real brains"
     python -m trainer evaluate-prior --checkpoint "$out/prior" --out "$out/figures/prior_test" --n 16 \
-        --max-pairs 120 --quiet \
-        | python -c "import json,sys; s=json.load(sys.stdin); print(f\"test {s['test_bits_per_code']:.2f} bits per code, top-1 accuracy {s['test_accuracy']:.3f}; Frechet distance to test: generated {s['frechet_generated_vs_test']:.3g}, real train slices {s['frechet_train_vs_test']:.3g}, test reconstructions {s['frechet_reconstructed_vs_test']:.3g}\")"
-    echo "== 6/7 export the encoder, decoder and prior to ONNX -> $out/onnx"
+        --max-pairs 120 --quiet --table
+    stage "6/7 export: the encoder, decoder and prior to ONNX -> $out/onnx"
     python -m export onnx --checkpoint "$out/prior" --out "$out/onnx" --force
-    echo "== 7/7 on the CPU with onnxruntime only: sample 16 brains -> $out/samples, reconstruct the test split"
+    stage "7/7 onnxruntime only: sample 16 brains -> $out/samples, reconstruct the test split"
     python -m export sample --model-dir "$out/onnx" --n 16 --seed 0 --out "$out/samples"
     python -m export reconstruct --model-dir "$out/onnx" --shards "$out/shards" --split test \
         --out "$out/onnx_reconstruct" --quiet
-    echo "== figures in $out/figures and $out/samples/generated.png"
+    stage_times
+    echo "== figures in $out/figures, $out/samples/generated.png and $out/onnx_reconstruct"
     ls "$out/figures" "$out/figures/vqvae_test" "$out/figures/prior_test"
 }
 

@@ -8,13 +8,18 @@ import sys
 import time
 from pathlib import Path
 
-from data_tools.layout import SPLITS
-from data_tools.preview import preview_grid
-from data_tools.shard import shard_dataset
-from data_tools.verify import verify_shards
+from export.runtime.cli import missing_training_install
 from export.runtime.cli_types import integer, number, positive_int
 from export.runtime.output_dir import OutputError
 from export.runtime.shard_format import IMAGE_SIZE, DataError
+
+try:   # webdataset is in the training extra: a runtime-only install gets one line, not a traceback
+    from data_tools.layout import SPLITS
+    from data_tools.preview import preview_grid
+    from data_tools.shard import shard_dataset
+    from data_tools.verify import verify_shards
+except ImportError as err:
+    sys.exit(missing_training_install("python -m data_tools", err))
 
 
 def print_summary(manifest: dict, out: Path, seconds: float) -> None:

@@ -42,6 +42,13 @@ def test_evaluate_writes_consistent_csv_summary_and_figures(trained_run: Path, t
     assert json.loads((out / "summary.json").read_text()) == summary
     for name in ("reconstructions.png", "code_maps.png", "codebook_usage.png", "loss_curves.png"):
         assert Image.open(out / name).size[0] > 100
+    shown = Image.open(out / "reconstructions.png").text["Description"].splitlines()
+    assert shown[0].startswith("VQ-VAE on the test split: ") and shown[0].endswith("then the 2 worst by SSIM")
+    worst = sorted(rows, key=lambda r: float(r["ssim"]))[:2]
+    assert [line for line in shown if line.startswith("worst: ")] == [f"worst: {r['key']}" for r in worst]
+    levels = [int(line.split("_slice_")[1]) for line in shown if line.startswith("case_")]   # one subject here
+    assert len(levels) >= 4 and max(levels) - min(levels) >= 24   # spread over the levels, not slices 0-7
+    assert {"original", "reconstruction"} <= set(shown)
 
     # SSIM of one image, recomputed independently with the documented settings
     model, _ = load_vqvae(trained_run)

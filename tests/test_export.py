@@ -15,6 +15,7 @@ import onnx
 import pytest
 import torch
 from PIL import Image
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from conftest import DEMO_SRC, REPO
 from export.__main__ import main as cli
@@ -34,6 +35,7 @@ from trainer.config import (
     VQVAEConfig,
     config_to_dict,
 )
+from trainer.image_metrics import SSIM_SETTINGS
 from trainer.models import build_prior, load_prior, load_vqvae
 from trainer.pixelcnn import PriorShape, sample
 from trainer.sample import run_sampling
@@ -222,14 +224,25 @@ def test_reconstruct_pngs_and_shards_matches_the_vqvae(exported, demo_shards, tm
     with torch.no_grad():
         expected_codes = vqvae.encode(torch.from_numpy(images))
         expected = vqvae.decode(expected_codes).numpy()[:, 0]
+    keys = [p.name.removesuffix(".nii.png") for p in DEMO_PNGS[:4]]   # case_904_slice_0.nii.png -> case_904_slice_0
     with np.load(tmp_path / "png_out" / "codes.npz") as saved:
-        assert list(saved["names"]) == [p.name for p in DEMO_PNGS[:4]]
+        assert list(saved["names"]) == [f"{key}.png" for key in keys]
         assert (saved["codes"] == expected_codes.numpy()).mean() >= 0.999
-    for path, image in zip(DEMO_PNGS[:4], expected):
-        written = np.asarray(Image.open(tmp_path / "png_out" / "reconstructions" / path.name), np.int16)
+    for key, image in zip(keys, expected):
+        written = np.asarray(Image.open(tmp_path / "png_out" / "reconstructions" / f"{key}.png"), np.int16)
         assert np.abs(written - np.round(image * 255)).max() <= 1
     mse = ((expected - images[:, 0]) ** 2).mean(axis=(1, 2))
     assert summary["mse_mean"] == pytest.approx(mse.mean(), rel=1e-3)
+    ssim = structural_similarity_index_measure(torch.from_numpy(expected)[:, None].clamp(0, 1),
+                                               torch.from_numpy(images), reduction="none", **SSIM_SETTINGS)
+    assert summary["ssim_mean"] == pytest.approx(float(ssim.mean()), abs=2e-3)   # ONNX vs torch decoder: ~1/255
+    assert summary["ssim_min"] == pytest.approx(float(ssim.min()), abs=2e-3)
+    description = Image.open(tmp_path / "png_out" / "reconstructions.png").text["Description"].splitlines()
+    assert description[0] == "ONNX VQ-VAE on 4 input slices: 2 slices spread over the inputs, then the 2 worst by SSIM"
+    worst = [keys[i] for i in np.argsort(ssim.numpy())[:2]]   # each slice shown once: the rest as spread
+    assert [line for line in description if line.startswith(("worst: ", "case_"))] == [
+        *[key for key in keys if key not in worst], *[f"worst: {key}" for key in worst]]
+    assert {"original", "reconstruction"} <= set(description)
 
     assert cli(["reconstruct", "--model-dir", str(out), "--out", str(tmp_path / "shard_out"), "--shards",
                 str(demo_shards), "--split", "test", "--quiet"]) == 0
@@ -237,6 +250,12 @@ def test_reconstruct_pngs_and_shards_matches_the_vqvae(exported, demo_shards, tm
     manifest = json.loads((demo_shards / "manifest.json").read_text())
     assert summary["images"] == manifest["splits"]["test"]["num_samples"] == len(
         list((tmp_path / "shard_out" / "reconstructions").glob("*.png")))
+    for key in keys:   # one naming for both inputs
+        assert (tmp_path / "shard_out" / "reconstructions" / f"{key}.png").is_file()
+    assert "code's mean decoded intensity" in Image.open(tmp_path / "shard_out" / "code_maps.png").text["Description"]
+    description = Image.open(tmp_path / "shard_out" / "reconstructions.png").text["Description"].splitlines()
+    assert description[0].endswith("slices spread over the inputs, then the 2 worst by SSIM")
+    assert sum(line.startswith("worst: case_") for line in description) == 2
 
 
 NO_TORCH = """

@@ -8,6 +8,8 @@ import pytest
 from PIL import Image
 
 from export.runtime.figures import (
+    ReconstructionExamples,
+    code_intensity,
     code_maps,
     codebook_usage,
     generated_grid,
@@ -18,6 +20,7 @@ from export.runtime.figures import (
 
 RNG = np.random.default_rng(0)
 K = 32
+CODE_VALUES = np.linspace(0, 1, K)
 
 
 def slices(n: int, size: int = 64) -> np.ndarray:
@@ -44,13 +47,18 @@ def open_png(path) -> Image.Image:
     return image
 
 
+def texts(path) -> list[str]:
+    """The titles and axis labels drawn on a figure (figures.py stores them in the PNG's Description)."""
+    return Image.open(path).text["Description"].splitlines()
+
+
 def draw_grid(kind: str, n: int, columns: int, path):
     if kind == "reconstruction":
         images = slices(n)
-        return reconstruction_grid(images, images * 0.9, RNG.uniform(0.8, 1, n), keys(n), path, columns)
+        return reconstruction_grid(images, images * 0.9, RNG.uniform(0.8, 1, n), keys(n), path, "VQ-VAE, test", columns)
     if kind == "code_maps":
-        return code_maps(slices(n), codes(n), keys(n), path, num_codes=K, columns=columns)
-    return generated_grid(codes(n), slices(n), path, num_codes=K, columns=columns)
+        return code_maps(slices(n), codes(n), keys(n), path, CODE_VALUES, "codes, test", columns=columns)
+    return generated_grid(codes(n), slices(n), path, CODE_VALUES, "prior samples", columns=columns)
 
 
 @pytest.mark.parametrize("kind", ["reconstruction", "code_maps", "generated"])
@@ -63,12 +71,50 @@ def test_grids_grow_with_columns_and_rows(kind, tmp_path):
     assert wide.width >= 8 * 150 and wide.height >= 2 * 150  # panels large enough to see anatomy
 
 
+@pytest.mark.parametrize("kind, title, rows", [("reconstruction", "VQ-VAE, test", ["original", "reconstruction"]),
+                                               ("code_maps", "codes, test", ["original", "code map"]),
+                                               ("generated", "prior samples", ["sampled code map", "decoded slice"])])
+def test_grids_say_what_they_show(kind, title, rows, tmp_path):
+    drawn = texts(draw_grid(kind, 6, 4, tmp_path / "grid.png"))   # 2 rows of panel pairs
+    assert drawn[0] == title
+    for label in rows:
+        assert drawn.count(label) == 2   # each row of pairs is labelled
+    assert ("code's mean decoded intensity" in drawn) == (kind != "reconstruction")   # colour bar
+    if kind != "generated":
+        assert set(keys(6)) <= set(drawn)
+
+
+def test_code_intensity_orders_codes_by_what_they_decode_to():
+    brightness = RNG.uniform(0, 1, K)   # a "decoder" that paints code k at brightness[k]
+    calls = []
+
+    def decode(grids):
+        calls.append(grids.shape)
+        return brightness[grids][:, None].repeat(2, axis=-1)
+    values = code_intensity(decode, K, (4, 3), batch_size=10)
+    np.testing.assert_allclose(values, brightness)
+    assert calls == [(10, 4, 3)] * 3 + [(2, 4, 3)]
+
+
+def test_reconstruction_examples_spread_and_worst():
+    examples = ReconstructionExamples(total=100, spread=4, worst=2)
+    ssim = np.linspace(0.9, 0.5, 100)
+    ssim[[17, 66]] = [0.1, 0.2]   # the two worst; 66 is also a spread position: shown once, as worst
+    for i, s in enumerate(ssim):
+        examples.add(f"k{i}", np.full((8, 8), i / 100), np.zeros((8, 8)), np.zeros((2, 2), int), s)
+    names, originals, _, _, scores = examples.arrays()
+    assert names == ["k0", "k33", "k99", "worst: k17", "worst: k66"]
+    np.testing.assert_allclose(scores[-2:], [0.1, 0.2])
+    np.testing.assert_allclose(originals[:, 0, 0], [0, 0.33, 0.99, 0.17, 0.66])
+    assert examples.title("VQ-VAE") == "VQ-VAE: 3 slices spread over the inputs, then the 2 worst by SSIM"
+
+
 def test_reconstruction_grid_rejects_mismatched_inputs(tmp_path):
     images = slices(4)
     with pytest.raises(ValueError):
-        reconstruction_grid(images, images, np.ones(3), keys(4), tmp_path / "bad.png")
+        reconstruction_grid(images, images, np.ones(3), keys(4), tmp_path / "bad.png", "bad")
     with pytest.raises(ValueError):
-        reconstruction_grid(images[:0], images[:0], np.ones(0), [], tmp_path / "empty.png")
+        reconstruction_grid(images[:0], images[:0], np.ones(0), [], tmp_path / "empty.png", "empty")
     assert not (tmp_path / "bad.png").exists()
 
 
@@ -106,11 +152,12 @@ def test_perplexity_exact():
 def test_codebook_usage(tmp_path):
     counts = np.zeros(512, dtype=np.int64)
     counts[:300] = RNG.zipf(1.5, 300)
-    path = codebook_usage(counts, tmp_path / "usage.png")
+    path = codebook_usage(counts, tmp_path / "usage.png", "test split")
     assert path == tmp_path / "usage.png"
     open_png(path)
+    assert texts(path)[0].startswith("test split: 300 of 512 codes used")
 
 
 def test_code_maps_reject_codes_outside_the_codebook(tmp_path):
     with pytest.raises(IndexError):
-        code_maps(slices(2), codes(2), keys(2), tmp_path / "codes.png", num_codes=K // 2)
+        code_maps(slices(2), codes(2), keys(2), tmp_path / "codes.png", CODE_VALUES[:K // 2], "codes")

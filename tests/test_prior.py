@@ -16,13 +16,14 @@ import yaml
 from PIL import Image
 
 from conftest import DEMO_CONFIG, REPO, free_port, tiny
+from trainer import evaluate_prior
 from trainer.__main__ import main as cli
 from trainer.checkpoint import list_checkpoints, load_weights
 from trainer.codes import load_codes, read_codes_meta
 from trainer.config import PriorConfig, load_config
 from trainer.data import SliceShards, epoch_batches
 from trainer.encode import encode_splits
-from trainer.evaluate_prior import load_images
+from trainer.evaluate_prior import load_images, summary_table
 from trainer.generation_metrics import code_histogram_comparison
 from trainer.models import load_prior, load_vqvae
 from trainer.pixelcnn import GatedPixelCNN
@@ -267,3 +268,39 @@ def test_evaluate_prior_reports_every_metric(trained_prior: Path, codes: Path, d
     histogram = summary["symmetry_histogram"]
     assert sum(histogram["generated"]) == 6 and sum(histogram["real"]) == len(real["symmetry"]) == 32
     assert len(histogram["edges"]) == len(histogram["real"]) + 1
+
+    texts = Image.open(out / "nearest_train.png").text["Description"].splitlines()
+    assert texts[0].startswith("Memorisation check") and {"generated", "nearest training slice"} <= set(texts)
+    assert "code's mean decoded intensity" in Image.open(out / "samples" / "generated.png").text["Description"]
+
+    table = summary_table(summary).splitlines()
+    assert table[0].startswith(f"test: {summary['test_bits_per_code']:.3f} bits per code")
+    rows = {line[:26].strip(): line[26:].split() for line in table[2:]}
+    assert rows["nearest-train SSIM, mean"][:2] == [f"{summary['nearest_train_ssim_generated']:.3f}",
+                                                    f"{summary['nearest_train_ssim_real']:.3f}"]
+    assert rows["pairwise MS-SSIM"][:2] == [f"{summary['ms_ssim_generated']:.3f}", f"{summary['ms_ssim_real']:.3f}"]
+    assert rows["Frechet to test"][:2] == [f"{summary['frechet_generated_vs_test']:.3g}",
+                                           f"{summary['frechet_train_vs_test']:.3g}"]
+
+
+def test_evaluate_prior_table_option_prints_the_table(monkeypatch, tmp_path, capsys):
+    summary = {"split": "validate", "generated": 8, "validate_bits_per_code": 4.25, "validate_accuracy": 0.5,
+               "nearest_train_ssim_generated": 0.61, "nearest_train_ssim_real": 0.7,
+               "nearest_train_ssim_generated_max": 0.8, "nearest_train_ssim_real_max": 0.9,
+               "ms_ssim_generated": 0.2, "ms_ssim_real": 0.25, "frechet_generated_vs_validate": 12.5,
+               "frechet_train_vs_validate": 3.25, "frechet_reconstructed_vs_validate": 1.5,
+               "single_component_share_generated": 0.5, "single_component_share_real": 1.0,
+               "symmetry_mean_generated": 0.8, "symmetry_mean_real": 0.97}
+    monkeypatch.setattr(evaluate_prior, "evaluate_generation", lambda *args, **kwargs: summary)
+    assert cli(["evaluate-prior", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "e"), "--split",
+                "validate", "--table"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "validate: 4.250 bits per code, top-1 accuracy 0.500; 8 generated brains",
+        "                             generated  real validate",
+        "nearest-train SSIM, mean         0.610          0.700  memorisation: generated far above real = copies",
+        "nearest-train SSIM, max          0.800          0.900",
+        "pairwise MS-SSIM                 0.200          0.250  diversity: lower = more varied",
+        "Frechet to validate               12.5           3.25  real = train slices; floor (reconstructions) 1.5",
+        "one connected brain, share       0.500          1.000  structure: foreground in one piece",
+        "left-right symmetry, mean        0.800          0.970  mirror IoU of the brain mask",
+    ]

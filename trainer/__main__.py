@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import sys
 
-from export.runtime.cli import run_command_line
+from export.runtime.cli import missing_training_install, run_command_line
+
+try:   # every command here trains or runs a torch model: a runtime-only install gets one line
+    import torch  # noqa: F401
+except ImportError as err:
+    sys.exit(missing_training_install("python -m trainer", err))
 
 COMMANDS = {
     "vqvae": ("trainer.train_vqvae", "train the VQ-VAE (stage 1)"),

@@ -27,6 +27,7 @@ from export.runtime.cli import (
 )
 from export.runtime.output_dir import atomic_output_dir, check_output_dir
 from trainer.data import SliceShards, epoch_batches
+from trainer.generate import numpy_decoder
 from trainer.image_metrics import SSIM_SETTINGS, reconstruction_metrics
 from trainer.models import load_vqvae, resolve_checkpoint
 from trainer.quantizer import codebook_stats
@@ -48,16 +49,14 @@ def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None,
     check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)])
     dataset = SliceShards(shards, split)
     rows, counts = [], torch.zeros(cfg.quantizer.num_codes, dtype=torch.long)
-    examples = None
+    examples = figures.ReconstructionExamples(len(dataset))
     for batch in tqdm(epoch_batches(dataset, batch_size), total=-(-len(dataset) // batch_size),
                       desc=f"evaluate {split}", disable=not show_progress):
         recon, ssim, psnr, indices = reconstruction_metrics(model, batch.images.to(device))
         counts += torch.bincount(indices.flatten().cpu(), minlength=cfg.quantizer.num_codes)
-        for key, meta, s, p in zip(batch.keys, batch.meta, ssim.tolist(), psnr.tolist()):
+        for i, (key, meta, s, p) in enumerate(zip(batch.keys, batch.meta, ssim.tolist(), psnr.tolist())):
             rows.append({"key": key, "subject": meta["subject"], "slice": meta["slice"], "ssim": s, "psnr": p})
-        if examples is None:
-            examples = (batch.images[:8, 0].numpy(), recon[:8, 0].cpu().numpy(), ssim[:8].cpu().numpy(),
-                        batch.keys[:8], indices[:8].cpu().numpy())
+            examples.add(key, batch.images[i, 0].numpy(), recon[i, 0].cpu().numpy(), indices[i].cpu().numpy(), s)
     ssim_all = np.array([r["ssim"] for r in rows])
     perplexity, used = codebook_stats(counts)
     summary = {
@@ -65,7 +64,7 @@ def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None,
         "ssim_mean": float(ssim_all.mean()), "ssim_median": float(np.median(ssim_all)),
         "ssim_min": float(ssim_all.min()), "psnr_mean": float(np.mean([r["psnr"] for r in rows])),
         "codebook_perplexity": float(perplexity), "codes_used": int(used), "num_codes": cfg.quantizer.num_codes,
-        "grid": list(examples[4].shape[1:]), "ssim_settings": SSIM_SETTINGS,
+        "grid": list(indices.shape[1:]), "ssim_settings": SSIM_SETTINGS,
     }
     with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)]) as tmp:
         with (tmp / "per_image.csv").open("w", newline="") as f:
@@ -73,10 +72,13 @@ def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None,
             writer.writeheader()
             writer.writerows(rows)
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
-        originals, recons, ssims, keys, codes = examples
-        figures.reconstruction_grid(originals, recons, ssims, keys, tmp / "reconstructions.png")
-        figures.code_maps(originals, codes, keys, tmp / "code_maps.png", cfg.quantizer.num_codes)
-        figures.codebook_usage(counts.numpy(), tmp / "codebook_usage.png")
+        keys, originals, recons, codes, ssims = examples.arrays()
+        code_values = figures.code_intensity(numpy_decoder(model), cfg.quantizer.num_codes, tuple(codes.shape[1:]))
+        figures.reconstruction_grid(originals, recons, ssims, keys, tmp / "reconstructions.png",
+                                    examples.title(f"VQ-VAE on the {split} split"), columns=4)
+        figures.code_maps(originals, codes, keys, tmp / "code_maps.png", code_values,
+                          examples.title(f"VQ-VAE codes of the {split} split"), columns=4)
+        figures.codebook_usage(counts.numpy(), tmp / "codebook_usage.png", f"{split} split")
         metrics_file = Path(cfg.out_dir) / "metrics.jsonl"
         if metrics_file.is_file():
             figures.loss_curves(read_metrics(metrics_file)[0], tmp / "loss_curves.png")

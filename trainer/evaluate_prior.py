@@ -44,7 +44,7 @@ from export.runtime.output_dir import atomic_output_dir, check_output_dir
 from export.runtime.sample_files import write_samples
 from trainer.codes import load_code_tensors
 from trainer.data import SliceShards, epoch_batches
-from trainer.generate import generate
+from trainer.generate import generate, numpy_decoder
 from trainer.generation_metrics import (
     code_histogram_comparison,
     encoder_features,
@@ -140,13 +140,14 @@ def evaluate_generation(checkpoint: Path, out: Path, n: int = 64, seed: int = 0,
     shown = min(16, n)
     with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=inputs) as tmp:
         write_samples(tmp / "samples", generated_codes, generated_conditions, generated[:, 0].numpy(),
-                      prior.shape.num_codes)
+                      prior.shape.num_codes, numpy_decoder(vqvae))
         figures.nearest_neighbours(generated[:shown, 0].numpy(), train_images[gen_nearest[:shown], 0].numpy(),
                                    gen_ssim[:shown], tmp / "nearest_train.png",
+                                   f"Memorisation check: generated slices, nearest training slices ({shown} of {n})",
                                    titles=[structure_title(structure["generated"], i) for i in range(shown)])
         figures.structure_histograms(structure["real"], structure["generated"], tmp / "structure_histograms.png")
         figures.code_histograms(np.asarray(histograms["counts_a"]), np.asarray(histograms["counts_b"]),
-                                tmp / "code_histograms.png")
+                                tmp / "code_histograms.png", f"Code frequencies: {split} split vs {n} prior samples")
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     if log_wandb:
         log_to_wandb(summary, out, cfg.wandb.project, cfg.wandb.mode, f"evaluate-prior-{split}", prefix=split)
@@ -173,6 +174,31 @@ def structure_title(metrics: dict[str, np.ndarray], index: int) -> str:
     return f"{parts} part{'s' * (parts != 1)}, sym {metrics['symmetry'][index]:.2f}"
 
 
+def summary_table(summary: dict) -> str:
+    """The few numbers to read first, generated beside real: likelihood, memorisation, diversity, Frechet."""
+    split = summary["split"]
+    rows = [
+        ("", "generated", f"real {split}", ""),
+        ("nearest-train SSIM, mean", f"{summary['nearest_train_ssim_generated']:.3f}",
+         f"{summary['nearest_train_ssim_real']:.3f}", "memorisation: generated far above real = copies"),
+        ("nearest-train SSIM, max", f"{summary['nearest_train_ssim_generated_max']:.3f}",
+         f"{summary['nearest_train_ssim_real_max']:.3f}", ""),
+        ("pairwise MS-SSIM", f"{summary['ms_ssim_generated']:.3f}", f"{summary['ms_ssim_real']:.3f}",
+         "diversity: lower = more varied"),
+        (f"Frechet to {split}", f"{summary[f'frechet_generated_vs_{split}']:.3g}",
+         f"{summary[f'frechet_train_vs_{split}']:.3g}",
+         f"real = train slices; floor (reconstructions) {summary[f'frechet_reconstructed_vs_{split}']:.3g}"),
+        ("one connected brain, share", f"{summary['single_component_share_generated']:.3f}",
+         f"{summary['single_component_share_real']:.3f}", "structure: foreground in one piece"),
+        ("left-right symmetry, mean", f"{summary['symmetry_mean_generated']:.3f}",
+         f"{summary['symmetry_mean_real']:.3f}", "mirror IoU of the brain mask"),
+    ]
+    lines = [f"{split}: {summary[f'{split}_bits_per_code']:.3f} bits per code, top-1 accuracy "
+             f"{summary[f'{split}_accuracy']:.3f}; {summary['generated']} generated brains"]
+    lines += [f"{name:<26}{generated:>12}{real:>15}  {note}".rstrip() for name, generated, real, note in rows]
+    return "\n".join(lines)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(parser, "prior")
     parser.add_argument("--out", type=Path, required=True, help="folder for summary.json, figures and samples")
@@ -184,6 +210,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_batch_size_argument(parser, 32, "batch size for every pass")
     add_device_argument(parser)
     parser.add_argument("--wandb", action="store_true", help="also log the summary and figures to wandb")
+    parser.add_argument("--table", action="store_true",
+                        help="print a short table of the main numbers instead of the whole summary.json")
     add_quiet_argument(parser)
     add_force_argument(parser)
 
@@ -193,4 +221,4 @@ def run(args: argparse.Namespace) -> None:
                                   batch_size=args.batch_size, device=args.device, temperature=args.temperature,
                                   top_k=args.top_k, max_pairs=args.max_pairs, log_wandb=args.wandb,
                                   show_progress=not args.quiet, force=args.force)
-    print(json.dumps(summary, indent=1))
+    print(summary_table(summary) if args.table else json.dumps(summary, indent=1))

@@ -44,3 +44,14 @@ def generate(prior: GatedPixelCNN | TransformerPrior, vqvae: VQVAE, n: int, seed
             images.append(vqvae.decode(grid)[:, 0].float().cpu())
     return (torch.cat(codes).numpy(), None if conditions is None else conditions.numpy(),
             torch.cat(images).numpy())
+
+
+def numpy_decoder(vqvae: VQVAE):
+    """`vqvae.decode` on numpy code grids (B, h, w) -> images (B, 1, H, W): the form the torch-free figures
+    (export/runtime/figures.code_intensity) take, as the ONNX decoder's."""
+    device = next(vqvae.parameters()).device
+
+    @torch.no_grad()
+    def decode(codes: np.ndarray) -> np.ndarray:
+        return vqvae.decode(torch.from_numpy(codes).to(device)).float().cpu().numpy()
+    return decode

@@ -25,7 +25,7 @@ from export.runtime.cli import (
 )
 from export.runtime.output_dir import atomic_output_dir, check_output_dir
 from export.runtime.sample_files import SAMPLES_FILE, write_samples
-from trainer.generate import generate
+from trainer.generate import generate, numpy_decoder
 from trainer.models import load_paired_vqvae, load_prior, resolve_checkpoint
 from trainer.training_run import log_to_wandb
 
@@ -48,7 +48,7 @@ def run_sampling(checkpoint: Path, out: Path, n: int = 16, seed: int = 0, temper
                                          naive, show_progress)
     seconds = time.perf_counter() - started
     with atomic_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[checkpoint, vqvae_path]) as tmp:
-        figure = write_samples(tmp, codes, conditions, images, prior.shape.num_codes)
+        figure = write_samples(tmp, codes, conditions, images, prior.shape.num_codes, numpy_decoder(vqvae))
         summary = {"n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "slice": slice_index,
                    "sampler": "naive" if naive else "fast", "seconds": seconds, "figure": str(out / figure.name)}
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))

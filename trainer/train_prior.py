@@ -21,10 +21,10 @@ import torch
 from accelerate.utils import set_seed
 from tqdm import tqdm
 
-from export.runtime.figures import generated_grid
+from export.runtime.figures import code_intensity, generated_grid
 from trainer.codes import load_code_tensors, read_codes_meta
 from trainer.config import PriorConfig, load_config
-from trainer.generate import generate
+from trainer.generate import generate, numpy_decoder
 from trainer.models import PRIOR_INFO, build_prior, load_vqvae
 from trainer.pixelcnn import PriorShape
 from trainer.prior_loss import LN2, likelihood_metrics, likelihood_sums, prior_loss
@@ -108,11 +108,13 @@ def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = Tr
                                                                         and done % cfg.sample_every == 0)):
                 if vqvae is None:
                     vqvae, _ = load_vqvae(Path(meta["vqvae_checkpoint"]), accelerator.device)
+                    code_values = code_intensity(numpy_decoder(vqvae), shape.num_codes, (shape.height, shape.width))
                 prior.eval()
                 grids, _, decoded = generate(prior, vqvae, cfg.sample_count, seed=done, show_progress=False)
                 prior.train()
-                images["samples"] = generated_grid(grids, decoded, run.out / "figures" / "samples_latest.png",
-                                                   num_codes=shape.num_codes)
+                images["samples"] = generated_grid(
+                    grids, decoded, run.out / "figures" / "samples_latest.png", code_values,
+                    f"Prior samples at step {done} (seed {done})")
             run.log(record, images)
             if accelerator.is_main_process:
                 progress.set_postfix(bits=f"{record['bits_per_code']:.3f}", acc=f"{means[1]:.3f}",

@@ -106,7 +106,8 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
                 record.update(metrics)
                 if accelerator.is_main_process and sample is not None:
                     images["reconstructions"] = reconstruction_grid(
-                        *sample, out / "figures" / "reconstructions_latest.png")
+                        *sample, out / "figures" / "reconstructions_latest.png",
+                        f"VQ-VAE at step {done}: first {cfg.data.eval_split} batch")
             run.log(record, images)
             if accelerator.is_main_process:
                 progress.set_postfix(loss=f"{means[0]:.4f}", ppl=f"{means[3]:.0f}",

@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -80,15 +81,64 @@ def wandb_mode(mode: str) -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+def requested_processes(launcher_cmdline: list[str], env: dict[str, str]) -> int | None:
+    """The --num_processes an `accelerate launch` parent asked for (None when not launched by it).
+    With --cpu and no --multi_cpu, accelerate starts one process and exports no sign of N but its own
+    command line, so that is where the trainer reads it."""
+    if "ACCELERATE_USE_CPU" not in env or "launch" not in launcher_cmdline:
+        return None
+    for arg, following in zip(launcher_cmdline, launcher_cmdline[1:] + [""]):
+        value = arg.removeprefix("--num_processes=") if arg.startswith("--num_processes=") else (
+            following if arg == "--num_processes" else None)
+        if value is not None:
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def process_report(num_processes: int, device: Any, requested: int | None) -> list[str]:
+    """The lines a run starts with: how many processes on which device, and a warning when a launcher
+    asked for more processes than started."""
+    lines = [f"training on {num_processes} process{'es' if num_processes > 1 else ''}, device {device}"]
+    if requested and requested > num_processes:
+        lines.append(f"warning: --num_processes {requested} was asked for but {num_processes} process started "
+                     f"(`accelerate launch --cpu` starts one); for {requested} CPU processes use "
+                     f"`NUM_PROCESSES={requested} bash launch.sh stage1 ...` (torchrun)")
+    return lines
+
+
+def _launcher_cmdline() -> list[str]:
+    try:
+        return Path(f"/proc/{os.getppid()}/cmdline").read_text().split("\0")
+    except OSError:   # not Linux: no warning, the count is still printed
+        return []
+
+
+def quiet_wandb() -> None:
+    """wandb prints some 30 lines per run (history sparklines, sync hints) that bury the project's own
+    results; silence it unless the user set WANDB_SILENT (e.g. WANDB_SILENT=false for all of it)."""
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def wandb_location(run: Any) -> str:
+    """The one line wandb output is kept to: where the run is (a folder to `wandb sync`, or its URL)."""
+    if run.settings.mode == "offline" or not run.url:
+        folder = Path(run.dir).parent
+        return f"wandb: offline run in {folder} (upload it with: wandb sync {folder})"
+    return f"wandb: run at {run.url}"
+
+
 def log_to_wandb(summary: dict, out: Path, project: str, mode: str, name: str, prefix: str) -> None:
     """One wandb run holding a summary's numbers and every figure in `out`."""
     import wandb
 
+    quiet_wandb()
     run = wandb.init(project=project, dir=str(out), name=name, job_type=name.split("-")[0], mode=wandb_mode(mode),
                      config={"checkpoint": summary.get("checkpoint")})
     run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     run.log({f"{prefix}/{path.stem}": wandb.Image(str(path)) for path in sorted(out.glob("*.png"))})
+    location = wandb_location(run)
     run.finish()
+    print(location, file=sys.stderr)   # stderr: a command's stdout stays its result (JSON, a table)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, configs: str) -> None:
@@ -131,6 +181,10 @@ class TrainingRun:
             # of rank 0's buffers at every forward would only cost bandwidth.
             kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
         )
+        if self.accelerator.is_main_process:
+            requested = requested_processes(_launcher_cmdline(), dict(os.environ))
+            for line in process_report(self.accelerator.num_processes, self.accelerator.device, requested):
+                print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
         self.window: torch.Tensor | None = None   # metrics summed over the micro-steps since the last report
         self.window_steps, self.window_start = 0, time.perf_counter()
         # The gradients of 1x1 convolutions come back with other strides on their size-1 axes than
@@ -158,6 +212,7 @@ class TrainingRun:
             self.out.mkdir(parents=True, exist_ok=True)
             self.metrics_file.write_text("".join(r + "\n" for r in kept_rows))
         if self.wandb.enabled:
+            quiet_wandb()
             accelerator.init_trackers(self.wandb.project, config=config_to_dict(config), init_kwargs={
                 "wandb": {"mode": wandb_mode(self.wandb.mode), "dir": str(self.out), "name": self.out.name}})
         self.window_start = time.perf_counter()
@@ -250,7 +305,11 @@ class TrainingRun:
         self.accelerator.wait_for_everyone()
 
     def finish(self) -> Path:
+        location = (wandb_location(self.accelerator.get_tracker("wandb", unwrap=True))
+                    if self.wandb.enabled and self.accelerator.is_main_process else None)
         self.accelerator.end_training()
+        if location:
+            print(location, file=sys.stderr)
         final = list_checkpoints(self.checkpoints)[-1]
         self.accelerator.print(f"final checkpoint: {final}")
         return final

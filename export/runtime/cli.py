@@ -23,6 +23,14 @@ from export.runtime.shard_format import DataError
 # (Config, checkpoint and model-folder errors are ValueErrors; an OSError, e.g. a full disk or a folder
 # that cannot be written, is reported by its message, which names the path.)
 USER_ERRORS = (DataError, OutputError, OSError, ValueError)
+TRAINING_INSTALL = "pip install torch==2.13.0 -e '.[train]'"
+
+
+def missing_training_install(what: str, err: ImportError) -> int:
+    """One line for a runtime-only install (`pip install .`) asked to train or shard: what to install,
+    instead of a ModuleNotFoundError traceback. Returns the exit code, 2."""
+    print(f"error: {what} needs the training extra ({err}); install it: {TRAINING_INSTALL}", file=sys.stderr)
+    return 2
 
 
 def run_command_line(prog: str, description: str, commands: dict[str, tuple[str, str]],
@@ -37,8 +45,7 @@ def run_command_line(prog: str, description: str, commands: dict[str, tuple[str,
     try:
         module = importlib.import_module(commands[chosen][0])
     except ImportError as err:   # e.g. `onnx` on a runtime-only install: no torch, onnx or onnxscript
-        print(f"error: {err}; `{chosen}` needs the training install (pip install '.[train]')", file=sys.stderr)
-        return 2
+        return missing_training_install(f"`{prog} {chosen}`", err)
     command = subparsers.choices[chosen]
     command.description = module.DESCRIPTION
     command.add_argument("-h", "--help", action="help", help="show this help message and exit")

@@ -2,14 +2,21 @@
 
 Plain numpy in, PNG out, so the trainer, the evaluation scripts and a notebook all draw the same
 pictures. Every function writes one PNG (creating parent folders), closes its figure even when
-drawing fails (long runs must not pile up open figures) and returns the path.
+drawing fails (long runs must not pile up open figures) and returns the path. Every figure says what
+it shows without a README: a title naming the split or source, row labels, a colour bar on code maps;
+those texts are also stored in the PNG's "Description" field (what a test or a file browser can read).
+
+Code indices are arbitrary, so a code map is drawn in each code's mean decoded intensity
+(`code_intensity`: the decoder's output for a grid filled with that one code) on a continuous
+colormap: dark codes sit on background and CSF, bright ones on white matter, and the anatomy shows.
+It is computed from the decoder when a figure is drawn (K decodes, seconds on a CPU) rather than stored,
+so the PyTorch decoder and the ONNX one give it the same way and no file format changes.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,6 +31,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from export.runtime.code_usage import perplexity  # noqa: E402  (part of this module's interface)
 
 __all__ = [
+    "code_intensity",
     "code_maps",
     "code_histograms",
     "codebook_usage",
@@ -32,11 +40,13 @@ __all__ = [
     "nearest_neighbours",
     "perplexity",
     "reconstruction_grid",
+    "ReconstructionExamples",
 ]
 
 PANEL_INCHES = 2.0
 DPI = 128  # 2 in x 128 dpi = 256 px: a 256x256 slice at about its native resolution
-CODE_CMAP = "nipy_spectral"  # many distinct hues, for code maps
+CODE_CMAP = "viridis"  # continuous and unlike the gray slices, for code maps
+CODE_LABEL = "code's mean decoded intensity"
 LOSS_KEYS = {"loss": "total", "recon_loss": "reconstruction", "commitment_loss": "commitment"}
 VAL_KEYS = {"val_ssim": "validation SSIM", "val_psnr": "validation PSNR (dB)",
             "val_bits_per_code": "validation bits per code", "val_accuracy": "validation top-1 accuracy"}
@@ -49,19 +59,32 @@ def _figure(path: Path, **kwargs) -> Iterator[Figure]:
     try:
         yield fig
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=DPI)
+        fig.savefig(path, dpi=DPI, metadata={"Description": "\n".join(figure_texts(fig))})
     finally:
         plt.close(fig)
 
 
-def _pair_axes(fig: Figure, n: int, columns: int) -> list[tuple[Axes, Axes]]:
-    """n (top, bottom) panel pairs, `columns` pairs per row; sizes the figure to fit them."""
+def figure_texts(fig: Figure) -> list[str]:
+    """Every title and axis label of a figure, in drawing order: what a reader can read on it."""
+    texts = [fig.get_suptitle()]
+    for ax in fig.axes:
+        texts += [ax.get_title(), ax.get_ylabel(), ax.get_xlabel()]
+    return [text for text in texts if text]
+
+
+def _pair_axes(fig: Figure, n: int, columns: int, title: str, labels: tuple[str, str]) -> list[tuple[Axes, Axes]]:
+    """n (top, bottom) panel pairs, `columns` pairs per row, each row of panels labelled on the left;
+    sizes the figure to fit them."""
     if n < 1 or columns < 1:
         raise ValueError(f"need at least one image and one column, got n={n}, columns={columns}")
     cols, rows = min(n, columns), math.ceil(n / columns)
-    fig.set_size_inches(cols * PANEL_INCHES, 2 * rows * PANEL_INCHES)
+    fig.set_size_inches(cols * PANEL_INCHES + 0.6, 2 * rows * PANEL_INCHES + 0.4)
+    fig.suptitle(title, fontsize=10)
     axes = fig.subplots(2 * rows, cols, squeeze=False)
     pairs = [(axes[2 * r, c], axes[2 * r + 1, c]) for r in range(rows) for c in range(cols)]
+    for r in range(rows):
+        for ax, label in zip(axes[2 * r: 2 * r + 2, 0], labels, strict=True):
+            ax.set_ylabel(label, fontsize=9)
     for top, bottom in pairs[n:]:  # empty slots at the end of the last row
         top.set_visible(False)
         bottom.set_visible(False)
@@ -79,25 +102,38 @@ def _image(ax: Axes, image: np.ndarray, title: str | None = None, caption: str |
         ax.set_xlabel(caption, fontsize=9)
 
 
-@functools.cache
-def _code_colors(num_codes: int) -> np.ndarray:
-    """(K, 3) RGB per code: CODE_CMAP hues in a fixed shuffled order, so codes whose (meaningless)
-    indices are close still look different, and a code has the same colour in every figure."""
-    hues = np.random.default_rng(0).permutation(num_codes) / max(num_codes - 1, 1)
-    return plt.get_cmap(CODE_CMAP)(hues)[:, :3]
+def code_intensity(decode: Callable[[np.ndarray], np.ndarray], num_codes: int, grid: tuple[int, int],
+                   batch_size: int = 32) -> np.ndarray:
+    """(K,) mean pixel of the image `decode` makes of a (h, w) grid filled with each code: a scalar
+    that orders the codes by what they draw. `decode` maps codes (B, h, w) int64 to images (B, ..., H, W)."""
+    values = []
+    for start in range(0, num_codes, batch_size):
+        codes = np.arange(start, min(start + batch_size, num_codes), dtype=np.int64)
+        images = np.asarray(decode(np.broadcast_to(codes[:, None, None], (len(codes), *grid)).copy()))
+        values.append(images.reshape(len(codes), -1).mean(axis=1))
+    return np.concatenate(values).astype(np.float64)
 
 
-def _code_map(ax: Axes, indices: np.ndarray, num_codes: int) -> None:
-    """A code grid (h, w) drawn in its codes' colours."""
-    _image(ax, _code_colors(num_codes)[indices])
+def _code_map(ax: Axes, indices: np.ndarray, code_values: np.ndarray) -> plt.cm.ScalarMappable:
+    """A code grid (h, w) drawn in its codes' values (`code_intensity`); returns the image for a colour bar."""
+    shown = ax.imshow(np.asarray(code_values)[indices], cmap=CODE_CMAP, vmin=float(np.min(code_values)),
+                      vmax=float(np.max(code_values)), interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return shown
+
+
+def _code_colour_bar(fig: Figure, shown: plt.cm.ScalarMappable, axes: list[Axes]) -> None:
+    fig.colorbar(shown, ax=axes, shrink=0.6, pad=0.01).set_label(CODE_LABEL, fontsize=8)
 
 
 def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, ssim: np.ndarray,
-                        keys: list[str], path: Path, columns: int = 8) -> Path:
-    """Originals (keys as titles) above their reconstructions (SSIM as captions), (N, H, W) in [0, 1]."""
+                        keys: list[str], path: Path, title: str, columns: int = 8) -> Path:
+    """Originals (keys as titles) above their reconstructions (SSIM as captions), (N, H, W) in [0, 1];
+    `title` says which model and split."""
     path = Path(path)
     with _figure(path) as fig:
-        pairs = _pair_axes(fig, len(originals), columns)
+        pairs = _pair_axes(fig, len(originals), columns, title, ("original", "reconstruction"))
         for (top, bottom), image, recon, score, key in zip(pairs, originals, reconstructions, ssim, keys,
                                                           strict=True):
             _image(top, image, title=key)
@@ -105,47 +141,87 @@ def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, ssim
     return path
 
 
-def code_maps(images: np.ndarray, indices: np.ndarray, keys: list[str], path: Path, num_codes: int,
-              columns: int = 8) -> Path:
-    """Images (N, H, W) in [0, 1] above their code grids (N, h, w): which codes cover which anatomy."""
+class ReconstructionExamples:
+    """The slices a reconstruction figure shows, chosen while a split streams past: `spread` at evenly
+    spaced positions of the input order (shards hold a split subject by subject, slice by slice, so these
+    span subjects and levels) and the `worst` by SSIM, which typical slices would hide."""
+
+    def __init__(self, total: int, spread: int = 6, worst: int = 2):
+        self.positions = set(np.linspace(0, max(total - 1, 0), min(spread, total)).round().astype(int).tolist())
+        self.n_worst, self.seen = worst, 0
+        self.spread: list[tuple] = []  # (position, example)
+        self.worst: list[tuple] = []   # (ssim, position, example), lowest first
+
+    def add(self, key: str, original: np.ndarray, reconstruction: np.ndarray, codes: np.ndarray, ssim: float) -> None:
+        example = (key, np.array(original), np.array(reconstruction), np.array(codes), float(ssim))
+        if self.seen in self.positions:
+            self.spread.append((self.seen, example))
+        if self.n_worst and (len(self.worst) < self.n_worst or ssim < self.worst[-1][0]):
+            self.worst = sorted(self.worst + [(float(ssim), self.seen, example)], key=lambda w: w[:2])[:self.n_worst]
+        self.seen += 1
+
+    def _typical(self) -> list[tuple]:
+        """The spread examples that are not also among the worst (those are shown once, as worst)."""
+        worst = {position for _, position, _ in self.worst}
+        return [example for position, example in self.spread if position not in worst]
+
+    def title(self, what: str) -> str:
+        worst = f", then the {len(self.worst)} worst by SSIM" if self.worst else ""
+        return f"{what}: {len(self._typical())} slices spread over the inputs{worst}"
+
+    def arrays(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(keys, originals, reconstructions, codes, SSIMs), the worst last and marked in their keys."""
+        examples = self._typical() + [(f"worst: {key}", *rest) for _, _, (key, *rest) in self.worst]
+        keys, originals, recons, codes, ssim = zip(*examples)
+        return list(keys), np.stack(originals), np.stack(recons), np.stack(codes), np.asarray(ssim)
+
+
+def code_maps(images: np.ndarray, indices: np.ndarray, keys: list[str], path: Path, code_values: np.ndarray,
+              title: str, columns: int = 8) -> Path:
+    """Images (N, H, W) in [0, 1] above their code grids (N, h, w) coloured by `code_values` (K,):
+    which codes cover which anatomy."""
     path = Path(path)
     with _figure(path) as fig:
-        pairs = _pair_axes(fig, len(images), columns)
+        pairs = _pair_axes(fig, len(images), columns, title, ("original", "code map"))
         for (top, bottom), image, grid, key in zip(pairs, images, indices, keys, strict=True):
             _image(top, image, title=key)
-            _code_map(bottom, grid, num_codes)
+            shown = _code_map(bottom, grid, code_values)
+        _code_colour_bar(fig, shown, [ax for pair in pairs for ax in pair])
     return path
 
 
-def generated_grid(indices: np.ndarray, images: np.ndarray, path: Path, num_codes: int,
+def generated_grid(indices: np.ndarray, images: np.ndarray, path: Path, code_values: np.ndarray, title: str,
                    columns: int = 8, titles: list[str] | None = None) -> Path:
-    """Prior samples: code grids (N, h, w) above the slices (N, H, W) the decoder makes of them."""
+    """Prior samples: code grids (N, h, w), coloured by `code_values` (K,), above the slices (N, H, W)
+    the decoder makes of them."""
     path = Path(path)
     titles = titles or [None] * len(indices)
     with _figure(path) as fig:
-        pairs = _pair_axes(fig, len(indices), columns)
-        for (top, bottom), grid, image, title in zip(pairs, indices, images, titles, strict=True):
-            _code_map(top, grid, num_codes)
-            top.set_title(title or "", fontsize=7)
+        pairs = _pair_axes(fig, len(indices), columns, title, ("sampled code map", "decoded slice"))
+        for (top, bottom), grid, image, panel_title in zip(pairs, indices, images, titles, strict=True):
+            shown = _code_map(top, grid, code_values)
+            top.set_title(panel_title or "", fontsize=7)
             _image(bottom, image)
+        _code_colour_bar(fig, shown, [ax for pair in pairs for ax in pair])
     return path
 
 
-def nearest_neighbours(generated: np.ndarray, nearest: np.ndarray, ssim: np.ndarray, path: Path,
+def nearest_neighbours(generated: np.ndarray, nearest: np.ndarray, ssim: np.ndarray, path: Path, title: str,
                        columns: int = 8, titles: list[str] | None = None) -> Path:
     """Generated slices (N, H, W) above their most similar training slices (SSIM as captions): a
     memorisation check one can see. `titles` label the generated slices (default "generated")."""
     path = Path(path)
     titles = ["generated"] * len(generated) if titles is None else titles
     with _figure(path) as fig:
-        pairs = _pair_axes(fig, len(generated), columns)
-        for (top, bottom), image, match, score, title in zip(pairs, generated, nearest, ssim, titles, strict=True):
-            _image(top, image, title=title)
-            _image(bottom, match, caption=f"nearest train, SSIM {float(score):.3f}")
+        pairs = _pair_axes(fig, len(generated), columns, title, ("generated", "nearest training slice"))
+        titles = titles if titles is not None else [None] * len(generated)
+        for (top, bottom), image, match, score, above in zip(pairs, generated, nearest, ssim, titles, strict=True):
+            _image(top, image, title=above)
+            _image(bottom, match, caption=f"SSIM {float(score):.3f}")
     return path
 
 
-def code_histograms(real: np.ndarray, generated: np.ndarray, path: Path) -> Path:
+def code_histograms(real: np.ndarray, generated: np.ndarray, path: Path, title: str) -> Path:
     """Code frequencies (K,) of real and generated code grids, codes ordered by real frequency."""
     path = Path(path)
     real, generated = np.asarray(real, np.float64), np.asarray(generated, np.float64)
@@ -157,6 +233,7 @@ def code_histograms(real: np.ndarray, generated: np.ndarray, path: Path) -> Path
         ax.set_yscale("log")
         ax.set_xlabel("code (most used in real grids first)")
         ax.set_ylabel("frequency")
+        ax.set_title(title, fontsize=10)
         ax.legend()
     return path
 
@@ -216,7 +293,7 @@ def loss_curves(history: list[dict], path: Path) -> Path:
     return path
 
 
-def codebook_usage(counts: np.ndarray, path: Path) -> Path:
+def codebook_usage(counts: np.ndarray, path: Path, source: str) -> Path:
     """Counts per code (K,) over an evaluation pass, sorted descending: how skewed usage is."""
     path = Path(path)
     counts = np.asarray(counts)
@@ -228,5 +305,5 @@ def codebook_usage(counts: np.ndarray, path: Path) -> Path:
         ax.set_xlim(-0.5, len(counts) - 0.5)
         ax.set_xlabel("code rank (most used first)")
         ax.set_ylabel("count")
-        ax.set_title(f"{used} of {len(counts)} codes used, perplexity {perplexity(counts):.1f}")
+        ax.set_title(f"{source}: {used} of {len(counts)} codes used, perplexity {perplexity(counts):.1f}")
     return path

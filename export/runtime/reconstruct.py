@@ -3,9 +3,13 @@
     python -m export reconstruct --model-dir DIR --out OUT case_001_slice_0.nii.png more_slices/
     python -m export reconstruct --model-dir DIR --out OUT --shards data/oasis_shards --split test
 
-writes `reconstructions/NAME.png` (8-bit), `codes/NAME.png` (code maps scaled to 16 bits, as
-`sample` writes them), `codes.npz` (codes uint16 (N, H, W) and names), `code_maps.png` (the first
-inputs above their code maps) and `summary.json` (count, mean MSE and PSNR, seconds, images/s).
+writes `reconstructions/KEY.png` (8-bit), `codes/KEY.png` (code maps scaled to 16 bits, as
+`sample` writes them), `codes.npz` (codes uint16 (N, H, W) and names), `reconstructions.png` and
+`code_maps.png` (the figures `trainer evaluate` draws: inputs spread over the set and the worst by SSIM)
+and `summary.json` (count, mean MSE, PSNR and SSIM, worst SSIM, seconds, images/s). KEY is the slice's
+sample key, `case_904_slice_0`, from a shard or from a file `case_904_slice_0.nii.png` alike: shard keys
+hold no dots (webdataset splits names at them), so the key is the name both inputs can give, and the
+one `trainer evaluate` reports in per_image.csv.
 Inputs must be 8-bit grayscale PNGs of the model's image size: anything else is refused with its
 name, never converted. Shards are read with data_tools' reader, which needs no torch.
 """
@@ -25,17 +29,23 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from export.runtime.cli import add_batch_size_argument, add_force_argument, add_quiet_argument
-from export.runtime.figures import code_maps
+from export.runtime.figures import ReconstructionExamples, code_intensity, code_maps, reconstruction_grid
 from export.runtime.onnx_models import ExportedModels, add_threads_argument
 from export.runtime.output_dir import atomic_output_dir, check_output_dir
 from export.runtime.png_header import check_png_bytes, check_png_header
 from export.runtime.sample_files import save_code_map, save_image
 from export.runtime.shard_format import iter_shard, read_manifest
+from export.runtime.ssim import ssim
 
-FIGURE_COUNT = 8
 SUMMARY = "summary.json"   # the marker of a reconstruction folder: --force replaces only a folder that has it
 DESCRIPTION = ("Encode 8-bit grayscale PNG slices (or a split of shards) to code grids and decode them; "
-               "write reconstructions/, codes/ (16-bit code maps), codes.npz, code_maps.png and summary.json.")
+               "write reconstructions/, codes/ (16-bit code maps), codes.npz, the figures reconstructions.png and "
+               "code_maps.png, and summary.json (PSNR, SSIM).")
+
+
+def output_name(file_name: str) -> str:
+    """`case_904_slice_0.nii.png` or `case_904_slice_0.png` -> `case_904_slice_0.png`: the sample key."""
+    return file_name.removesuffix(".png").removesuffix(".nii") + ".png"
 
 
 def read_slice(source: Path | bytes, name: str, size: int) -> np.ndarray:
@@ -71,10 +81,10 @@ def png_files(paths: list[Path]) -> list[Path]:
             files.append(path)
         else:
             raise FileNotFoundError(f"{path}: no such file or folder")
-    names = [f.name for f in files]
+    names = [output_name(f.name) for f in files]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
-        raise ValueError(f"two inputs share the name {repeated[0]}; their outputs would overwrite each other")
+        raise ValueError(f"two inputs would both be written as {repeated[0]}; their outputs would overwrite each other")
     return files
 
 
@@ -107,23 +117,26 @@ def reconstruct(model_dir: Path, out: Path, inputs: list[Path] = (), shards: Pat
     size = models.info["image_size"]
     if shards is not None:
         slices, total = shard_slices(Path(shards), split, size)
+        source = f"the {split} split of {shards}"
     else:
         files = png_files([Path(p) for p in inputs])
         total = len(files)
-        slices = ((f.name, read_slice(f, str(f), size)) for f in files)
+        slices = ((output_name(f.name), read_slice(f, str(f), size)) for f in files)
+        source = f"{total} input slices"
     with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=sources) as tmp:
-        return write_reconstructions(models, slices, total, tmp, out, batch_size, show_progress, {
+        return write_reconstructions(models, slices, total, tmp, out, batch_size, show_progress, source, {
             "model_dir": str(model_dir), "inputs": [str(p) for p in inputs] if shards is None else None,
             "shards": None if shards is None else str(shards), "split": None if shards is None else split})
 
 
 def write_reconstructions(models: ExportedModels, slices: Iterator[tuple[str, np.ndarray]], total: int, out: Path,
-                          final: Path, batch_size: int, show_progress: bool, about: dict) -> dict:
+                          final: Path, batch_size: int, show_progress: bool, source: str, about: dict) -> dict:
     """Encode and decode `slices` batch by batch and write every file into `out` (to become `final`)."""
     num_codes = models.info["num_codes"]
     (out / "reconstructions").mkdir()
     (out / "codes").mkdir()
-    names, all_codes, errors, firsts = [], [], [], []
+    names, all_codes, errors, similarities = [], [], [], []
+    examples = ReconstructionExamples(total)
     started = time.perf_counter()
     with tqdm(total=total, desc="reconstruct", unit="img", disable=not show_progress) as bar:
         while batch := list(islice(slices, batch_size)):
@@ -131,23 +144,29 @@ def write_reconstructions(models: ExportedModels, slices: Iterator[tuple[str, np
             images = np.stack(pixels)[:, None].astype(np.float32) / 255
             codes = models.encode(images)
             recons = models.decode(codes)
-            for name, grid, recon in zip(batch_names, codes, recons[:, 0]):
+            scores = ssim(np.clip(recons[:, 0], 0, 1), images[:, 0])
+            for name, image, grid, recon, score in zip(batch_names, images[:, 0], codes, recons[:, 0], scores):
                 save_code_map(grid, num_codes, out / "codes" / name)
                 save_image(recon, out / "reconstructions" / name)
+                examples.add(name.removesuffix(".png"), image, recon, grid, score)
             names += batch_names
             all_codes.append(codes.astype(np.uint16))
             errors.append(((recons - images) ** 2).mean(axis=(1, 2, 3)))
-            firsts += list(zip(images[:, 0], codes))[: FIGURE_COUNT - len(firsts)]
+            similarities.append(scores)
             bar.update(len(batch))
     seconds = time.perf_counter() - started
     codes = np.concatenate(all_codes)
     mse = np.concatenate(errors).astype(np.float64)
+    similarity = np.concatenate(similarities)
     np.savez(out / "codes.npz", codes=codes, names=np.asarray(names, str))
-    originals, grids = zip(*firsts)
-    figure = code_maps(np.stack(originals), np.stack(grids), names[:FIGURE_COUNT], out / "code_maps.png",
-                       num_codes)
+    keys, originals, recons, grids, scores = examples.arrays()
+    figure = reconstruction_grid(originals, np.clip(recons, 0, 1), scores, keys, out / "reconstructions.png",
+                                 examples.title(f"ONNX VQ-VAE on {source}"), columns=4)
+    code_maps(originals, grids, keys, out / "code_maps.png", code_intensity(models.decode, num_codes, grids.shape[1:]),
+              examples.title(f"ONNX VQ-VAE codes of {source}"), columns=4)
     summary = {**about, "images": len(names), "mse_mean": float(mse.mean()),
                "psnr_mean": float((-10 * np.log10(mse)).mean()),
+               "ssim_mean": float(similarity.mean()), "ssim_min": float(similarity.min()),
                "seconds": seconds, "images_per_second": len(names) / seconds, "figure": str(final / figure.name)}
     (out / SUMMARY).write_text(json.dumps(summary, indent=1))
     return summary
@@ -170,5 +189,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     summary = reconstruct(args.model_dir, args.out, args.inputs, args.shards, args.split, args.batch_size,
                           args.threads, show_progress=not args.quiet, force=args.force)
-    print(f"{summary['images']} slices, PSNR {summary['psnr_mean']:.2f} dB, "
+    print(f"{summary['images']} slices, SSIM {summary['ssim_mean']:.3f} (min {summary['ssim_min']:.3f}), "
+          f"PSNR {summary['psnr_mean']:.2f} dB, "
           f"{summary['images_per_second']:.1f} images/s -> {args.out}")

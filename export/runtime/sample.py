@@ -88,7 +88,7 @@ def run_sampling(model_dir: Path, out: Path, n: int = 16, seed: int = 0, tempera
     codes, conditions, images = generate(models, n, seed, temperature, top_k, slice_index, batch_size, show_progress)
     seconds = time.perf_counter() - started
     with atomic_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[Path(model_dir)]) as tmp:
-        figure = write_samples(tmp, codes, conditions, images, models.info["num_codes"])
+        figure = write_samples(tmp, codes, conditions, images, models.info["num_codes"], models.decode)
         summary = {"n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "slice": slice_index,
                    "sampler": "onnxruntime", "seconds": seconds, "figure": str(out / figure.name),
                    "model_dir": str(model_dir)}

@@ -4,17 +4,19 @@ sampler (trainer/sample.py) and the onnxruntime one (export/runtime/sample.py): 
     codes/NNN.png    code maps as 16-bit PNGs, indices scaled to fill 0..65535
     images/NNN.png   the decoded brains, 8-bit grayscale
     samples.npz      the code grids (uint16) and, for a conditional prior, the slice positions
-    generated.png    the first FIGURE_COUNT code maps above their brains (export.runtime.figures.generated_grid)
+    generated.png    the first FIGURE_COUNT code maps above their brains (export.runtime.figures.generated_grid);
+                     the code maps there are coloured by the codes' decoded intensity, the PNGs stay raw indices
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from export.runtime.figures import generated_grid
+from export.runtime.figures import code_intensity, generated_grid
 
 SAMPLES_FILE = "samples.npz"   # the marker of a samples folder: --force replaces only a folder that has it
 FIGURE_COUNT = 32   # a figure of hundreds of brains would be tens of thousands of pixels tall
@@ -31,9 +33,9 @@ def save_image(image: np.ndarray, path: Path) -> None:
 
 
 def write_samples(out: Path, codes: np.ndarray, conditions: np.ndarray | None, images: np.ndarray,
-                  num_codes: int) -> Path:
+                  num_codes: int, decode: Callable[[np.ndarray], np.ndarray]) -> Path:
     """Write the files above for codes (N, h, w), conditions (N,) or None and images (N, H, W) in
-    [0, 1]; returns the figure's path."""
+    [0, 1], `decode` being the decoder that made them (codes (B, h, w) -> images); returns the figure's path."""
     out = Path(out)
     (out / "codes").mkdir(parents=True, exist_ok=True)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -44,4 +46,6 @@ def write_samples(out: Path, codes: np.ndarray, conditions: np.ndarray | None, i
              **({"conditions": conditions.astype(np.int16)} if conditions is not None else {}))
     shown = slice(0, FIGURE_COUNT)
     titles = None if conditions is None else [f"slice {int(c)}" for c in conditions[shown]]
-    return generated_grid(codes[shown], images[shown], out / "generated.png", num_codes=num_codes, titles=titles)
+    code_values = code_intensity(decode, num_codes, codes.shape[1:])
+    return generated_grid(codes[shown], images[shown], out / "generated.png", code_values,
+                          f"{len(codes)} prior samples (first {min(len(codes), FIGURE_COUNT)} shown)", titles=titles)
