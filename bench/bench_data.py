@@ -72,8 +72,11 @@ def tarfile_members(path: Path) -> list[bytes]:
 def write_shards(src: Path, work: Path, split: str, results: dict) -> Path:
     for workers in (1, os.cpu_count()):
         out = work / f"shards_w{workers}"
-        seconds, _ = timed(lambda out=out, workers=workers: shard_dataset(
-            src, out, splits=(split,), workers=workers, show_progress=False)["splits"][split]["num_samples"])
+        seconds, _ = timed(
+            lambda out=out, workers=workers: shard_dataset(
+                src, out, splits=(split,), workers=workers, show_progress=False
+            )["splits"][split]["num_samples"]
+        )
         n = len(list((src / f"keras_png_slices_{split}").glob("*.png")))
         results[f"shard_images_per_s_{workers}proc"] = n / seconds
     return work / f"shards_w{os.cpu_count()}"
@@ -93,8 +96,11 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench_data_"))
-    results: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
-                     "split": args.split, "load_average_1min_before": os.getloadavg()[0]}
+    results: dict = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "split": args.split,
+        "load_average_1min_before": os.getloadavg()[0],
+    }
     try:
         shards = args.shards or write_shards(args.src, work, args.split, results)
         for workers in (0, 2):
@@ -103,11 +109,16 @@ def main() -> None:
             results[f"memory_decode_images_per_s_{workers}workers"] = len(ds) / seconds
             seconds, n = timed(lambda memory=memory: count(epoch_batches(memory, args.batch_size)))
             results[f"load_memory_images_per_s_{workers}workers"] = n / seconds
-            seconds, n = timed(lambda ds=ds, workers=workers: count(
-                epoch_batches(ds, args.batch_size, num_workers=workers)))
+            seconds, n = timed(
+                lambda ds=ds, workers=workers: count(epoch_batches(ds, args.batch_size, num_workers=workers))
+            )
             results[f"load_shards_images_per_s_{workers}workers"] = n / seconds
-            loader = DataLoader(PngFolder(args.src / f"keras_png_slices_{args.split}"), batch_size=args.batch_size,
-                                shuffle=True, num_workers=workers)
+            loader = DataLoader(
+                PngFolder(args.src / f"keras_png_slices_{args.split}"),
+                batch_size=args.batch_size,
+                shuffle=True,
+                num_workers=workers,
+            )
             seconds, n = timed(lambda loader=loader: count(loader))
             results[f"load_pngs_images_per_s_{workers}workers"] = n / seconds
         shard = next(iter(sorted(shards.glob(f"{args.split}-*.tar"))))
@@ -115,28 +126,41 @@ def main() -> None:
         results["tarfile_parse_us_per_sample"] = cpu_us_per_sample(lambda: tarfile_members(shard), len(samples))
         results["our_parse_us_per_sample"] = cpu_us_per_sample(lambda: list(iter_shard(shard)), len(samples))
         results["png_decode_us_per_sample"] = cpu_us_per_sample(
-            lambda: [decode_gray_png(s["png"]) for s in samples], len(samples))
+            lambda: [decode_gray_png(s["png"]) for s in samples], len(samples)
+        )
         results["load_average_1min_after"] = os.getloadavg()[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"machine: {results['machine']}; split: {args.split}; 1-min load average "
-          f"{results['load_average_1min_before']:.1f} before, {results['load_average_1min_after']:.1f} after")
+    print(
+        f"machine: {results['machine']}; split: {args.split}; 1-min load average "
+        f"{results['load_average_1min_before']:.1f} before, {results['load_average_1min_after']:.1f} after"
+    )
     cores = os.cpu_count()
     if "shard_images_per_s_1proc" in results:
-        print(f"shard writing: {results['shard_images_per_s_1proc']:.0f} img/s (1 process), "
-              f"{results[f'shard_images_per_s_{cores}proc']:.0f} img/s ({cores} processes)")
-    print(f"{'loading, images/s':<20}{'in memory':>11}{'shards':>9}{'PNG folder':>12}"
-          f"{'memory/PNG':>12}{'shards/PNG':>12}{'decode once':>13}")
+        print(
+            f"shard writing: {results['shard_images_per_s_1proc']:.0f} img/s (1 process), "
+            f"{results[f'shard_images_per_s_{cores}proc']:.0f} img/s ({cores} processes)"
+        )
+    print(
+        f"{'loading, images/s':<20}{'in memory':>11}{'shards':>9}{'PNG folder':>12}"
+        f"{'memory/PNG':>12}{'shards/PNG':>12}{'decode once':>13}"
+    )
     for workers in (0, 2):
-        memory, ours, base, once = (results[f"{what}_images_per_s_{workers}workers"] for what in
-                                    ("load_memory", "load_shards", "load_pngs", "memory_decode"))
+        memory, ours, base, once = (
+            results[f"{what}_images_per_s_{workers}workers"]
+            for what in ("load_memory", "load_shards", "load_pngs", "memory_decode")
+        )
         results[f"load_ratio_{workers}workers"] = ours / base
         results[f"memory_ratio_{workers}workers"] = memory / base
-        print(f"{workers} workers{'':<11}{memory:>11.0f}{ours:>9.0f}{base:>12.0f}{memory / base:>11.1f}x"
-              f"{ours / base:>11.2f}x{once:>13.0f}")
-    print(f"CPU us per sample: tar parsing {results['tarfile_parse_us_per_sample']:.0f} (tarfile) vs "
-          f"{results['our_parse_us_per_sample']:.0f} (ours); PNG decoding {results['png_decode_us_per_sample']:.0f}")
+        print(
+            f"{workers} workers{'':<11}{memory:>11.0f}{ours:>9.0f}{base:>12.0f}{memory / base:>11.1f}x"
+            f"{ours / base:>11.2f}x{once:>13.0f}"
+        )
+    print(
+        f"CPU us per sample: tar parsing {results['tarfile_parse_us_per_sample']:.0f} (tarfile) vs "
+        f"{results['our_parse_us_per_sample']:.0f} (ours); PNG decoding {results['png_decode_us_per_sample']:.0f}"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

@@ -44,10 +44,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--d", type=int, default=64, help="code dimension (default: 64)")
     p.add_argument("--chunk-size", type=int, default=4096, help="rows per chunk of the fused variant (default: 4096)")
     p.add_argument("--repeats", type=int, default=15, help="timed calls per variant, after warm-up (default: 15)")
-    p.add_argument("--warmup", type=int, default=2,
-                   help="untimed calls per variant first; the first compiles (default: 2)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                   help="torch CPU threads (default: all cores)")
+    p.add_argument(
+        "--warmup", type=int, default=2, help="untimed calls per variant first; the first compiles (default: 2)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads (default: all cores)"
+    )
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     args = p.parse_args()
     if args.warmup < 1 or args.repeats < 1:
@@ -169,10 +171,14 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, chunk_size={args.chunk_size}, {args.repeats} repeats\n")
     print(f"{'variant':<8}{'median ms':>11}{'min ms':>9}{'median CPU ms':>15}{'peak extra MiB':>16}")
     for name, r in results.items():
-        print(f"{name:<8}{r['median_wall_s'] * 1e3:>11.1f}{r['min_wall_s'] * 1e3:>9.1f}"
-              f"{r['median_cpu_s'] * 1e3:>15.1f}{r['peak_extra_bytes'] / 2**20:>16.1f}")
-    print(f"\nspeed-up (naive / fused, median wall time): {summary['speedup_wall']:.2f}x"
-          f"  (CPU time: {summary['speedup_cpu']:.2f}x)")
+        print(
+            f"{name:<8}{r['median_wall_s'] * 1e3:>11.1f}{r['min_wall_s'] * 1e3:>9.1f}"
+            f"{r['median_cpu_s'] * 1e3:>15.1f}{r['peak_extra_bytes'] / 2**20:>16.1f}"
+        )
+    print(
+        f"\nspeed-up (naive / fused, median wall time): {summary['speedup_wall']:.2f}x"
+        f"  (CPU time: {summary['speedup_cpu']:.2f}x)"
+    )
     print(f"peak memory reduction (naive / fused): {summary['memory_reduction']:.1f}x")
     print(f"indices differing between the two: {mismatches} of {args.n} (float near-ties)")
     print(f"1-min load average before / after timing: {load_before:.2f} / {load_after:.2f}")

@@ -49,16 +49,23 @@ NUM_CODES, NUM_CONDITIONS = 512, 32
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--grid", type=int, default=32, help="code grid side; the VQ-VAE downsamples 256 to it "
-                                                        "(default: %(default)s)")
+    p.add_argument(
+        "--grid", type=int, default=32, help="code grid side; the VQ-VAE downsamples 256 to it (default: %(default)s)"
+    )
     p.add_argument("--batch", type=int, default=16, help="grids sampled together (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="threads for torch and for onnxruntime (default: %(default)s)")
-    p.add_argument("--naive-steps", type=int, default=5,
-                   help="naive-sampler steps timed (after one warm-up) to extrapolate from (default: %(default)s)")
+    p.add_argument(
+        "--threads", type=int, default=1, help="threads for torch and for onnxruntime (default: %(default)s)"
+    )
+    p.add_argument(
+        "--naive-steps",
+        type=int,
+        default=5,
+        help="naive-sampler steps timed (after one warm-up) to extrapolate from (default: %(default)s)",
+    )
     p.add_argument("--recon-batch", type=int, default=16, help="slices per encode+decode call (default: %(default)s)")
-    p.add_argument("--recon-repeats", type=int, default=5,
-                   help="timed encode+decode calls per side (default: %(default)s)")
+    p.add_argument(
+        "--recon-repeats", type=int, default=5, help="timed encode+decode calls per side (default: %(default)s)"
+    )
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
     args = p.parse_args()
     if args.grid < 1 or 256 % args.grid or 256 // args.grid not in (2, 4, 8, 16):
@@ -100,11 +107,16 @@ def bench_sampling(args: argparse.Namespace, prior, models: ExportedModels) -> d
     print(f"  PyTorch fast    wall {fast['wall']:8.1f}  cpu {fast['cpu']:8.1f}", flush=True)
     steps = naive_steps(prior, torch_uniforms, torch_conditions, args.naive_steps)
     naive = {kind: statistics.median(step[kind] for step in steps) * cells for kind in ("wall", "cpu")}
-    print(f"  PyTorch naive   wall {naive['wall']:8.1f}  cpu {naive['cpu']:8.1f}   EXTRAPOLATED: median of "
-          f"{len(steps)} timed steps x {cells} steps", flush=True)
+    print(
+        f"  PyTorch naive   wall {naive['wall']:8.1f}  cpu {naive['cpu']:8.1f}   EXTRAPOLATED: median of "
+        f"{len(steps)} timed steps x {cells} steps",
+        flush=True,
+    )
     return {
         "seconds": {"onnxruntime": onnxruntime, "torch_fast": fast, "torch_naive_extrapolated": naive},
-        "naive_step_seconds": steps, "naive_steps_timed": len(steps), "naive_steps_total": cells,
+        "naive_step_seconds": steps,
+        "naive_steps_timed": len(steps),
+        "naive_steps_total": cells,
         "speedup_onnxruntime_vs_naive": {k: naive[k] / onnxruntime[k] for k in naive},
         "speedup_onnxruntime_vs_torch_fast": {k: fast[k] / onnxruntime[k] for k in fast},
         "same_codes_onnxruntime_and_torch_fast": bool((ort_codes == fast_codes.numpy()).all()),
@@ -115,30 +127,53 @@ def bench_sampling(args: argparse.Namespace, prior, models: ExportedModels) -> d
 def bench_reconstruction(args: argparse.Namespace, vqvae: VQVAE, models: ExportedModels) -> dict:
     images = np.random.default_rng(0).random((args.recon_batch, 1, 256, 256), dtype=np.float32)
     torch_images = torch.from_numpy(images)
-    sides = {"onnxruntime": lambda: models.decode(models.encode(images)),
-             "torch_eager": lambda: vqvae.decode(vqvae.encode(torch_images))}
-    for fn in sides.values():                  # warm-up
+    sides = {
+        "onnxruntime": lambda: models.decode(models.encode(images)),
+        "torch_eager": lambda: vqvae.decode(vqvae.encode(torch_images)),
+    }
+    for fn in sides.values():  # warm-up
         fn()
     seconds = {name: [] for name in sides}
-    for _ in range(args.recon_repeats):        # the two sides take turns, so background load hits both
+    for _ in range(args.recon_repeats):  # the two sides take turns, so background load hits both
         for name, fn in sides.items():
             seconds[name].append(timed(fn)[0])
-    rates = {name: {kind: args.recon_batch / statistics.median(t[kind] for t in times) for kind in ("wall", "cpu")}
-             for name, times in seconds.items()}
-    print(f"encode+decode of {args.recon_batch} slices, images/s: onnxruntime wall {rates['onnxruntime']['wall']:.1f} "
-          f"cpu {rates['onnxruntime']['cpu']:.1f}; PyTorch eager wall {rates['torch_eager']['wall']:.1f} "
-          f"cpu {rates['torch_eager']['cpu']:.1f}", flush=True)
-    return {"images_per_second": rates, "seconds": seconds,
-            "speedup_onnxruntime_vs_torch_eager": {k: rates["onnxruntime"][k] / rates["torch_eager"][k]
-                                                   for k in ("wall", "cpu")}}
+    rates = {
+        name: {kind: args.recon_batch / statistics.median(t[kind] for t in times) for kind in ("wall", "cpu")}
+        for name, times in seconds.items()
+    }
+    print(
+        f"encode+decode of {args.recon_batch} slices, images/s: onnxruntime wall {rates['onnxruntime']['wall']:.1f} "
+        f"cpu {rates['onnxruntime']['cpu']:.1f}; PyTorch eager wall {rates['torch_eager']['wall']:.1f} "
+        f"cpu {rates['torch_eager']['cpu']:.1f}",
+        flush=True,
+    )
+    return {
+        "images_per_second": rates,
+        "seconds": seconds,
+        "speedup_onnxruntime_vs_torch_eager": {
+            k: rates["onnxruntime"][k] / rates["torch_eager"][k] for k in ("wall", "cpu")
+        },
+    }
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "affinity": sorted(os.sched_getaffinity(0)),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "torch": torch.__version__,
-            "onnxruntime": ort.__version__, "python": platform.python_version()}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def main() -> None:
@@ -152,16 +187,25 @@ def main() -> None:
         print("exporting ...", flush=True)
         export_models(prior, vqvae, Path(tmp), source={"weights": "random (bench/bench_onnx.py)"})
         models = ExportedModels(Path(tmp), threads=args.threads)
-        results = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-                   "machine": machine(), "prior": {"config": vars(PriorConfig().model), "grid": args.grid,
-                                                   "num_codes": NUM_CODES, "num_conditions": NUM_CONDITIONS},
-                   "sampling": bench_sampling(args, prior, models),
-                   "reconstruction": bench_reconstruction(args, vqvae, models)}
+        results = {
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "machine": machine(),
+            "prior": {
+                "config": vars(PriorConfig().model),
+                "grid": args.grid,
+                "num_codes": NUM_CODES,
+                "num_conditions": NUM_CONDITIONS,
+            },
+            "sampling": bench_sampling(args, prior, models),
+            "reconstruction": bench_reconstruction(args, vqvae, models),
+        }
     s = results["sampling"]
-    print(f"onnxruntime sampling: {s['speedup_onnxruntime_vs_naive']['wall']:.0f}x faster than naive PyTorch "
-          f"(extrapolated; cpu time: {s['speedup_onnxruntime_vs_naive']['cpu']:.0f}x), "
-          f"{s['speedup_onnxruntime_vs_torch_fast']['wall']:.2f}x the fast PyTorch sampler; same codes as the fast "
-          f"PyTorch sampler: {s['same_codes_onnxruntime_and_torch_fast']}")
+    print(
+        f"onnxruntime sampling: {s['speedup_onnxruntime_vs_naive']['wall']:.0f}x faster than naive PyTorch "
+        f"(extrapolated; cpu time: {s['speedup_onnxruntime_vs_naive']['cpu']:.0f}x), "
+        f"{s['speedup_onnxruntime_vs_torch_fast']['wall']:.2f}x the fast PyTorch sampler; same codes as the fast "
+        f"PyTorch sampler: {s['same_codes_onnxruntime_and_torch_fast']}"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

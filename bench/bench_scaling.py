@@ -42,6 +42,7 @@ def timed_collective(fn, seconds: list[float]):
         result = fn(*args, **kwargs)
         seconds.append(time.perf_counter() - start)
         return result
+
     return wrapper
 
 
@@ -60,6 +61,7 @@ def worker(args: argparse.Namespace) -> None:
     ddp_seconds: list[float] = []
     quantizer_seconds: list[float] = []
     if world > 1:
+
         def hook(_, bucket):
             start = time.perf_counter()
             future = dist.all_reduce(bucket.buffer().div_(world), async_op=True).get_future()
@@ -67,7 +69,9 @@ def worker(args: argparse.Namespace) -> None:
             def done(f):
                 ddp_seconds.append(time.perf_counter() - start)
                 return f.value()[0]
+
             return future.then(done)
+
         trained.register_comm_hook(None, hook)
         quantizer._all_reduce_sum = timed_collective(quantizer._all_reduce_sum, quantizer_seconds)
         quantizer._all_gather_cat = timed_collective(quantizer._all_gather_cat, quantizer_seconds)
@@ -90,12 +94,20 @@ def worker(args: argparse.Namespace) -> None:
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - start
     if rank == 0:
-        Path(args.out).write_text(json.dumps({
-            "processes": world, "threads_per_process": torch.get_num_threads(), "global_batch": args.global_batch,
-            "steps": args.steps, "step_s": seconds / args.steps,
-            "images_per_s": args.steps * args.global_batch / seconds,
-            "ddp_allreduce_s_per_step": sum(ddp_seconds) / args.steps,
-            "quantizer_collectives_s_per_step": sum(quantizer_seconds) / args.steps}))
+        Path(args.out).write_text(
+            json.dumps(
+                {
+                    "processes": world,
+                    "threads_per_process": torch.get_num_threads(),
+                    "global_batch": args.global_batch,
+                    "steps": args.steps,
+                    "step_s": seconds / args.steps,
+                    "images_per_s": args.steps * args.global_batch / seconds,
+                    "ddp_allreduce_s_per_step": sum(ddp_seconds) / args.steps,
+                    "quantizer_collectives_s_per_step": sum(quantizer_seconds) / args.steps,
+                }
+            )
+        )
 
 
 def launch(processes: int, args: argparse.Namespace, out: Path) -> dict:
@@ -103,10 +115,28 @@ def launch(processes: int, args: argparse.Namespace, out: Path) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     threads = max(1, (os.cpu_count() or 1) // processes)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-               "--master_port", str(port), __file__, "--worker", "--out", str(out), "--config", str(args.config),
-               "--global-batch", str(args.global_batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               *[a for item in args.overrides for a in ("--set", item)]]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(processes),
+        "--master_port",
+        str(port),
+        __file__,
+        "--worker",
+        "--out",
+        str(out),
+        "--config",
+        str(args.config),
+        "--global-batch",
+        str(args.global_batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        *[a for item in args.overrides for a in ("--set", item)],
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
     subprocess.run(command, env=env, check=True)
     return json.loads(out.read_text())
@@ -114,11 +144,16 @@ def launch(processes: int, args: argparse.Namespace, out: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=REPO / "configs" / "vqvae_oasis_64_cpu.yaml",
-                        help="stage-1 config giving the model (default: %(default)s)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=REPO / "configs" / "vqvae_oasis_64_cpu.yaml",
+        help="stage-1 config giving the model (default: %(default)s)",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
-    parser.add_argument("--global-batch", type=int, default=16,
-                        help="images per step, all ranks together (default: %(default)s)")
+    parser.add_argument(
+        "--global-batch", type=int, default=16, help="images per step, all ranks together (default: %(default)s)"
+    )
     parser.add_argument("--steps", type=int, default=8, help="timed steps (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
@@ -134,17 +169,26 @@ def main() -> None:
     runs = [launch(n, args, Path(f"/tmp/bench_scaling_{os.getpid()}_{n}.json")) for n in (1, 2)]
     one, two = runs
     config = args.config.resolve()
-    results = {"machine": f"{os.cpu_count()} cores, torch {torch.__version__}",
-               "config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config),
-               "load_average_1min": [load_before, os.getloadavg()[0]], "runs": runs,
-               "speedup_2_vs_1": two["images_per_s"] / one["images_per_s"]}
-    print(f"{'processes':<11}{'threads':>8}{'images/s':>10}{'step s':>8}{'DDP all-reduce s/step':>23}"
-          f"{'quantizer collectives s/step':>30}")
+    results = {
+        "machine": f"{os.cpu_count()} cores, torch {torch.__version__}",
+        "config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config),
+        "load_average_1min": [load_before, os.getloadavg()[0]],
+        "runs": runs,
+        "speedup_2_vs_1": two["images_per_s"] / one["images_per_s"],
+    }
+    print(
+        f"{'processes':<11}{'threads':>8}{'images/s':>10}{'step s':>8}{'DDP all-reduce s/step':>23}"
+        f"{'quantizer collectives s/step':>30}"
+    )
     for r in runs:
-        print(f"{r['processes']:<11}{r['threads_per_process']:>8}{r['images_per_s']:>10.1f}{r['step_s']:>8.2f}"
-              f"{r['ddp_allreduce_s_per_step']:>23.3f}{r['quantizer_collectives_s_per_step']:>30.3f}")
-    print(f"2 ranks vs 1: {results['speedup_2_vs_1']:.2f}x; 1-min load average {load_before:.1f} before, "
-          f"{results['load_average_1min'][1]:.1f} after")
+        print(
+            f"{r['processes']:<11}{r['threads_per_process']:>8}{r['images_per_s']:>10.1f}{r['step_s']:>8.2f}"
+            f"{r['ddp_allreduce_s_per_step']:>23.3f}{r['quantizer_collectives_s_per_step']:>30.3f}"
+        )
+    print(
+        f"2 ranks vs 1: {results['speedup_2_vs_1']:.2f}x; 1-min load average {load_before:.1f} before, "
+        f"{results['load_average_1min'][1]:.1f} after"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

@@ -27,8 +27,9 @@ from trainer.config import load_config
 from trainer.vqvae import VQVAE
 
 
-def images_per_second(cfg, device: torch.device, bf16: bool, compile_model: bool, steps: int, warmup: int,
-                      backend: str = "inductor") -> tuple[float, float | None]:
+def images_per_second(
+    cfg, device: torch.device, bf16: bool, compile_model: bool, steps: int, warmup: int, backend: str = "inductor"
+) -> tuple[float, float | None]:
     """(images/s, GPU busy share or None on a CPU)."""
     torch.manual_seed(0)
     model = VQVAE(cfg.model, cfg.quantizer).to(device).train()
@@ -73,8 +74,7 @@ def busy_share(step, steps: int) -> float:
             step()
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
-    kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
-                     if e.device_type.name == "CUDA")
+    kernels = sorted((e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type.name == "CUDA")
     busy, reach = 0.0, float("-inf")
     for begin, end in kernels:  # union of intervals, in microseconds
         busy += max(0.0, end - max(begin, reach))
@@ -84,18 +84,36 @@ def busy_share(step, steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", type=Path, default=Path("configs/vqvae_oasis_64.yaml"),
-                        help="stage 1 config giving the model and batch size (default: %(default)s)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a config value, e.g. --set data.batch_size=8")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--steps", type=int, default=50,
-                        help="timed optimizer steps per variant (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=5,
-                        help="untimed steps first, compile included (default: %(default)s)")
-    parser.add_argument("--compile-backend", default="inductor",
-                        help="torch.compile backend; 'eager' traces without generating code (default: %(default)s)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path("configs/vqvae_oasis_64.yaml"),
+        help="stage 1 config giving the model and batch size (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, e.g. --set data.batch_size=8",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda if available, else cpu)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=50, help="timed optimizer steps per variant (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=5, help="untimed steps first, compile included (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend; 'eager' traces without generating code (default: %(default)s)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
 
@@ -103,17 +121,30 @@ def main() -> None:
     device = torch.device(args.device)
     cpu = f"{platform.processor() or platform.machine()} CPU"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
-    fp32, fp32_busy = images_per_second(cfg, device, bf16=False, compile_model=False, steps=args.steps,
-                                        warmup=args.warmup)
-    fast, fast_busy = images_per_second(cfg, device, bf16=True, compile_model=True, steps=args.steps,
-                                        warmup=args.warmup, backend=args.compile_backend)
-    results = {"device": name, "torch": torch.__version__, "config": str(args.config), "overrides": args.overrides,
-               "batch_size": cfg.data.batch_size, "compile_backend": args.compile_backend,
-               "fp32_eager_images_per_s": fp32, "bf16_compile_images_per_s": fast, "speedup": fast / fp32,
-               "fp32_eager_gpu_busy_share": fp32_busy, "bf16_compile_gpu_busy_share": fast_busy}
+    fp32, fp32_busy = images_per_second(
+        cfg, device, bf16=False, compile_model=False, steps=args.steps, warmup=args.warmup
+    )
+    fast, fast_busy = images_per_second(
+        cfg, device, bf16=True, compile_model=True, steps=args.steps, warmup=args.warmup, backend=args.compile_backend
+    )
+    results = {
+        "device": name,
+        "torch": torch.__version__,
+        "config": str(args.config),
+        "overrides": args.overrides,
+        "batch_size": cfg.data.batch_size,
+        "compile_backend": args.compile_backend,
+        "fp32_eager_images_per_s": fp32,
+        "bf16_compile_images_per_s": fast,
+        "speedup": fast / fp32,
+        "fp32_eager_gpu_busy_share": fp32_busy,
+        "bf16_compile_gpu_busy_share": fast_busy,
+    }
     busy = f", GPU busy {fp32_busy:.0%} vs {fast_busy:.0%}" if fast_busy is not None else ""
-    print(f"{name}, batch {cfg.data.batch_size}: fp32 eager {fp32:.1f} img/s, bf16 + compile {fast:.1f} img/s, "
-          f"ratio {fast / fp32:.2f}x{busy}")
+    print(
+        f"{name}, batch {cfg.data.batch_size}: fp32 eager {fp32:.1f} img/s, bf16 + compile {fast:.1f} img/s, "
+        f"ratio {fast / fp32:.2f}x{busy}"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

@@ -42,8 +42,11 @@ def parse_size(text: str) -> dict:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", default="4:128:4:1,6:192:6:2,6:256:8:2,6:256:8:8",
-                   help="transformer sizes, layers:width:heads:kv_heads, comma-separated (default: %(default)s)")
+    p.add_argument(
+        "--sizes",
+        default="4:128:4:1,6:192:6:2,6:256:8:2,6:256:8:8",
+        help="transformer sizes, layers:width:heads:kv_heads, comma-separated (default: %(default)s)",
+    )
     p.add_argument("--batch", type=int, default=16, help="grids sampled together (default: %(default)s)")
     p.add_argument("--no-pixelcnn", action="store_true", help="skip the PixelCNN baseline")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
@@ -68,11 +71,15 @@ def bench_transformer(size: dict, uniforms, conditions, tmp: Path) -> dict:
     prior = TransformerPrior(PriorShape(NUM_CODES, GRID, GRID, NUM_CONDITIONS), **size, dropout=0.0).eval()
     name = "transformer_{layers}x{width}_h{heads}_kv{kv_heads}".format(**size)
     spec = export_step(prior, tmp / f"{name}.onnx")
-    seconds, _ = timed(lambda: sample_codes(session(tmp / f"{name}.onnx"), spec, {"num_codes": NUM_CODES},
-                                            uniforms, conditions))
+    seconds, _ = timed(
+        lambda: sample_codes(session(tmp / f"{name}.onnx"), spec, {"num_codes": NUM_CODES}, uniforms, conditions)
+    )
     parameters = sum(p.numel() for p in prior.parameters())
-    print(f"  {name:32s} {parameters / 1e6:6.2f} M parameters   wall {seconds['wall']:6.2f} s  "
-          f"cpu {seconds['cpu']:6.2f} s", flush=True)
+    print(
+        f"  {name:32s} {parameters / 1e6:6.2f} M parameters   wall {seconds['wall']:6.2f} s  "
+        f"cpu {seconds['cpu']:6.2f} s",
+        flush=True,
+    )
     return {"name": name, **size, "parameters": parameters, "seconds": seconds}
 
 
@@ -82,13 +89,20 @@ def bench_pixelcnn(uniforms, conditions, tmp: Path) -> dict:
     prior = build_prior(config, PriorShape(NUM_CODES, GRID, GRID, NUM_CONDITIONS)).eval()
     vqvae_config = load_config(VQVAE_CONFIG, ["quantizer.compile=false"])
     tmp.mkdir()
-    export_models(prior, VQVAE(vqvae_config.model, vqvae_config.quantizer).eval(), tmp,
-                  source={"weights": "random (bench/bench_transformer_sampling.py)"})
+    export_models(
+        prior,
+        VQVAE(vqvae_config.model, vqvae_config.quantizer).eval(),
+        tmp,
+        source={"weights": "random (bench/bench_transformer_sampling.py)"},
+    )
     models = ExportedModels(tmp, ("prior_row", "prior_cell"), threads=1)
     seconds, _ = timed(lambda: pixelcnn_sample_codes(models, uniforms, conditions))
     parameters = sum(p.numel() for p in prior.parameters())
-    print(f"  {'pixelcnn (prior_oasis_32_cpu)':32s} {parameters / 1e6:6.2f} M parameters   "
-          f"wall {seconds['wall']:6.2f} s  cpu {seconds['cpu']:6.2f} s", flush=True)
+    print(
+        f"  {'pixelcnn (prior_oasis_32_cpu)':32s} {parameters / 1e6:6.2f} M parameters   "
+        f"wall {seconds['wall']:6.2f} s  cpu {seconds['cpu']:6.2f} s",
+        flush=True,
+    )
     return {"name": "pixelcnn_prior_oasis_32_cpu", "parameters": parameters, "seconds": seconds}
 
 

@@ -47,14 +47,29 @@ from trainer.pixelcnn import PriorShape
 from trainer.vqvae import VQVAE
 
 PARTS = ("kernel", "train_speed", "stage1", "prior_speed", "sampling", "two_process")
-VQVAE_64, VQVAE_32, PRIOR_32 = (REPO / "configs" / name for name in
-                                ("vqvae_oasis_64.yaml", "vqvae_oasis_32.yaml", "prior_oasis_32.yaml"))
-TINY_VQVAE = ["model.channels=16", "model.res_channels=8", "model.code_dim=8", "quantizer.num_codes=32",
-              "data.batch_size=2", "data.num_workers=0"]
+VQVAE_64, VQVAE_32, PRIOR_32 = (
+    REPO / "configs" / name for name in ("vqvae_oasis_64.yaml", "vqvae_oasis_32.yaml", "prior_oasis_32.yaml")
+)
+TINY_VQVAE = [
+    "model.channels=16",
+    "model.res_channels=8",
+    "model.code_dim=8",
+    "quantizer.num_codes=32",
+    "data.batch_size=2",
+    "data.num_workers=0",
+]
 TINY_PRIOR = ["model.channels=8", "model.layers=2", "model.head_channels=16", "codes.batch_size=2"]
-TINY_STAGE1 = ["train.max_steps=2", "train.warmup_steps=1", "train.log_every=1", "train.eval_every=2",
-               "train.eval_batches=1", "train.checkpoint_every=2", "train.compile=false",
-               'train.mixed_precision="no"', "quantizer.compile=false"]
+TINY_STAGE1 = [
+    "train.max_steps=2",
+    "train.warmup_steps=1",
+    "train.log_every=1",
+    "train.eval_every=2",
+    "train.eval_batches=1",
+    "train.checkpoint_every=2",
+    "train.compile=false",
+    'train.mixed_precision="no"',
+    "quantizer.compile=false",
+]
 TINY_PRIOR_SHAPE = PriorShape(32, 4, 4, 4)  # num_codes, height, width, slice conditions
 
 
@@ -82,8 +97,18 @@ def part_train_speed(opts: argparse.Namespace, work: Path) -> dict:
     # quantizer.compile=false: the kernel part already compiles nearest_code; a second compile would only cost time
     tiny = [a for item in [*TINY_VQVAE, "quantizer.compile=false"] for a in ("--set", item)]
     tiny += ["--steps", "1", "--warmup", "1", "--compile-backend", "eager"]
-    run_script(["bench/bench_train_throughput.py", "--config", str(VQVAE_64), "--device", opts.device,
-                "--json", str(out), *(tiny if opts.tiny else [])])
+    run_script(
+        [
+            "bench/bench_train_throughput.py",
+            "--config",
+            str(VQVAE_64),
+            "--device",
+            opts.device,
+            "--json",
+            str(out),
+            *(tiny if opts.tiny else []),
+        ]
+    )
     return json.loads(out.read_text())
 
 
@@ -93,8 +118,13 @@ def part_stage1(opts: argparse.Namespace, work: Path) -> dict:
 
     run = work / "stage1"
     shutil.rmtree(run, ignore_errors=True)  # our own scratch run: a rerun starts afresh
-    overrides = [f"data.shards={opts.shards}", f"out_dir={run}", "wandb.enabled=false",
-                 *(TINY_VQVAE + TINY_STAGE1 if opts.tiny else []), *opts.stage1_set]
+    overrides = [
+        f"data.shards={opts.shards}",
+        f"out_dir={run}",
+        "wandb.enabled=false",
+        *(TINY_VQVAE + TINY_STAGE1 if opts.tiny else []),
+        *opts.stage1_set,
+    ]
     cfg = load_config(VQVAE_64, overrides)
     start = time.perf_counter()
     checkpoint, _ = train_vqvae(cfg, show_progress=False)
@@ -102,11 +132,17 @@ def part_stage1(opts: argparse.Namespace, work: Path) -> dict:
     summary = evaluate(checkpoint, "test", work / "stage1_test", device=opts.device, show_progress=False)
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
     speeds = [r["images_per_s"] for r in rows[1:]] or [rows[-1]["images_per_s"]]  # the first window compiles
-    return {"config": str(VQVAE_64.relative_to(REPO)), "overrides": overrides, "steps": cfg.train.max_steps,
-            "train_wall_s": train_seconds, "median_images_per_s": sorted(speeds)[len(speeds) // 2],
-            "test_ssim": summary["ssim_mean"], "test_psnr": summary["psnr_mean"],
-            "val_ssim": [(r["step"], r["val_ssim"]) for r in rows if "val_ssim" in r],
-            "goal_reached": summary["ssim_mean"] >= 0.96}
+    return {
+        "config": str(VQVAE_64.relative_to(REPO)),
+        "overrides": overrides,
+        "steps": cfg.train.max_steps,
+        "train_wall_s": train_seconds,
+        "median_images_per_s": sorted(speeds)[len(speeds) // 2],
+        "test_ssim": summary["ssim_mean"],
+        "test_psnr": summary["psnr_mean"],
+        "val_ssim": [(r["step"], r["val_ssim"]) for r in rows if "val_ssim" in r],
+        "goal_reached": summary["ssim_mean"] >= 0.96,
+    }
 
 
 def prior_setup(opts: argparse.Namespace) -> tuple[PriorConfig, PriorShape]:
@@ -116,8 +152,12 @@ def prior_setup(opts: argparse.Namespace) -> tuple[PriorConfig, PriorShape]:
 
 def part_prior_speed(opts: argparse.Namespace, work: Path) -> dict:
     cfg, shape = prior_setup(opts)
-    results = {"config": str(PRIOR_32.relative_to(REPO)), "grid": [shape.height, shape.width],
-               "num_codes": shape.num_codes, "batch_size": cfg.codes.batch_size}
+    results = {
+        "config": str(PRIOR_32.relative_to(REPO)),
+        "grid": [shape.height, shape.width],
+        "num_codes": shape.num_codes,
+        "batch_size": cfg.codes.batch_size,
+    }
     for name, fast in (("fp32_eager", False), ("bf16_compile", True)):
         results[f"{name}_images_per_s"] = prior_images_per_second(cfg, shape, opts, fast)
     results["speedup"] = results["bf16_compile_images_per_s"] / results["fp32_eager_images_per_s"]
@@ -159,8 +199,14 @@ def part_sampling(opts: argparse.Namespace, work: Path) -> dict:
     start = time.perf_counter()
     codes, _, images = generate(prior, vqvae, n, seed=0, batch_size=n, show_progress=False)
     seconds = time.perf_counter() - start
-    return {"brains": n, "grid": [shape.height, shape.width], "seconds": seconds, "brains_per_s": n / seconds,
-            "images_shape": list(images.shape), "codes_in_range": bool((codes < shape.num_codes).all())}
+    return {
+        "brains": n,
+        "grid": [shape.height, shape.width],
+        "seconds": seconds,
+        "brains_per_s": n / seconds,
+        "images_shape": list(images.shape),
+        "codes_in_range": bool((codes < shape.num_codes).all()),
+    }
 
 
 def part_two_process(opts: argparse.Namespace, work: Path) -> dict:
@@ -171,30 +217,71 @@ def part_two_process(opts: argparse.Namespace, work: Path) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     steps = 2 if opts.tiny else 20
-    overrides = [f"data.shards={opts.shards}", f"out_dir={out / 'run'}", "wandb.enabled=false",
-                 *(TINY_VQVAE + TINY_STAGE1 if opts.tiny else []), f"train.max_steps={steps}", "train.log_every=2",
-                 f"train.eval_every={steps}", "train.eval_batches=1", f"train.checkpoint_every={steps}"]
+    overrides = [
+        f"data.shards={opts.shards}",
+        f"out_dir={out / 'run'}",
+        "wandb.enabled=false",
+        *(TINY_VQVAE + TINY_STAGE1 if opts.tiny else []),
+        f"train.max_steps={steps}",
+        "train.log_every=2",
+        f"train.eval_every={steps}",
+        "train.eval_batches=1",
+        f"train.checkpoint_every={steps}",
+    ]
     start = time.perf_counter()
-    run_script(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-                "bench/two_ranks.py", str(VQVAE_64), str(out), *overrides], env={"OMP_NUM_THREADS": "1"})
+    run_script(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            "bench/two_ranks.py",
+            str(VQVAE_64),
+            str(out),
+            *overrides,
+        ],
+        env={"OMP_NUM_THREADS": "1"},
+    )
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    return {"wall_s": time.perf_counter() - start, "ranks": ranks,
-            "identical_weights": ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"]}
+    return {
+        "wall_s": time.perf_counter() - start,
+        "ranks": ranks,
+        "identical_weights": ranks[0]["weights_sha256"] == ranks[1]["weights_sha256"],
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cuda or cpu (default: cuda if available)")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="cuda or cpu (default: cuda if available)",
+    )
     parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts (default: all)")
-    parser.add_argument("--shards", type=Path, default=REPO / "data" / "oasis_shards",
-                        help="OASIS shards for stage1 and two_process (default: %(default)s)")
-    parser.add_argument("--stage1-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override a value of vqvae_oasis_64.yaml for the stage1 part (repeatable)")
-    parser.add_argument("--json", type=Path, default=REPO / "runs" / "gpu" / "gpu_results.json",
-                        help="results file; parts merge into it (default: %(default)s)")
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "gpu",
-                        help="scratch folder (default: %(default)s)")
+    parser.add_argument(
+        "--shards",
+        type=Path,
+        default=REPO / "data" / "oasis_shards",
+        help="OASIS shards for stage1 and two_process (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stage1-set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a value of vqvae_oasis_64.yaml for the stage1 part (repeatable)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=REPO / "runs" / "gpu" / "gpu_results.json",
+        help="results file; parts merge into it (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--work", type=Path, default=REPO / "runs" / "gpu", help="scratch folder (default: %(default)s)"
+    )
     parser.add_argument("--tiny", action="store_true", help="tiny models and runs (a CPU check of every part)")
     opts = parser.parse_args()
     parts = [p.strip() for p in opts.parts.split(",") if p.strip()]
@@ -214,8 +301,12 @@ def main() -> int:
     for part in parts:
         print(f"=== {part}", flush=True)
         start = time.perf_counter()
-        results[part] = {**globals()[f"part_{part}"](opts, opts.work), "part_wall_s": time.perf_counter() - start,
-                         "tiny": opts.tiny, "load_average_1min": os.getloadavg()[0]}
+        results[part] = {
+            **globals()[f"part_{part}"](opts, opts.work),
+            "part_wall_s": time.perf_counter() - start,
+            "tiny": opts.tiny,
+            "load_average_1min": os.getloadavg()[0],
+        }
         opts.json.parent.mkdir(parents=True, exist_ok=True)
         opts.json.write_text(json.dumps(results, indent=1) + "\n")  # after every part: a later failure loses nothing
         print(json.dumps(results[part], indent=1), flush=True)

@@ -60,8 +60,12 @@ def unpack(parts: Path, shards: Path) -> list[str]:
     if not (shards / MANIFEST).is_file():
         return [MANIFEST]
     manifest = json.loads((shards / MANIFEST).read_text())
-    return [s["name"] for entry in manifest["splits"].values() for s in entry["shards"]
-            if not (shards / s["name"]).is_file() or (shards / s["name"]).stat().st_size != s["bytes"]]
+    return [
+        s["name"]
+        for entry in manifest["splits"].values()
+        for s in entry["shards"]
+        if not (shards / s["name"]).is_file() or (shards / s["name"]).stat().st_size != s["bytes"]
+    ]
 
 
 def main() -> int:
@@ -84,12 +88,17 @@ def main() -> int:
             return 2
         for folder in pack(args.shards, args.out, args.max_mib):
             mib = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
-            print(f"{folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder}: "
-                  f"{len(list(folder.iterdir()))} files, {mib:.1f} MiB")
+            print(
+                f"{folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder}: "
+                f"{len(list(folder.iterdir()))} files, {mib:.1f} MiB"
+            )
         return 0
     missing = unpack(args.parts, args.shards)
-    print(f"{args.shards}: complete" if not missing else
-          f"{args.shards}: {len(missing)} file(s) not arrived yet (first: {missing[0]})")
+    print(
+        f"{args.shards}: complete"
+        if not missing
+        else f"{args.shards}: {len(missing)} file(s) not arrived yet (first: {missing[0]})"
+    )
     return 0
 
 

@@ -33,7 +33,12 @@ _, model = train_vqvae(load_config(config, overrides), show_progress=False)
 digest = hashlib.sha256()
 for name, tensor in sorted(model.state_dict().items()):
     digest.update(name.encode() + tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-record = {"rank": rank, "world_size": world_size, "backend": "gloo",
-          "device": str(next(model.parameters()).device), "weights_sha256": digest.hexdigest(),
-          "codebook_restarts": int(model.quantizer.restart_count)}
+record = {
+    "rank": rank,
+    "world_size": world_size,
+    "backend": "gloo",
+    "device": str(next(model.parameters()).device),
+    "weights_sha256": digest.hexdigest(),
+    "codebook_restarts": int(model.quantizer.restart_count),
+}
 (out / f"rank{rank}.json").write_text(json.dumps(record))

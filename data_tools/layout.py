@@ -135,8 +135,10 @@ def subject_problems(by_split: dict[str, list[SliceFile]]) -> list[str]:
             problems.append(f"subject leakage: subject {' and '.join(places)}")
         for split, v in in_splits.items():
             if len(v) > 1:
-                problems.append(f"subject {number} is written {' and '.join(sorted(v))} in '{split}'; "
-                                "rename the files so that one subject has one id")
+                problems.append(
+                    f"subject {number} is written {' and '.join(sorted(v))} in '{split}'; "
+                    "rename the files so that one subject has one id"
+                )
     return problems
 
 

@@ -30,8 +30,9 @@ def preview_grid(shard_dir: Path, out: Path, split: str = "train", count: int = 
                 if len(samples) == count:
                     break
         except (OSError, tarfile.TarError, KeyError, ValueError, Image.DecompressionBombError) as err:
-            raise DataError(f"{path}: unreadable shard ({err!r}); "
-                            "`python -m data_tools verify` checks them all") from None
+            raise DataError(
+                f"{path}: unreadable shard ({err!r}); `python -m data_tools verify` checks them all"
+            ) from None
         if len(samples) == count:
             break
     if not samples:

@@ -154,8 +154,14 @@ class ShardSetWriter:
     def _close(self) -> None:
         self.tar.close()
         self.tar = None
-        self.finished.append({"name": self.path.name, "num_samples": self.count,
-                              "bytes": self.path.stat().st_size, "sha256": file_sha256(self.path)})
+        self.finished.append(
+            {
+                "name": self.path.name,
+                "num_samples": self.count,
+                "bytes": self.path.stat().st_size,
+                "sha256": file_sha256(self.path),
+            }
+        )
 
     def finish(self) -> list[dict]:
         if self.tar is not None:
@@ -163,8 +169,16 @@ class ShardSetWriter:
         return self.finished
 
 
-def write_split(slices: list[SliceFile], out_dir: Path, pool: Pool, size: int,
-                samples_per_shard: int, max_shard_bytes: int, progress: tqdm, errors: list[str]) -> dict | None:
+def write_split(
+    slices: list[SliceFile],
+    out_dir: Path,
+    pool: Pool,
+    size: int,
+    samples_per_shard: int,
+    max_shard_bytes: int,
+    progress: tqdm,
+    errors: list[str],
+) -> dict | None:
     """Encode one split in parallel (order preserved) and write its shards; returns its manifest entry.
     Bad files are added to `errors`; once there is one, files are still read (to report every bad one
     in one run) but nothing more is written, and None is returned."""
@@ -196,23 +210,34 @@ def write_split(slices: list[SliceFile], out_dir: Path, pool: Pool, size: int,
     }
 
 
-def shard_dataset(src: Path, out: Path, *, splits: tuple[str, ...] = SPLITS, size: int = IMAGE_SIZE,
-                  samples_per_shard: int = 256, max_shard_mb: float = 50.0, workers: int | None = None,
-                  force: bool = False, show_progress: bool = True) -> dict:
+def shard_dataset(
+    src: Path,
+    out: Path,
+    *,
+    splits: tuple[str, ...] = SPLITS,
+    size: int = IMAGE_SIZE,
+    samples_per_shard: int = 256,
+    max_shard_mb: float = 50.0,
+    workers: int | None = None,
+    force: bool = False,
+    show_progress: bool = True,
+) -> dict:
     """Shard the PNG layout at `src` into `out`; returns the manifest (also written to out)."""
     root = find_layout_root(src)
     inputs = [folder for split in SPLITS for folder in split_folders(root, split)]  # all: --out must spare each
     with atomic_output_dir(out, marker=MANIFEST, force=force, inputs=inputs) as tmp:
         by_split = scan_layout(src, splits)
         total = sum(len(v) for v in by_split.values())
-        manifest = {"format_version": FORMAT_VERSION, "image_size": size,
-                    "entries": ["png", "json"], "splits": {}}
+        manifest = {"format_version": FORMAT_VERSION, "image_size": size, "entries": ["png", "json"], "splits": {}}
         errors: list[str] = []
-        with Pool(min(workers or os.cpu_count(), total)) as pool, \
-                tqdm(total=total, unit="img", desc="sharding", disable=not show_progress) as progress:
+        with (
+            Pool(min(workers or os.cpu_count(), total)) as pool,
+            tqdm(total=total, unit="img", desc="sharding", disable=not show_progress) as progress,
+        ):
             for split, slices in by_split.items():
-                manifest["splits"][split] = write_split(slices, tmp, pool, size, samples_per_shard,
-                                                        int(max_shard_mb * 2**20), progress, errors)
+                manifest["splits"][split] = write_split(
+                    slices, tmp, pool, size, samples_per_shard, int(max_shard_mb * 2**20), progress, errors
+                )
         if errors:
             raise DataError(list_problems(f"{len(errors)} bad file(s)", errors))
         if any(s["has_masks"] for s in manifest["splits"].values()):

@@ -13,8 +13,9 @@ from export.runtime.digest import file_sha256
 from export.runtime.shard_format import decode_gray_png, decode_metadata, iter_shard, read_manifest
 
 
-def check_sample(sample: dict, split: str, size: int,
-                 has_masks: bool) -> tuple[list[str], np.ndarray | None, str | None]:
+def check_sample(
+    sample: dict, split: str, size: int, has_masks: bool
+) -> tuple[list[str], np.ndarray | None, str | None]:
     """Problems with one sample, its pixel histogram and its subject."""
     key = sample["__key__"]
     expected = {"png", "json"} | ({"seg.png"} if has_masks else set())

@@ -42,10 +42,12 @@ from trainer.transformer_prior import TransformerPrior
 from trainer.vqvae import VQVAE
 
 IMAGE_SIZE = 256
-DESCRIPTION = ("Write encoder.onnx, decoder.onnx, the prior's models (PixelCNN: prior_row.onnx and prior_cell.onnx, "
-               "the two halves of the exact fast sampler; transformer: prior_step.onnx, one step with the key/value "
-               "cache as inputs) and model.json (prior kind, shapes, opset, sha256 of every file and of the source "
-               "weights) into a new folder. All batch, window and cache axes are dynamic.")
+DESCRIPTION = (
+    "Write encoder.onnx, decoder.onnx, the prior's models (PixelCNN: prior_row.onnx and prior_cell.onnx, "
+    "the two halves of the exact fast sampler; transformer: prior_step.onnx, one step with the key/value "
+    "cache as inputs) and model.json (prior kind, shapes, opset, sha256 of every file and of the source "
+    "weights) into a new folder. All batch, window and cache axes are dynamic."
+)
 
 
 class EncoderGraph(nn.Module):
@@ -57,7 +59,7 @@ class EncoderGraph(nn.Module):
         self.encoder, self.quantizer = vqvae.encoder, vqvae.quantizer
 
     def forward(self, images: Tensor) -> Tensor:
-        z = self.encoder(images).permute(0, 2, 3, 1)                    # (B, H, W, D)
+        z = self.encoder(images).permute(0, 2, 3, 1)  # (B, H, W, D)
         codebook = self.quantizer.codebook
         flat = argmin_distance(z.reshape(-1, z.shape[-1]), codebook, (codebook * codebook).sum(1))
         return flat.reshape(z.shape[:3])
@@ -93,37 +95,66 @@ class PriorCellGraph(nn.Module):
 
 
 @torch.no_grad()
-def export_models(prior: GatedPixelCNN | TransformerPrior, vqvae: VQVAE, out: Path, opset: int = DEFAULT_OPSET,
-                  source: dict | None = None) -> dict:
+def export_models(
+    prior: GatedPixelCNN | TransformerPrior,
+    vqvae: VQVAE,
+    out: Path,
+    opset: int = DEFAULT_OPSET,
+    source: dict | None = None,
+) -> dict:
     """Write the VQ-VAE's two models, the prior's (by its kind) and model.json into the folder `out`;
     returns model.json's contents. `source` records where the weights came from (checkpoints and their sha256)."""
     shape, height, width = prior.shape, prior.shape.height, prior.shape.width
     if isinstance(prior, TransformerPrior):
         kind, details = "transformer", {}
     else:
-        kind, details = "pixelcnn", {"context_rows": prior.context_rows, "context_columns": prior.context_columns,
-                                     "layers": len(prior.layers), "channels": prior.embed.embedding_dim}
-    fields = {"prior_kind": kind, "image_size": IMAGE_SIZE, "height": height, "width": width,
-              "num_codes": shape.num_codes, "code_dim": vqvae.quantizer.code_dim,
-              "num_conditions": shape.num_conditions, **details}
+        kind, details = (
+            "pixelcnn",
+            {
+                "context_rows": prior.context_rows,
+                "context_columns": prior.context_columns,
+                "layers": len(prior.layers),
+                "channels": prior.embed.embedding_dim,
+            },
+        )
+    fields = {
+        "prior_kind": kind,
+        "image_size": IMAGE_SIZE,
+        "height": height,
+        "width": width,
+        "num_codes": shape.num_codes,
+        "code_dim": vqvae.quantizer.code_dim,
+        "num_conditions": shape.num_conditions,
+        **details,
+    }
     batch = Dim("batch")
     images = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     codes = torch.zeros(2, height, width, dtype=torch.long)
     models = {
-        "encoder": export_part(EncoderGraph(vqvae), {"images": images}, {"images": {0: batch}},
-                               "codes", out / "encoder.onnx", opset, fields),
-        "decoder": export_part(DecoderGraph(vqvae), {"codes": codes}, {"codes": {0: batch}},
-                               "images", out / "decoder.onnx", opset, fields),
+        "encoder": export_part(
+            EncoderGraph(vqvae),
+            {"images": images},
+            {"images": {0: batch}},
+            "codes",
+            out / "encoder.onnx",
+            opset,
+            fields,
+        ),
+        "decoder": export_part(
+            DecoderGraph(vqvae), {"codes": codes}, {"codes": {0: batch}}, "images", out / "decoder.onnx", opset, fields
+        ),
     }
     if kind == "transformer":
         models["prior_step"] = export_step(prior, out / "prior_step.onnx", opset, fields)
     else:
         models.update(export_pixelcnn(prior, out, opset, fields))
-    written = onnx.load(str(out / "decoder.onnx")).opset_import   # the opset the exporter settled on
+    written = onnx.load(str(out / "decoder.onnx")).opset_import  # the opset the exporter settled on
     info = {
-        "format_version": FORMAT_VERSION, **fields,
+        "format_version": FORMAT_VERSION,
+        **fields,
         "opset": next(o.version for o in written if o.domain in ("", "ai.onnx")),
-        "source": source or {}, "models": models,
+        "source": source or {},
+        "models": models,
     }
     (out / MODEL_JSON).write_text(json.dumps(info, indent=1) + "\n")
     return info
@@ -139,26 +170,42 @@ def export_pixelcnn(prior: GatedPixelCNN, out: Path, opset: int, fields: dict) -
     band = torch.zeros(2, 2, prior.shape.width, dtype=torch.long)
     context = prior.row_context(band, condition.get("condition"))[..., :2]
     return {
-        "prior_row": export_part(PriorRowGraph(prior), {"band": band, **condition},
-                                 {"band": {0: batch, 1: rows}, "condition": {0: batch}},
-                                 "context", out / "prior_row.onnx", opset, fields),
-        "prior_cell": export_part(PriorCellGraph(prior), {"row": band[:, 0, :2], "context": context, **condition},
-                                  {"row": {0: batch, 1: columns}, "context": {0: batch, 3: columns},
-                                   "condition": {0: batch}},
-                                  "logits", out / "prior_cell.onnx", opset, fields),
+        "prior_row": export_part(
+            PriorRowGraph(prior),
+            {"band": band, **condition},
+            {"band": {0: batch, 1: rows}, "condition": {0: batch}},
+            "context",
+            out / "prior_row.onnx",
+            opset,
+            fields,
+        ),
+        "prior_cell": export_part(
+            PriorCellGraph(prior),
+            {"row": band[:, 0, :2], "context": context, **condition},
+            {"row": {0: batch, 1: columns}, "context": {0: batch, 3: columns}, "condition": {0: batch}},
+            "logits",
+            out / "prior_cell.onnx",
+            opset,
+            fields,
+        ),
     }
 
 
-def export_checkpoint(checkpoint: Path, out: Path, vqvae_checkpoint: Path | None = None,
-                      opset: int = DEFAULT_OPSET, force: bool = False) -> dict:
+def export_checkpoint(
+    checkpoint: Path, out: Path, vqvae_checkpoint: Path | None = None, opset: int = DEFAULT_OPSET, force: bool = False
+) -> dict:
     """Export a prior checkpoint (or a run folder's newest) and its VQ-VAE into the folder `out`,
     written as a hidden temporary folder and renamed when complete; returns model.json's contents."""
     out = Path(out)
     checkpoint = resolve_checkpoint(Path(checkpoint))
     prior, _, info = load_prior(checkpoint)
     vqvae, _, vqvae_path, vqvae_sha256 = load_paired_vqvae(info, vqvae_checkpoint)
-    source = {"prior_checkpoint": str(checkpoint), "prior_sha256": file_sha256(checkpoint / "model.safetensors"),
-              "vqvae_checkpoint": str(vqvae_path), "vqvae_sha256": vqvae_sha256}
+    source = {
+        "prior_checkpoint": str(checkpoint),
+        "prior_sha256": file_sha256(checkpoint / "model.safetensors"),
+        "vqvae_checkpoint": str(vqvae_path),
+        "vqvae_sha256": vqvae_sha256,
+    }
     # --force replaces an earlier export only: never the checkpoints' folders (nor one holding them)
     with atomic_output_dir(out, marker=MODEL_JSON, force=force, inputs=[checkpoint, vqvae_path]) as tmp:
         return export_models(prior, vqvae, tmp, opset, source)
@@ -166,16 +213,26 @@ def export_checkpoint(checkpoint: Path, out: Path, vqvae_checkpoint: Path | None
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(parser, "prior")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="folder to create; written to a temporary folder and renamed when complete")
-    parser.add_argument("--vqvae", type=Path, default=None,
-                        help="VQ-VAE checkpoint (default: the one recorded in the prior's prior.json); its weights "
-                             "must be the ones the prior was trained on")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="folder to create; written to a temporary folder and renamed when complete",
+    )
+    parser.add_argument(
+        "--vqvae",
+        type=Path,
+        default=None,
+        help="VQ-VAE checkpoint (default: the one recorded in the prior's prior.json); its weights "
+        "must be the ones the prior was trained on",
+    )
     parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
     add_force_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
     info = export_checkpoint(args.checkpoint, args.out, args.vqvae, args.opset, args.force)
-    print(f"{args.out}: {', '.join(m['file'] for m in info['models'].values())}, model.json "
-          f"(opset {info['opset']}, grid {info['height']}x{info['width']}, K = {info['num_codes']})")
+    print(
+        f"{args.out}: {', '.join(m['file'] for m in info['models'].values())}, model.json "
+        f"(opset {info['opset']}, grid {info['height']}x{info['width']}, K = {info['num_codes']})"
+    )

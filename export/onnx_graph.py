@@ -38,15 +38,30 @@ def quiet_exporter() -> Iterator[None]:
         registration.setLevel(level)
 
 
-def export_graph(module: nn.Module, examples: tuple, dynamic_shapes: tuple, inputs: list[str], outputs: list[str],
-                 path: Path, opset: int, fields: dict) -> dict:
+def export_graph(
+    module: nn.Module,
+    examples: tuple,
+    dynamic_shapes: tuple,
+    inputs: list[str],
+    outputs: list[str],
+    path: Path,
+    opset: int,
+    fields: dict,
+) -> dict:
     """Export one model with named inputs and outputs and dynamic axes (torch.export's `dynamic_shapes`,
     one entry per argument of `module.forward`) and check it; returns its model.json entry. The semantic
     `fields` of model.json go into the file's metadata too, where the runtime checks model.json against them."""
     with quiet_exporter():
-        program = torch.onnx.export(module.eval(), examples, dynamo=True, opset_version=opset,
-                                    dynamic_shapes=dynamic_shapes, input_names=inputs, output_names=outputs,
-                                    verbose=False)
+        program = torch.onnx.export(
+            module.eval(),
+            examples,
+            dynamo=True,
+            opset_version=opset,
+            dynamic_shapes=dynamic_shapes,
+            input_names=inputs,
+            output_names=outputs,
+            verbose=False,
+        )
     program.save(path, external_data=False)
     graph = onnx.load(str(path))
     onnx.helper.set_model_props(graph, {GRAPH_METADATA: json.dumps(fields, sort_keys=True)})
@@ -55,8 +70,23 @@ def export_graph(module: nn.Module, examples: tuple, dynamic_shapes: tuple, inpu
     return {"file": path.name, "sha256": file_sha256(path), "inputs": inputs, "outputs": outputs}
 
 
-def export_part(module: nn.Module, inputs: dict[str, Tensor], dynamic: dict[str, dict[int, Dim]],
-                output: str, path: Path, opset: int, fields: dict) -> dict:
+def export_part(
+    module: nn.Module,
+    inputs: dict[str, Tensor],
+    dynamic: dict[str, dict[int, Dim]],
+    output: str,
+    path: Path,
+    opset: int,
+    fields: dict,
+) -> dict:
     """export_graph for a model with one output and one tensor per named input."""
-    return export_graph(module, tuple(inputs.values()), tuple(dynamic[name] for name in inputs), list(inputs),
-                        [output], path, opset, fields)
+    return export_graph(
+        module,
+        tuple(inputs.values()),
+        tuple(dynamic[name] for name in inputs),
+        list(inputs),
+        [output],
+        path,
+        opset,
+        fields,
+    )

@@ -41,8 +41,10 @@ class PriorStep(nn.Module):
 def step_names(layers: int, conditional: bool) -> tuple[list[str], list[str]]:
     """Input and output names of prior_step, in order."""
     cache = [f"{kind}_{n}" for n in range(layers) for kind in ("key", "value")]
-    return (["previous", "position"] + ["condition"] * conditional + cache,
-            ["logits"] + [f"new_{name}" for name in cache])
+    return (
+        ["previous", "position"] + ["condition"] * conditional + cache,
+        ["logits"] + [f"new_{name}" for name in cache],
+    )
 
 
 @torch.no_grad()
@@ -57,7 +59,7 @@ def export_step(prior: TransformerPrior, path: Path, opset: int = DEFAULT_OPSET,
     examples = [torch.zeros(2, dtype=torch.long), torch.tensor([1])] + [torch.zeros(2, dtype=torch.long)] * conditional
     examples += prior.empty_cache(2, cells=2)
     cache_axes = [{0: batch, 3: cells}, {0: batch, 2: cells}] * len(prior.blocks)
-    dynamic = ({0: batch}, None, tuple([{0: batch}] * conditional + cache_axes))   # *condition_and_cache: one argument
+    dynamic = ({0: batch}, None, tuple([{0: batch}] * conditional + cache_axes))  # *condition_and_cache: one argument
     entry = export_graph(PriorStep(prior), tuple(examples), dynamic, inputs, outputs, Path(path), opset, fields or {})
     attention = prior.blocks[0].attention
     return {**entry, "layers": len(prior.blocks), "kv_heads": attention.kv_heads, "head_dim": attention.head_dim}

@@ -17,10 +17,24 @@ DEMO_CONFIG = REPO / "configs" / "vqvae_demo_cpu.yaml"
 
 def tiny(shards: Path, out: Path, *extra: str) -> list[str]:
     """Overrides that shrink the demo config to seconds on a CPU."""
-    return [f"data.shards={shards}", f"out_dir={out}", "data.batch_size=8", "model.channels=16",
-            "model.res_channels=8", "model.code_dim=8", "quantizer.num_codes=32", "quantizer.compile=false",
-            "train.max_steps=12", "train.warmup_steps=2", "train.log_every=2", "train.eval_every=6",
-            "train.eval_batches=1", "train.checkpoint_every=6", "wandb.enabled=false", *extra]
+    return [
+        f"data.shards={shards}",
+        f"out_dir={out}",
+        "data.batch_size=8",
+        "model.channels=16",
+        "model.res_channels=8",
+        "model.code_dim=8",
+        "quantizer.num_codes=32",
+        "quantizer.compile=false",
+        "train.max_steps=12",
+        "train.warmup_steps=2",
+        "train.log_every=2",
+        "train.eval_every=6",
+        "train.eval_batches=1",
+        "train.checkpoint_every=6",
+        "wandb.enabled=false",
+        *extra,
+    ]
 
 
 def free_port() -> int:

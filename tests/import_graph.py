@@ -29,8 +29,7 @@ def module_name(path: Path, root: Path = REPO) -> str:
 
 def project_modules(root: Path = REPO) -> dict[str, Path]:
     """{dotted name: file} of every module in the project's packages."""
-    return {module_name(path, root): path for package in PACKAGES
-            for path in sorted((root / package).rglob("*.py"))}
+    return {module_name(path, root): path for package in PACKAGES for path in sorted((root / package).rglob("*.py"))}
 
 
 def imports_of(path: Path) -> dict[str, bool]:
@@ -89,8 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         for module, imported in found.items():
             for target in imported:
                 if target in found:
-                    edges[(module.rsplit(".", 1)[0] if "." in module else module,
-                           target.rsplit(".", 1)[0] if "." in target else target)] += 1
+                    edges[
+                        (
+                            module.rsplit(".", 1)[0] if "." in module else module,
+                            target.rsplit(".", 1)[0] if "." in target else target,
+                        )
+                    ] += 1
         for (source, target), count in sorted(edges.items()):
             if source != target:
                 print(f"{source} -> {target}: {count}")

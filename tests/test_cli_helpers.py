@@ -21,18 +21,21 @@ def parse(option_type, value: str, capsys) -> str:
     return capsys.readouterr().err.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("option_type, value, problem", [
-    (positive_int, "0", "must be an integer >= 1, got 0"),
-    (positive_int, "-1", "must be an integer >= 1, got -1"),
-    (positive_int, "1.5", "'1.5' is not an integer"),
-    (non_negative_int, "-5", "must be an integer >= 0, got -5"),
-    (integer(1, 8), "9", "must be an integer from 1 to 8, got 9"),
-    (positive_float, "0", "must be a finite number > 0, got 0"),
-    (positive_float, "nan", "must be a finite number > 0, got nan"),
-    (positive_float, "inf", "must be a finite number > 0, got inf"),
-    (positive_float, "fast", "'fast' is not a number"),
-    (number(low=1), "0.5", "must be a finite number >= 1, got 0.5"),
-])
+@pytest.mark.parametrize(
+    "option_type, value, problem",
+    [
+        (positive_int, "0", "must be an integer >= 1, got 0"),
+        (positive_int, "-1", "must be an integer >= 1, got -1"),
+        (positive_int, "1.5", "'1.5' is not an integer"),
+        (non_negative_int, "-5", "must be an integer >= 0, got -5"),
+        (integer(1, 8), "9", "must be an integer from 1 to 8, got 9"),
+        (positive_float, "0", "must be a finite number > 0, got 0"),
+        (positive_float, "nan", "must be a finite number > 0, got nan"),
+        (positive_float, "inf", "must be a finite number > 0, got inf"),
+        (positive_float, "fast", "'fast' is not a number"),
+        (number(low=1), "0.5", "must be a finite number >= 1, got 0.5"),
+    ],
+)
 def test_bad_number_names_the_option(option_type, value: str, problem: str, capsys):
     assert parse(option_type, value, capsys) == f"tool: error: argument --opt: {problem}"
 

@@ -12,12 +12,15 @@ from trainer.config import ConfigError, PriorConfig, load_config
 DEMO_CONFIG = REPO / "configs" / "vqvae_demo_cpu.yaml"
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("train:\n  lr: [1, 2\n", "not valid YAML"),
-    ("train:\n\tlr: 1\n", "not valid YAML"),
-    ("seed: 1\nseed: 2\n", "key 'seed' appears twice"),
-    ("train: {lr: 1, lr: 2}\n", "key 'lr' appears twice"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("train:\n  lr: [1, 2\n", "not valid YAML"),
+        ("train:\n\tlr: 1\n", "not valid YAML"),
+        ("seed: 1\nseed: 2\n", "key 'seed' appears twice"),
+        ("train: {lr: 1, lr: 2}\n", "key 'lr' appears twice"),
+    ],
+)
 def test_malformed_config_file_is_named(text: str, problem: str, tmp_path: Path):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -38,14 +41,17 @@ def test_config_path_that_is_a_folder_is_named(tmp_path: Path):
         load_config(tmp_path)
 
 
-@pytest.mark.parametrize("override, problem", [
-    ("train.lr=[1,", "--set 'train.lr=[1,': value is not valid YAML"),
-    ("train.lr.x=1", "--set 'train.lr.x=1': train.lr is a value, not a section"),
-    ("seed.x=1", "--set 'seed.x=1': seed is a value, not a section"),
-    ("train..lr=1", "--set 'train..lr=1': empty key"),
-    ("=1", "--set '=1': empty key"),
-    ("train.lr", "--set 'train.lr': expected section.key=value"),
-])
+@pytest.mark.parametrize(
+    "override, problem",
+    [
+        ("train.lr=[1,", "--set 'train.lr=[1,': value is not valid YAML"),
+        ("train.lr.x=1", "--set 'train.lr.x=1': train.lr is a value, not a section"),
+        ("seed.x=1", "--set 'seed.x=1': seed is a value, not a section"),
+        ("train..lr=1", "--set 'train..lr=1': empty key"),
+        ("=1", "--set '=1': empty key"),
+        ("train.lr", "--set 'train.lr': expected section.key=value"),
+    ],
+)
 def test_malformed_override_names_the_option(override: str, problem: str):
     with pytest.raises(ConfigError) as err:
         load_config(DEMO_CONFIG, [override])
@@ -63,14 +69,17 @@ def test_overrides_still_work():
     assert (config.train.lr, config.seed, config.data.shards) == (1e-3, 7, "runs/x")
 
 
-@pytest.mark.parametrize("override, problem", [
-    ("model.kind=pixelsnail", "model.kind: must be one of pixelcnn, transformer"),
-    ("model.transformer.heads=3", "model.transformer.heads: must divide width"),
-    ("model.transformer.kv_heads=3", "model.transformer.kv_heads: must divide heads"),
-    ("model.transformer.layers=0", "model.transformer.layers: must be >= 1"),
-    ("model.transformer.dropout=1", "model.transformer.dropout: must be in [0, 1)"),
-    ("model.transformer.depth=4", "model.transformer.depth: unknown key"),
-])
+@pytest.mark.parametrize(
+    "override, problem",
+    [
+        ("model.kind=pixelsnail", "model.kind: must be one of pixelcnn, transformer"),
+        ("model.transformer.heads=3", "model.transformer.heads: must divide width"),
+        ("model.transformer.kv_heads=3", "model.transformer.kv_heads: must divide heads"),
+        ("model.transformer.layers=0", "model.transformer.layers: must be >= 1"),
+        ("model.transformer.dropout=1", "model.transformer.dropout: must be in [0, 1)"),
+        ("model.transformer.depth=4", "model.transformer.depth: unknown key"),
+    ],
+)
 def test_bad_prior_kind_or_transformer_value_is_named(override: str, problem: str):
     with pytest.raises(ConfigError) as err:
         load_config(REPO / "configs" / "prior_demo_cpu.yaml", [override], cls=PriorConfig)

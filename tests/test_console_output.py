@@ -14,9 +14,14 @@ def test_training_prints_one_wandb_line_and_its_processes(demo_shards: Path, tmp
     out = tmp_path / "run"
     overrides = [a for o in tiny(demo_shards, out, "train.max_steps=4", "wandb.enabled=true") for a in ("--set", o)]
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_SILENT", "WANDB_API_KEY")}
-    result = subprocess.run([sys.executable, "-m", "trainer", "vqvae", "--config", str(DEMO_CONFIG), "--quiet",
-                             *overrides], cwd=REPO, env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer", "vqvae", "--config", str(DEMO_CONFIG), "--quiet", *overrides],
+        cwd=REPO,
+        env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     lines = (result.stdout + result.stderr).splitlines()
     wandb_lines = [line for line in lines if line.startswith("wandb:")]
@@ -31,7 +36,7 @@ def test_requested_processes_read_from_the_accelerate_launcher():
     accelerate_env = {"ACCELERATE_USE_CPU": "True"}
     assert requested_processes(launcher, accelerate_env) == 4
     assert requested_processes(["accelerate", "launch", "--num_processes=3", "x.py"], accelerate_env) == 3
-    assert requested_processes(launcher, {}) is None                          # not under accelerate
+    assert requested_processes(launcher, {}) is None  # not under accelerate
     assert requested_processes(["bash", "launch.sh", "demo"], accelerate_env) is None
     assert requested_processes(["accelerate", "launch", "--num_processes", "many"], accelerate_env) is None
     assert requested_processes(["accelerate", "launch", "--num_processes"], accelerate_env) is None

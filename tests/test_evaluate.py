@@ -46,8 +46,8 @@ def test_evaluate_writes_consistent_csv_summary_and_figures(trained_run: Path, t
     assert shown[0].startswith("VQ-VAE on the test split: ") and shown[0].endswith("then the 2 worst by SSIM")
     worst = sorted(rows, key=lambda r: float(r["ssim"]))[:2]
     assert [line for line in shown if line.startswith("worst: ")] == [f"worst: {r['key']}" for r in worst]
-    levels = [int(line.split("_slice_")[1]) for line in shown if line.startswith("case_")]   # one subject here
-    assert len(levels) >= 4 and max(levels) - min(levels) >= 24   # spread over the levels, not slices 0-7
+    levels = [int(line.split("_slice_")[1]) for line in shown if line.startswith("case_")]  # one subject here
+    assert len(levels) >= 4 and max(levels) - min(levels) >= 24  # spread over the levels, not slices 0-7
     assert {"original", "reconstruction"} <= set(shown)
 
     # SSIM of one image, recomputed independently with the documented settings
@@ -57,17 +57,33 @@ def test_evaluate_writes_consistent_csv_summary_and_figures(trained_run: Path, t
     x = torch.from_numpy(image)[None, None]
     with torch.no_grad():
         recon = model.decode(model.encode(x))
-    expected = structural_similarity_index_measure(recon, x, gaussian_kernel=True, kernel_size=11, sigma=1.5,
-                                                   data_range=1.0)
+    expected = structural_similarity_index_measure(
+        recon, x, gaussian_kernel=True, kernel_size=11, sigma=1.5, data_range=1.0
+    )
     assert float(row["ssim"]) == pytest.approx(float(expected), abs=1e-5)
 
 
-def test_evaluate_cli_logs_to_wandb_offline_and_missing_checkpoint(trained_run: Path, tmp_path: Path, capsys,
-                                                                   monkeypatch):
+def test_evaluate_cli_logs_to_wandb_offline_and_missing_checkpoint(
+    trained_run: Path, tmp_path: Path, capsys, monkeypatch
+):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
-    assert cli(["evaluate", "--checkpoint", str(trained_run), "--split", "validate", "--out", str(tmp_path / "e"),
-                "--quiet", "--wandb"]) == 0
+    assert (
+        cli(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(trained_run),
+                "--split",
+                "validate",
+                "--out",
+                str(tmp_path / "e"),
+                "--quiet",
+                "--wandb",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["images"] == 32
     (row,) = history(tmp_path / "e")
     assert {"validate/reconstructions/_type", "validate/code_maps/_type", "validate/codebook_usage/_type"} <= set(row)

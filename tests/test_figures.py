@@ -25,7 +25,7 @@ CODE_VALUES = np.linspace(0, 1, K)
 
 def slices(n: int, size: int = 64) -> np.ndarray:
     """n noisy discs in [0, 1]: brain-ish enough to show up in a figure."""
-    y, x = np.mgrid[-1:1:size * 1j, -1:1:size * 1j]
+    y, x = np.mgrid[-1 : 1 : size * 1j, -1 : 1 : size * 1j]
     disc = (x**2 / 0.6 + y**2 / 0.8 < 1).astype(np.float32)
     return np.clip(disc * 0.7 + RNG.uniform(0, 0.3, (n, size, size)), 0, 1).astype(np.float32)
 
@@ -71,26 +71,32 @@ def test_grids_grow_with_columns_and_rows(kind, tmp_path):
     assert wide.width >= 8 * 150 and wide.height >= 2 * 150  # panels large enough to see anatomy
 
 
-@pytest.mark.parametrize("kind, title, rows", [("reconstruction", "VQ-VAE, test", ["original", "reconstruction"]),
-                                               ("code_maps", "codes, test", ["original", "code map"]),
-                                               ("generated", "prior samples", ["sampled code map", "decoded slice"])])
+@pytest.mark.parametrize(
+    "kind, title, rows",
+    [
+        ("reconstruction", "VQ-VAE, test", ["original", "reconstruction"]),
+        ("code_maps", "codes, test", ["original", "code map"]),
+        ("generated", "prior samples", ["sampled code map", "decoded slice"]),
+    ],
+)
 def test_grids_say_what_they_show(kind, title, rows, tmp_path):
-    drawn = texts(draw_grid(kind, 6, 4, tmp_path / "grid.png"))   # 2 rows of panel pairs
+    drawn = texts(draw_grid(kind, 6, 4, tmp_path / "grid.png"))  # 2 rows of panel pairs
     assert drawn[0] == title
     for label in rows:
-        assert drawn.count(label) == 2   # each row of pairs is labelled
-    assert ("code's mean decoded intensity" in drawn) == (kind != "reconstruction")   # colour bar
+        assert drawn.count(label) == 2  # each row of pairs is labelled
+    assert ("code's mean decoded intensity" in drawn) == (kind != "reconstruction")  # colour bar
     if kind != "generated":
         assert set(keys(6)) <= set(drawn)
 
 
 def test_code_intensity_orders_codes_by_what_they_decode_to():
-    brightness = RNG.uniform(0, 1, K)   # a "decoder" that paints code k at brightness[k]
+    brightness = RNG.uniform(0, 1, K)  # a "decoder" that paints code k at brightness[k]
     calls = []
 
     def decode(grids):
         calls.append(grids.shape)
         return brightness[grids][:, None].repeat(2, axis=-1)
+
     values = code_intensity(decode, K, (4, 3), batch_size=10)
     np.testing.assert_allclose(values, brightness)
     assert calls == [(10, 4, 3)] * 3 + [(2, 4, 3)]
@@ -99,7 +105,7 @@ def test_code_intensity_orders_codes_by_what_they_decode_to():
 def test_reconstruction_examples_spread_and_worst():
     examples = ReconstructionExamples(total=100, spread=4, worst=2)
     ssim = np.linspace(0.9, 0.5, 100)
-    ssim[[17, 66]] = [0.1, 0.2]   # the two worst; 66 is also a spread position: shown once, as worst
+    ssim[[17, 66]] = [0.1, 0.2]  # the two worst; 66 is also a spread position: shown once, as worst
     for i, s in enumerate(ssim):
         examples.add(f"k{i}", np.full((8, 8), i / 100), np.zeros((8, 8)), np.zeros((2, 2), int), s)
     names, originals, _, _, scores = examples.arrays()
@@ -128,8 +134,11 @@ def test_loss_curves_with_and_without_validation(tmp_path):
     history = train_rows(range(1, 200, 10))
     history[3].pop("commitment_loss")  # a row that did not log every loss
     history[4]["recon_loss"] = None
-    history += [{"step": 50, "val_ssim": 0.7, "val_psnr": 24.0}, {"step": 100, "val_ssim": 0.8},
-                {"step": 150, "val_ssim": 0.85, "val_psnr": 27.5}]
+    history += [
+        {"step": 50, "val_ssim": 0.7, "val_psnr": 24.0},
+        {"step": 100, "val_ssim": 0.8},
+        {"step": 150, "val_ssim": 0.85, "val_psnr": 27.5},
+    ]
     with_val = open_png(loss_curves(history, tmp_path / "val.png"))
 
     assert with_val.width == train_only.width
@@ -160,4 +169,4 @@ def test_codebook_usage(tmp_path):
 
 def test_code_maps_reject_codes_outside_the_codebook(tmp_path):
     with pytest.raises(IndexError):
-        code_maps(slices(2), codes(2), keys(2), tmp_path / "codes.png", CODE_VALUES[:K // 2], "codes")
+        code_maps(slices(2), codes(2), keys(2), tmp_path / "codes.png", CODE_VALUES[: K // 2], "codes")

@@ -35,7 +35,7 @@ def exact_moments(mean: np.ndarray, variances: np.ndarray, rotation: np.ndarray,
     """n samples whose sample mean is `mean` and sample covariance is R diag(variances) R^T, exactly."""
     z = np.random.default_rng(seed).standard_normal((n, len(mean)))
     z -= z.mean(0)
-    z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T    # sample covariance I
+    z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T  # sample covariance I
     return mean + (z * np.sqrt(variances)) @ rotation.T
 
 
@@ -51,7 +51,7 @@ def test_frechet_distance_of_unit_gaussians_is_squared_mean_shift():
     rng = np.random.default_rng(1)
     shift = np.array([1.0, 0.5, 0.0, -1.0])
     a, b = rng.standard_normal((20000, 4)), rng.standard_normal((20000, 4)) + shift
-    assert frechet_distance(a, b) == pytest.approx(np.sum(shift ** 2), abs=0.05)
+    assert frechet_distance(a, b) == pytest.approx(np.sum(shift**2), abs=0.05)
 
 
 @pytest.mark.parametrize("rotate", [False, True])
@@ -85,8 +85,10 @@ def test_frechet_distance_rejects_bad_shapes():
 
 def test_encoder_features_are_global_then_2x2_averages_of_the_encoder_output():
     torch.manual_seed(0)
-    model = VQVAE(ModelConfig(downsample=4, channels=16, res_blocks=1, res_channels=8, code_dim=8),
-                  QuantizerConfig(num_codes=32, compile=False)).eval()
+    model = VQVAE(
+        ModelConfig(downsample=4, channels=16, res_blocks=1, res_channels=8, code_dim=8),
+        QuantizerConfig(num_codes=32, compile=False),
+    ).eval()
     images = blobs(3)
     features = encoder_features(model, images, batch_size=2)
     with torch.no_grad():
@@ -110,8 +112,12 @@ def test_nearest_ssim_finds_the_exact_copies():
 def test_nearest_ssim_with_a_full_shortlist_equals_exhaustive_search():
     references, queries = blobs(6), blobs(2, seed=1)
     ssim, index = nearest_ssim(queries, references, shortlist=6, batch_size=5)
-    exhaustive = torch.stack([structural_similarity_index_measure(
-        q.expand_as(references), references, reduction="none", **SSIM_SETTINGS) for q in queries[:, None]])
+    exhaustive = torch.stack(
+        [
+            structural_similarity_index_measure(q.expand_as(references), references, reduction="none", **SSIM_SETTINGS)
+            for q in queries[:, None]
+        ]
+    )
     np.testing.assert_allclose(ssim, exhaustive.max(dim=1).values.numpy(), rtol=1e-5)
     np.testing.assert_array_equal(index, exhaustive.argmax(dim=1).numpy())
     assert (ssim < 0.99).all()
@@ -154,8 +160,9 @@ def test_code_histograms_identical_disjoint_and_known():
     known = code_histogram_comparison(np.array([0, 0, 1, 1]), np.array([[0, 0], [0, 2]], dtype=np.uint16), 3)
     p, q = np.array([0.5, 0.5, 0]), np.array([0.75, 0, 0.25])
     m = (p + q) / 2
-    js = (0.5 * (0.5 * np.log2(0.5 / m[0]) + 0.5 * np.log2(0.5 / m[1]))
-          + 0.5 * (0.75 * np.log2(0.75 / m[0]) + 0.25 * np.log2(0.25 / m[2])))
+    js = 0.5 * (0.5 * np.log2(0.5 / m[0]) + 0.5 * np.log2(0.5 / m[1])) + 0.5 * (
+        0.75 * np.log2(0.75 / m[0]) + 0.25 * np.log2(0.25 / m[2])
+    )
     assert known["total_variation"] == pytest.approx(0.5)
     assert known["jensen_shannon_bits"] == pytest.approx(js)
     assert (known["codes_used_a"], known["codes_used_b"], known["counts_b"]) == (2, 2, [3, 0, 1])

@@ -30,13 +30,29 @@ def tiny_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def gpu_bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "bench" / "gpu.py"), *args], cwd=REPO, text=True,
-                          capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=900, check=False)
+    return subprocess.run(
+        [sys.executable, str(REPO / "bench" / "gpu.py"), *args],
+        cwd=REPO,
+        text=True,
+        capture_output=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=900,
+        check=False,
+    )
 
 
 def test_every_part_runs_tiny_on_the_cpu_into_one_json(tiny_shards: Path, tmp_path: Path):
-    result = gpu_bench("--device", "cpu", "--tiny", "--shards", str(tiny_shards), "--json", str(tmp_path / "r.json"),
-                       "--work", str(tmp_path / "work"))
+    result = gpu_bench(
+        "--device",
+        "cpu",
+        "--tiny",
+        "--shards",
+        str(tiny_shards),
+        "--json",
+        str(tmp_path / "r.json"),
+        "--work",
+        str(tmp_path / "work"),
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["kernel"]["mismatches"] <= 8 and r["kernel"]["fused"]["median_wall_s"] > 0  # of 8,192 rows
@@ -50,12 +66,15 @@ def test_every_part_runs_tiny_on_the_cpu_into_one_json(tiny_shards: Path, tmp_pa
     assert [rank["world_size"] for rank in two["ranks"]] == [2, 2] and two["identical_weights"]
 
 
-def test_bad_parts_or_missing_shards_are_one_line_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                         capsys: pytest.CaptureFixture):
+def test_bad_parts_or_missing_shards_are_one_line_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
     import gpu  # in this process: two more interpreters importing torch would only cost time
 
-    for args, message in ((["--parts", "kernel,warp"], "unknown part(s) ['warp']"),
-                          (["--parts", "stage1", "--shards", str(tmp_path)], "no manifest.json")):
+    for args, message in (
+        (["--parts", "kernel,warp"], "unknown part(s) ['warp']"),
+        (["--parts", "stage1", "--shards", str(tmp_path)], "no manifest.json"),
+    ):
         monkeypatch.setattr(sys, "argv", ["gpu.py", "--device", "cpu", *args])
         with pytest.raises(SystemExit) as exit_:
             gpu.main()

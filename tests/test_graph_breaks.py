@@ -18,8 +18,10 @@ def graph_breaks(model: torch.nn.Module, *inputs) -> tuple[int, list]:
 
 
 def test_vqvae_training_forward_has_no_graph_breaks():
-    model = VQVAE(ModelConfig(downsample=4, channels=16, res_blocks=1, res_channels=8, code_dim=8),
-                  QuantizerConfig(num_codes=32, dead_code_threshold=1.0)).train()
+    model = VQVAE(
+        ModelConfig(downsample=4, channels=16, res_blocks=1, res_channels=8, code_dim=8),
+        QuantizerConfig(num_codes=32, dead_code_threshold=1.0),
+    ).train()
     images = torch.rand(2, 1, 32, 32)
     count, reasons = graph_breaks(model, images)
     assert count == 0, reasons
@@ -27,8 +29,9 @@ def test_vqvae_training_forward_has_no_graph_breaks():
 
 
 def test_gated_pixelcnn_training_forward_has_no_graph_breaks():
-    prior = GatedPixelCNN(PriorShape(num_codes=16, height=8, width=8, num_conditions=4), channels=8, layers=3,
-                          head_channels=16).train()
+    prior = GatedPixelCNN(
+        PriorShape(num_codes=16, height=8, width=8, num_conditions=4), channels=8, layers=3, head_channels=16
+    ).train()
     codes = torch.randint(16, (2, 8, 8))
     count, reasons = graph_breaks(prior, codes, torch.tensor([0, 3]))
     assert count == 0, reasons

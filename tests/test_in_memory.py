@@ -19,8 +19,7 @@ def batches_of(stream) -> list[tuple[list[str], torch.Tensor]]:
 @pytest.mark.parametrize("world_size, num_workers", [(1, 0), (1, 2), (2, 2), (3, 0)])
 def test_memory_gives_the_streams_batches(demo_shards: Path, world_size: int, num_workers: int):
     for rank in range(world_size):
-        ds = SliceShards(demo_shards, "train", rank=rank, world_size=world_size, shuffle=True, seed=3,
-                         shuffle_buffer=8)
+        ds = SliceShards(demo_shards, "train", rank=rank, world_size=world_size, shuffle=True, seed=3, shuffle_buffer=8)
         memory = SlicesInMemory(ds)
         for epoch in (0, 1):
             streamed = batches_of(epoch_batches(ds, 5, epoch=epoch, num_workers=num_workers))
@@ -59,12 +58,15 @@ def test_training_source_follows_the_config(demo_shards: Path):
     assert on_host.pixels.dtype == torch.uint8 and on_host.pixels.shape == (64, 1, 256, 256)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("data.in_memory=true", "data.in_memory: expected str"),
-    ("data.in_memory=sometimes", "data.in_memory: must be auto, always or never"),
-    ("data.memory_budget_mb=-1", "data.memory_budget_mb: must be >= 0"),
-    ("data.in_memory_on=gpu", "data.in_memory_on: must be device or host"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("data.in_memory=true", "data.in_memory: expected str"),
+        ("data.in_memory=sometimes", "data.in_memory: must be auto, always or never"),
+        ("data.memory_budget_mb=-1", "data.memory_budget_mb: must be >= 0"),
+        ("data.in_memory_on=gpu", "data.in_memory_on: must be device or host"),
+    ],
+)
 def test_bad_in_memory_options_are_clear_errors(override: str, message: str):
     with pytest.raises(ConfigError, match=message):
         load_config(REPO / "configs" / "vqvae_demo_cpu.yaml", [override])

@@ -11,8 +11,13 @@ from conftest import REPO
 
 def config_value(config: Path, cls: str, key: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run launch.sh's config_value function alone (sourcing the script defines it without running a command)."""
-    return subprocess.run(["bash", "-c", f'source "{REPO / "launch.sh"}" && config_value "$@"', "_",
-                           str(config), cls, key], cwd=cwd, capture_output=True, text=True, check=False)
+    return subprocess.run(
+        ["bash", "-c", f'source "{REPO / "launch.sh"}" && config_value "$@"', "_", str(config), cls, key],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def test_crafted_config_name_is_data_not_code(tmp_path: Path):
@@ -36,8 +41,14 @@ def test_config_value_of_a_bad_config_is_one_line_and_exit_2(tmp_path: Path):
 
 def test_demo_stage_clock_prints_each_stage_and_the_total(tmp_path: Path):
     script = 'source "$1" && stage "1/2 first: a" && sleep 0.4 && stage "2/2 second: b" && sleep 0.2 && stage_times'
-    result = subprocess.run(["bash", "-c", script, "_", str(REPO / "launch.sh")], cwd=tmp_path, capture_output=True,
-                            text=True, check=False, timeout=30)
+    result = subprocess.run(
+        ["bash", "-c", script, "_", str(REPO / "launch.sh")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "== 1/2 first: a" and lines[2] == "== 2/2 second: b" and lines[4] == "== time per stage"

@@ -66,9 +66,18 @@ def test_too_large_batch_is_a_clear_error(demo_shards: Path):
 
 def test_two_processes_split_every_epoch_exactly(demo_shards: Path, tmp_path: Path):
     """torchrun + Accelerate on CPU (gloo): the ranks' epochs partition the split."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", str(free_port()), str(REPO / "tests" / "scripts" / "loader_ranks.py"),
-               str(demo_shards), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(REPO / "tests" / "scripts" / "loader_ranks.py"),
+        str(demo_shards),
+        str(tmp_path),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -18,8 +18,14 @@ def tiny_prior(shape: PriorShape = SHAPE, layers: int = 3, seed: int = 0) -> Gat
     return GatedPixelCNN(shape, channels=8, layers=layers, kernel=3, first_kernel=5, head_channels=16).double().eval()
 
 
-def input_gradient(prior: GatedPixelCNN, codes: torch.Tensor, condition, cell: tuple[int, int],
-                   upto: int | None = None, stack: str = "both") -> torch.Tensor:
+def input_gradient(
+    prior: GatedPixelCNN,
+    codes: torch.Tensor,
+    condition,
+    cell: tuple[int, int],
+    upto: int | None = None,
+    stack: str = "both",
+) -> torch.Tensor:
     """|d logits(cell) / d embedded input| summed over channels: (H, W), nonzero where the cell looks.
     `upto` stops after that many layers; `stack` picks which stack's output to differentiate."""
     x = prior.embed(codes).permute(0, 3, 1, 2).detach().requires_grad_()
@@ -42,7 +48,7 @@ def test_logits_never_see_the_cell_itself_or_later_cells(cell, upto):
     i, j = cell
     later = torch.zeros(9, 8, dtype=torch.bool)
     later[i, j:] = True
-    later[i + 1:] = True
+    later[i + 1 :] = True
     assert not seen[later].any(), f"cell {cell} sees itself or later cells:\n{seen.int()}"
     if (i, j) != (0, 0):
         assert seen.any()
@@ -62,9 +68,9 @@ def test_no_blind_spot_within_the_receptive_field():
     prior = tiny_prior(PriorShape(16, 12, 12, 0), layers=4)
     codes = torch.randint(0, 16, (1, 12, 12))
     seen = input_gradient(prior, codes, None, (10, 6), None) > 0
-    assert seen[10, :6].all()                      # the whole row to the left
+    assert seen[10, :6].all()  # the whole row to the left
     assert seen[9, 6:9].all() and seen[9, 3:6].all()  # the row above, including up-right (blind spot in PixelCNN v1)
-    assert seen[10 - (prior.context_rows - 1), 6]   # the farthest row that can reach it
+    assert seen[10 - (prior.context_rows - 1), 6]  # the farthest row that can reach it
 
 
 def test_perturbing_a_cell_changes_only_later_logits():
@@ -77,7 +83,7 @@ def test_perturbing_a_cell_changes_only_later_logits():
     flat = diff.flatten()
     position = 4 * 8 + 3
     assert flat[: position + 1].max() == 0
-    assert flat[position + 1:].max() > 0
+    assert flat[position + 1 :].max() > 0
 
 
 def test_fast_path_matches_the_full_forward_at_every_cell():
@@ -86,14 +92,14 @@ def test_fast_path_matches_the_full_forward_at_every_cell():
     condition = torch.tensor([0, 2, 3])
     full = prior(codes, condition)
     for i in range(9):
-        band = codes[:, max(0, i - prior.context_rows): i + 1].clone()
+        band = codes[:, max(0, i - prior.context_rows) : i + 1].clone()
         band[:, -1] = 7  # the row being sampled is never read
         context = prior.row_context(band, condition)
         for j in range(8):
             start = max(0, j - prior.context_columns)
-            row = codes[:, i, start: j + 1].clone()
+            row = codes[:, i, start : j + 1].clone()
             row[:, -1] = 11  # nor is the cell itself
-            logits = prior.cell_logits(row, context[..., start: j + 1], condition)
+            logits = prior.cell_logits(row, context[..., start : j + 1], condition)
             torch.testing.assert_close(logits, full[:, :, i, j], rtol=0, atol=1e-12)
 
 

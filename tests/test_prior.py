@@ -35,19 +35,39 @@ from wandb_log import history
 PRIOR_CONFIG = REPO / "configs" / "prior_demo_cpu.yaml"
 
 
-TINY_MODELS = {   # model overrides per prior kind
+TINY_MODELS = {  # model overrides per prior kind
     "pixelcnn": ["model.channels=8", "model.layers=2", "model.first_kernel=3", "model.head_channels=16"],
-    "transformer": ["model.kind=transformer", "model.transformer.layers=2", "model.transformer.width=16",
-                    "model.transformer.heads=2", "model.transformer.kv_heads=1", "model.transformer.mlp_ratio=2"],
+    "transformer": [
+        "model.kind=transformer",
+        "model.transformer.layers=2",
+        "model.transformer.width=16",
+        "model.transformer.heads=2",
+        "model.transformer.kv_heads=1",
+        "model.transformer.mlp_ratio=2",
+    ],
 }
 
 
 def tiny_prior(codes: Path, out: Path, *extra: str, kind: str = "pixelcnn") -> PriorConfig:
     """The demo prior config, with a prior of `kind`, shrunk to seconds on a CPU."""
-    return load_config(PRIOR_CONFIG, [f"codes.dir={codes}", f"out_dir={out}", "codes.batch_size=8",
-                                      *TINY_MODELS[kind], "train.max_steps=12", "train.warmup_steps=2",
-                                      "train.log_every=2", "train.eval_every=6", "train.checkpoint_every=6",
-                                      "wandb.enabled=false", "sample_count=2", *extra], cls=PriorConfig)
+    return load_config(
+        PRIOR_CONFIG,
+        [
+            f"codes.dir={codes}",
+            f"out_dir={out}",
+            "codes.batch_size=8",
+            *TINY_MODELS[kind],
+            "train.max_steps=12",
+            "train.warmup_steps=2",
+            "train.log_every=2",
+            "train.eval_every=6",
+            "train.checkpoint_every=6",
+            "wandb.enabled=false",
+            "sample_count=2",
+            *extra,
+        ],
+        cls=PriorConfig,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +76,9 @@ def codes(demo_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("prior")
     from trainer.train_vqvae import train_vqvae
 
-    checkpoint, _ = train_vqvae(load_config(DEMO_CONFIG, tiny(demo_shards, root / "vqvae", "model.downsample=16")),
-                                show_progress=False)
+    checkpoint, _ = train_vqvae(
+        load_config(DEMO_CONFIG, tiny(demo_shards, root / "vqvae", "model.downsample=16")), show_progress=False
+    )
     encode_splits(checkpoint, root / "codes", batch_size=16, show_progress=False)
     return root / "codes"
 
@@ -66,8 +87,18 @@ def codes(demo_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trained_prior(codes: Path, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
     """A briefly trained prior of each kind: every test that uses it runs for both."""
     out = tmp_path_factory.mktemp(f"prior_run_{request.param}") / "run"
-    train_prior(tiny_prior(codes, out, "train.max_steps=40", "train.lr=1e-2", "train.eval_every=40",
-                           "train.checkpoint_every=40", kind=request.param), show_progress=False)
+    train_prior(
+        tiny_prior(
+            codes,
+            out,
+            "train.max_steps=40",
+            "train.lr=1e-2",
+            "train.eval_every=40",
+            "train.checkpoint_every=40",
+            kind=request.param,
+        ),
+        show_progress=False,
+    )
     return out
 
 
@@ -131,7 +162,7 @@ def test_resumed_prior_run_ends_with_identical_weights(codes: Path, tmp_path: Pa
     train_prior(tiny_prior(codes, straight, kind=kind), show_progress=False)
     resumed = tmp_path / "resumed"
     shutil.copytree(straight, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step_0000012")   # as if stopped after step 6
+    shutil.rmtree(resumed / "checkpoints" / "step_0000012")  # as if stopped after step 6
     train_prior(tiny_prior(codes, resumed, kind=kind), resume=True, show_progress=False)
     a = load_weights(straight / "checkpoints" / "step_0000012")
     b = load_weights(resumed / "checkpoints" / "step_0000012")
@@ -147,7 +178,7 @@ def test_checkpoint_records_the_kind_and_one_without_it_loads_as_pixelcnn(traine
     prior, cfg, _ = load_prior(checkpoint)
     assert yaml.safe_load((checkpoint / "config.yaml").read_text())["model"]["kind"] == cfg.model.kind
     assert type(prior) is {"pixelcnn": GatedPixelCNN, "transformer": TransformerPrior}[cfg.model.kind]
-    if cfg.model.kind == "pixelcnn":   # as written before `model.kind` existed
+    if cfg.model.kind == "pixelcnn":  # as written before `model.kind` existed
         old = tmp_path / "old"
         shutil.copytree(checkpoint, old)
         config = yaml.safe_load((old / "config.yaml").read_text())
@@ -163,24 +194,45 @@ def test_gradient_accumulation_matches_one_big_batch(codes: Path, tmp_path: Path
     epoch order is cut into consecutive batches, so the two micro-batches hold the big batch's grids."""
     steps = ("train.max_steps=4", "train.eval_every=4", "train.checkpoint_every=4", "train.log_every=4")
     train_prior(tiny_prior(codes, tmp_path / "big", *steps), show_progress=False)
-    train_prior(tiny_prior(codes, tmp_path / "accumulated", *steps, "codes.batch_size=4", "train.grad_accum=2"),
-                show_progress=False)
+    train_prior(
+        tiny_prior(codes, tmp_path / "accumulated", *steps, "codes.batch_size=4", "train.grad_accum=2"),
+        show_progress=False,
+    )
     big = load_weights(tmp_path / "big" / "checkpoints" / "step_0000004")
     accumulated = load_weights(tmp_path / "accumulated" / "checkpoints" / "step_0000004")
     assert all(torch.allclose(big[k], accumulated[k], rtol=1e-4, atol=1e-5) for k in big)
     train_prior(tiny_prior(codes, tmp_path / "small", *steps, "codes.batch_size=4"), show_progress=False)
-    small = load_weights(tmp_path / "small" / "checkpoints" / "step_0000004")   # the check can fail
+    small = load_weights(tmp_path / "small" / "checkpoints" / "step_0000004")  # the check can fail
     assert not all(torch.allclose(big[k], small[k], rtol=1e-4, atol=1e-5) for k in big)
 
 
 def test_two_processes_train_one_prior(codes: Path, tmp_path: Path):
     """Under torchrun the ranks form one job: identical weights, one metrics log written by the main process."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(REPO / "tests" / "scripts" / "train_ranks.py"), "prior", str(PRIOR_CONFIG),
-               str(tmp_path), f"codes.dir={codes}", f"out_dir={tmp_path / 'run'}", "codes.batch_size=8",
-               "model.channels=8", "model.layers=2", "model.first_kernel=3", "model.head_channels=16",
-               "train.max_steps=8", "train.log_every=4", "train.eval_every=8", "train.checkpoint_every=8",
-               "wandb.enabled=false"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(REPO / "tests" / "scripts" / "train_ranks.py"),
+        "prior",
+        str(PRIOR_CONFIG),
+        str(tmp_path),
+        f"codes.dir={codes}",
+        f"out_dir={tmp_path / 'run'}",
+        "codes.batch_size=8",
+        "model.channels=8",
+        "model.layers=2",
+        "model.first_kernel=3",
+        "model.head_channels=16",
+        "train.max_steps=8",
+        "train.log_every=4",
+        "train.eval_every=8",
+        "train.checkpoint_every=8",
+        "wandb.enabled=false",
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -196,8 +248,7 @@ def test_prior_wandb_offline_run_holds_metrics_and_sample_grids(codes: Path, tmp
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    train_prior(tiny_prior(codes, out, "wandb.enabled=true", "sample_every=6"),
-                show_progress=False)
+    train_prior(tiny_prior(codes, out, "wandb.enabled=true", "sample_every=6"), show_progress=False)
     rows = history(out)
     logged = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["_step"] for r in rows] == [r["step"] for r in logged]
@@ -214,7 +265,7 @@ def test_sample_cli_writes_reproducible_brains(trained_prior: Path, tmp_path: Pa
     assert cli([*args, "--out", str(tmp_path / "c"), "--slice", "20"]) == 0
     a, b, c = (np.load(tmp_path / name / "samples.npz") for name in "abc")
     assert a["codes"].shape == (3, 16, 16) and a["codes"].max() < 32 and len(np.unique(a["codes"])) > 3
-    assert np.array_equal(a["codes"], b["codes"])           # the naive sampler draws the same brains
+    assert np.array_equal(a["codes"], b["codes"])  # the naive sampler draws the same brains
     assert list(a["conditions"]) == [7, 7, 7] and list(c["conditions"]) == [20, 20, 20]
     # the slice position matters (the briefly trained transformer's logits move too little to change a draw)
     prior, _, _ = load_prior(trained_prior)
@@ -227,25 +278,50 @@ def test_sample_cli_writes_reproducible_brains(trained_prior: Path, tmp_path: Pa
     assert (tmp_path / "a" / "generated.png").is_file()
 
 
-@pytest.mark.parametrize("option,message", [(["--temperature", "0"], "temperature"), (["--top-k", "33"], "top_k"),
-                                            (["--slice", "32"], "slice"), (["--n", "0"], "argument --n")])
+@pytest.mark.parametrize(
+    "option,message",
+    [
+        (["--temperature", "0"], "temperature"),
+        (["--top-k", "33"], "top_k"),
+        (["--slice", "32"], "slice"),
+        (["--n", "0"], "argument --n"),
+    ],
+)
 def test_sample_cli_refuses_bad_options(trained_prior: Path, tmp_path: Path, capsys, option, message):
     assert cli(["sample", "--checkpoint", str(trained_prior), "--out", str(tmp_path), "--quiet", *option]) == 2
     assert message in capsys.readouterr().err
 
 
-def test_evaluate_prior_reports_every_metric(trained_prior: Path, codes: Path, demo_shards: Path, tmp_path: Path,
-                                            capsys):
+def test_evaluate_prior_reports_every_metric(
+    trained_prior: Path, codes: Path, demo_shards: Path, tmp_path: Path, capsys
+):
     out = tmp_path / "eval"
-    assert cli(["evaluate-prior", "--checkpoint", str(trained_prior), "--out", str(out), "--n", "6",
-                "--max-pairs", "40", "--temperature", "3", "--quiet"]) == 0
+    assert (
+        cli(
+            [
+                "evaluate-prior",
+                "--checkpoint",
+                str(trained_prior),
+                "--out",
+                str(out),
+                "--n",
+                "6",
+                "--max-pairs",
+                "40",
+                "--temperature",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary == json.loads(capsys.readouterr().out)
     assert 0 < summary["test_bits_per_code"] < 5.0 and 0 < summary["test_accuracy"] <= 1
     for key in ("nearest_train_ssim_generated", "nearest_train_ssim_real", "ms_ssim_generated", "ms_ssim_real"):
         assert 0 < summary[key] <= 1, key
     assert summary["frechet_reconstructed_vs_test"] >= 0 and summary["frechet_generated_vs_test"] >= 0
-    generated = np.load(out / "samples" / "samples.npz")["codes"]   # the brains the metrics were computed on
+    generated = np.load(out / "samples" / "samples.npz")["codes"]  # the brains the metrics were computed on
     expected = code_histogram_comparison(load_codes(codes, "test").codes, generated, 32)
     assert summary["code_total_variation"] == pytest.approx(expected["total_variation"])
     assert summary["codes_used_generated"] == expected["codes_used_b"] > 1
@@ -258,7 +334,7 @@ def test_evaluate_prior_reports_every_metric(trained_prior: Path, codes: Path, d
     assert summary["symmetry_mean_real"] == pytest.approx(real["symmetry"].mean())
     assert summary["symmetry_median_real"] == pytest.approx(np.median(real["symmetry"]))
     assert summary["touches_edge_share_real"] == pytest.approx(real["touches_edge"].mean())
-    assert summary["single_component_share_real"] > 0.5 and summary["symmetry_mean_real"] > 0.5   # real heads
+    assert summary["single_component_share_real"] > 0.5 and summary["symmetry_mean_real"] > 0.5  # real heads
     vqvae, _ = load_vqvae(Path(read_codes_meta(codes)["vqvae_checkpoint"]))
     with torch.no_grad():
         decoded = vqvae.decode(torch.from_numpy(generated.astype(np.int64)))
@@ -276,24 +352,53 @@ def test_evaluate_prior_reports_every_metric(trained_prior: Path, codes: Path, d
     table = summary_table(summary).splitlines()
     assert table[0].startswith(f"test: {summary['test_bits_per_code']:.3f} bits per code")
     rows = {line[:26].strip(): line[26:].split() for line in table[2:]}
-    assert rows["nearest-train SSIM, mean"][:2] == [f"{summary['nearest_train_ssim_generated']:.3f}",
-                                                    f"{summary['nearest_train_ssim_real']:.3f}"]
+    assert rows["nearest-train SSIM, mean"][:2] == [
+        f"{summary['nearest_train_ssim_generated']:.3f}",
+        f"{summary['nearest_train_ssim_real']:.3f}",
+    ]
     assert rows["pairwise MS-SSIM"][:2] == [f"{summary['ms_ssim_generated']:.3f}", f"{summary['ms_ssim_real']:.3f}"]
-    assert rows["Frechet to test"][:2] == [f"{summary['frechet_generated_vs_test']:.3g}",
-                                           f"{summary['frechet_train_vs_test']:.3g}"]
+    assert rows["Frechet to test"][:2] == [
+        f"{summary['frechet_generated_vs_test']:.3g}",
+        f"{summary['frechet_train_vs_test']:.3g}",
+    ]
 
 
 def test_evaluate_prior_table_option_prints_the_table(monkeypatch, tmp_path, capsys):
-    summary = {"split": "validate", "generated": 8, "validate_bits_per_code": 4.25, "validate_accuracy": 0.5,
-               "nearest_train_ssim_generated": 0.61, "nearest_train_ssim_real": 0.7,
-               "nearest_train_ssim_generated_max": 0.8, "nearest_train_ssim_real_max": 0.9,
-               "ms_ssim_generated": 0.2, "ms_ssim_real": 0.25, "frechet_generated_vs_validate": 12.5,
-               "frechet_train_vs_validate": 3.25, "frechet_reconstructed_vs_validate": 1.5,
-               "single_component_share_generated": 0.5, "single_component_share_real": 1.0,
-               "symmetry_mean_generated": 0.8, "symmetry_mean_real": 0.97}
+    summary = {
+        "split": "validate",
+        "generated": 8,
+        "validate_bits_per_code": 4.25,
+        "validate_accuracy": 0.5,
+        "nearest_train_ssim_generated": 0.61,
+        "nearest_train_ssim_real": 0.7,
+        "nearest_train_ssim_generated_max": 0.8,
+        "nearest_train_ssim_real_max": 0.9,
+        "ms_ssim_generated": 0.2,
+        "ms_ssim_real": 0.25,
+        "frechet_generated_vs_validate": 12.5,
+        "frechet_train_vs_validate": 3.25,
+        "frechet_reconstructed_vs_validate": 1.5,
+        "single_component_share_generated": 0.5,
+        "single_component_share_real": 1.0,
+        "symmetry_mean_generated": 0.8,
+        "symmetry_mean_real": 0.97,
+    }
     monkeypatch.setattr(evaluate_prior, "evaluate_generation", lambda *args, **kwargs: summary)
-    assert cli(["evaluate-prior", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "e"), "--split",
-                "validate", "--table"]) == 0
+    assert (
+        cli(
+            [
+                "evaluate-prior",
+                "--checkpoint",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "e"),
+                "--split",
+                "validate",
+                "--table",
+            ]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.splitlines() == [
         "validate: 4.250 bits per code, top-1 accuracy 0.500; 8 generated brains",
         "                             generated  real validate",

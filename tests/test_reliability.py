@@ -32,8 +32,13 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     prior = save_prior(root, vqvae, num_conditions=0)
     onnx = root / "onnx"
     assert export_cli(["onnx", "--checkpoint", str(prior), "--out", str(onnx)]) == 0
-    return {"vqvae": vqvae, "prior": prior, "run": prior.parent.parent, "other_vqvae": save_vqvae(root, seed=3),
-            "onnx": onnx}
+    return {
+        "vqvae": vqvae,
+        "prior": prior,
+        "run": prior.parent.parent,
+        "other_vqvae": save_vqvae(root, seed=3),
+        "onnx": onnx,
+    }
 
 
 def error_line(capsys) -> str:
@@ -43,6 +48,7 @@ def error_line(capsys) -> str:
 
 
 # ---- data loss ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("where", ["run", "checkpoint", "parent"])
 def test_export_force_never_deletes_the_checkpoint_it_exports(models, capsys, where):
@@ -121,12 +127,23 @@ def test_a_full_disk_is_exit_2_with_the_os_message(models, tmp_path, capsys, mon
 
 # ---- silent wrong results -------------------------------------------------------------------------
 
+
 def test_nan_stop_names_a_finite_checkpoint_and_exits_2(demo_shards, tmp_path, capsys):
     out = tmp_path / "run"
-    overrides = tiny(demo_shards, out, "train.lr=1e30", "train.grad_clip=0", "train.warmup_steps=0",
-                     "train.log_every=1", "train.checkpoint_every=1", "train.eval_every=100")
-    assert trainer_cli(["vqvae", "--config", str(DEMO_CONFIG), "--quiet",
-                        *[a for o in overrides for a in ("--set", o)]]) == 2
+    overrides = tiny(
+        demo_shards,
+        out,
+        "train.lr=1e30",
+        "train.grad_clip=0",
+        "train.warmup_steps=0",
+        "train.log_every=1",
+        "train.checkpoint_every=1",
+        "train.eval_every=100",
+    )
+    assert (
+        trainer_cli(["vqvae", "--config", str(DEMO_CONFIG), "--quiet", *[a for o in overrides for a in ("--set", o)]])
+        == 2
+    )
     err = error_line(capsys)
     assert "loss became" in err or "weights became" in err
     saved = list_checkpoints(out / "checkpoints")
@@ -137,8 +154,23 @@ def test_nan_stop_names_a_finite_checkpoint_and_exits_2(demo_shards, tmp_path, c
 
 
 def test_sample_refuses_a_vqvae_the_prior_was_not_trained_on(models, tmp_path, capsys):
-    assert trainer_cli(["sample", "--checkpoint", str(models["run"]), "--vqvae", str(models["other_vqvae"]),
-                        "--n", "1", "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    assert (
+        trainer_cli(
+            [
+                "sample",
+                "--checkpoint",
+                str(models["run"]),
+                "--vqvae",
+                str(models["other_vqvae"]),
+                "--n",
+                "1",
+                "--out",
+                str(tmp_path / "s"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "not the ones the prior was trained on" in error_line(capsys)
     assert not (tmp_path / "s").exists()
 
@@ -152,12 +184,22 @@ def edited_export(models, tmp_path, change) -> Path:
     return copy
 
 
-@pytest.mark.parametrize("field, value", [("context_rows", 1), ("context_columns", 1), ("height", 8),
-                                          ("num_codes", K + 1), ("image_size", 128), ("num_conditions", 4)])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("context_rows", 1),
+        ("context_columns", 1),
+        ("height", 8),
+        ("num_codes", K + 1),
+        ("image_size", 128),
+        ("num_conditions", 4),
+    ],
+)
 def test_a_tampered_semantic_field_of_model_json_is_refused(models, tmp_path, capsys, field, value):
     model_dir = edited_export(models, tmp_path, lambda info: info.update({field: value}))
-    assert export_cli(["sample", "--model-dir", str(model_dir), "--n", "1", "--out", str(tmp_path / "s"),
-                       "--quiet"]) == 2
+    assert (
+        export_cli(["sample", "--model-dir", str(model_dir), "--n", "1", "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    )
     err = error_line(capsys)
     assert field in err and "model.json" in err
     assert not (tmp_path / "s").exists()
@@ -166,32 +208,50 @@ def test_a_tampered_semantic_field_of_model_json_is_refused(models, tmp_path, ca
 def test_model_json_file_names_stay_inside_the_folder(models, tmp_path, capsys):
     outside = tmp_path / "elsewhere.onnx"
     shutil.copy(models["onnx"] / "decoder.onnx", outside)
-    model_dir = edited_export(models, tmp_path, lambda info: info["models"]["decoder"].update(
-        file="../elsewhere.onnx"))
-    assert export_cli(["sample", "--model-dir", str(model_dir), "--n", "1", "--out", str(tmp_path / "s"),
-                       "--quiet"]) == 2
+    model_dir = edited_export(models, tmp_path, lambda info: info["models"]["decoder"].update(file="../elsewhere.onnx"))
+    assert (
+        export_cli(["sample", "--model-dir", str(model_dir), "--n", "1", "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    )
     assert "not a file name inside the folder" in error_line(capsys)
 
 
 # ---- numeric options ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("command, option, value", [
-    ("sample", "--batch-size", "0"), ("sample", "--n", "0"), ("sample", "--n", "-1"), ("sample", "--seed", "-5"),
-    ("sample", "--temperature", "0"), ("sample", "--temperature", "nan"), ("sample", "--top-k", "-1"),
-    ("sample", "--slice", "-1"), ("encode", "--batch-size", "0"), ("evaluate", "--batch-size", "0"),
-    ("evaluate-prior", "--max-pairs", "0"), ("evaluate-prior", "--n", "0"),
-])
+
+@pytest.mark.parametrize(
+    "command, option, value",
+    [
+        ("sample", "--batch-size", "0"),
+        ("sample", "--n", "0"),
+        ("sample", "--n", "-1"),
+        ("sample", "--seed", "-5"),
+        ("sample", "--temperature", "0"),
+        ("sample", "--temperature", "nan"),
+        ("sample", "--top-k", "-1"),
+        ("sample", "--slice", "-1"),
+        ("encode", "--batch-size", "0"),
+        ("evaluate", "--batch-size", "0"),
+        ("evaluate-prior", "--max-pairs", "0"),
+        ("evaluate-prior", "--n", "0"),
+    ],
+)
 def test_numeric_options_are_checked_at_parse_time_naming_the_option(tmp_path, capsys, command, option, value):
-    assert trainer_cli([command, "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "o"),
-                        option, value]) == 2
+    assert (
+        trainer_cli([command, "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "o"), option, value]) == 2
+    )
     assert f"argument {option}" in error_line(capsys)
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("command, option, value", [
-    ("sample", "--threads", "-1"), ("sample", "--batch-size", "0"), ("reconstruct", "--batch-size", "-3"),
-    ("onnx", "--opset", "0"),
-])
+@pytest.mark.parametrize(
+    "command, option, value",
+    [
+        ("sample", "--threads", "-1"),
+        ("sample", "--batch-size", "0"),
+        ("reconstruct", "--batch-size", "-3"),
+        ("onnx", "--opset", "0"),
+    ],
+)
 def test_export_numeric_options_are_checked_at_parse_time(tmp_path, capsys, command, option, value):
     where = ["--checkpoint", str(tmp_path)] if command == "onnx" else ["--model-dir", str(tmp_path)]
     assert export_cli([command, *where, "--out", str(tmp_path / "o"), option, value]) == 2
@@ -199,6 +259,7 @@ def test_export_numeric_options_are_checked_at_parse_time(tmp_path, capsys, comm
 
 
 # ---- bad images and shards ------------------------------------------------------------------------
+
 
 def png_declaring(width: int, height: int) -> bytes:
     """The first bytes of a PNG that declares width x height 8-bit gray pixels (a decompression bomb)."""
@@ -211,8 +272,12 @@ def png_declaring(width: int, height: int) -> bytes:
 def test_reconstruct_names_a_bomb_or_truncated_png(models, tmp_path, capsys, kind):
     bad = tmp_path / f"{kind}.png"
     bad.write_bytes(png_declaring(100000, 100000) if kind == "bomb" else PNGS[0].read_bytes()[:400])
-    assert export_cli(["reconstruct", "--model-dir", str(models["onnx"]), "--out", str(tmp_path / "r"), str(bad),
-                       "--quiet"]) == 2
+    assert (
+        export_cli(
+            ["reconstruct", "--model-dir", str(models["onnx"]), "--out", str(tmp_path / "r"), str(bad), "--quiet"]
+        )
+        == 2
+    )
     assert str(bad) in error_line(capsys)
     assert not (tmp_path / "r").exists()
 
@@ -228,10 +293,23 @@ def test_the_trainer_names_a_corrupt_shard(demo_shards, models, tmp_path, capsys
     manifest = json.loads((shards / "manifest.json").read_text())
     name = manifest["splits"]["test"]["shards"][-1]["name"]
     data = bytearray((shards / name).read_bytes())
-    data[2000] ^= 0xFF   # inside the first member's PNG
+    data[2000] ^= 0xFF  # inside the first member's PNG
     (shards / name).write_bytes(bytes(data))
-    assert trainer_cli(["evaluate", "--checkpoint", str(models["vqvae"]), "--shards", str(shards),
-                        "--out", str(tmp_path / "e"), "--quiet"]) == 2
+    assert (
+        trainer_cli(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(models["vqvae"]),
+                "--shards",
+                str(shards),
+                "--out",
+                str(tmp_path / "e"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert f"{shards / name}: sha256 differs from" in error_line(capsys)
 
 
@@ -239,18 +317,33 @@ def test_the_trainer_refuses_shards_of_another_image_size(demo_shards, models, t
     shards = copy_shards(demo_shards, tmp_path)
     manifest = json.loads((shards / "manifest.json").read_text())
     (shards / "manifest.json").write_text(json.dumps({**manifest, "image_size": 64}))
-    assert trainer_cli(["evaluate", "--checkpoint", str(models["vqvae"]), "--shards", str(shards),
-                        "--out", str(tmp_path / "e"), "--quiet"]) == 2
+    assert (
+        trainer_cli(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(models["vqvae"]),
+                "--shards",
+                str(shards),
+                "--out",
+                str(tmp_path / "e"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "image_size 64" in error_line(capsys)
 
 
 def test_decoding_an_oversized_png_from_a_shard_is_a_named_error():
     from export.runtime.shard_format import DataError, decode_gray_png
+
     with pytest.raises(DataError, match="100000x100000"):
         decode_gray_png(png_declaring(100000, 100000), "shard.tar:case_001_slice_0")
 
 
 # ---- checkpoints, resume and metrics --------------------------------------------------------------
+
 
 def truncated_copy(checkpoint: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "broken" / checkpoint.name
@@ -262,26 +355,32 @@ def truncated_copy(checkpoint: Path, tmp_path: Path) -> Path:
 
 def test_a_truncated_or_foreign_checkpoint_is_named(models, tmp_path, capsys):
     broken = truncated_copy(models["prior"], tmp_path)
-    assert trainer_cli(["sample", "--checkpoint", str(broken), "--n", "1", "--out", str(tmp_path / "s"),
-                        "--quiet"]) == 2
+    assert (
+        trainer_cli(["sample", "--checkpoint", str(broken), "--n", "1", "--out", str(tmp_path / "s"), "--quiet"]) == 2
+    )
     assert str(broken / "model.safetensors") in error_line(capsys)
     # a VQ-VAE given where a prior is expected, and a prior where a VQ-VAE is
-    assert trainer_cli(["sample", "--checkpoint", str(models["vqvae"]), "--n", "1", "--out", str(tmp_path / "s"),
-                        "--quiet"]) == 2
+    assert (
+        trainer_cli(
+            ["sample", "--checkpoint", str(models["vqvae"]), "--n", "1", "--out", str(tmp_path / "s"), "--quiet"]
+        )
+        == 2
+    )
     assert str(models["vqvae"]) in error_line(capsys)
-    assert trainer_cli(["evaluate", "--checkpoint", str(models["prior"]), "--out", str(tmp_path / "e"),
-                        "--quiet"]) == 2
+    assert trainer_cli(["evaluate", "--checkpoint", str(models["prior"]), "--out", str(tmp_path / "e"), "--quiet"]) == 2
     assert str(models["prior"]) in error_line(capsys)
 
 
 def train_cli(demo_shards: Path, out: Path, *extra: str) -> int:
     overrides = tiny(demo_shards, out, "train.eval_every=100", *extra)
-    return trainer_cli(["vqvae", "--config", str(DEMO_CONFIG), "--quiet", "--resume",
-                        *[a for o in overrides for a in ("--set", o)]])
+    return trainer_cli(
+        ["vqvae", "--config", str(DEMO_CONFIG), "--quiet", "--resume", *[a for o in overrides for a in ("--set", o)]]
+    )
 
 
 def test_resume_says_it_starts_fresh_falls_back_past_a_broken_checkpoint_and_drops_a_torn_row(
-        demo_shards, tmp_path, capsys):
+    demo_shards, tmp_path, capsys
+):
     out = tmp_path / "run"
     assert train_cli(demo_shards, out, "train.max_steps=4", "train.checkpoint_every=2") == 0
     assert "no checkpoint" in capsys.readouterr().out
@@ -299,18 +398,41 @@ def test_resume_says_it_starts_fresh_falls_back_past_a_broken_checkpoint_and_dro
 
 # ---- encode ---------------------------------------------------------------------------------------
 
+
 def test_encode_never_reuses_a_split_file_codes_json_does_not_list(demo_shards, models, tmp_path, capsys):
     out = tmp_path / "codes"
     out.mkdir()
-    stale = {"codes": np.zeros((1, 16, 16), np.uint16), "slices": np.zeros(1, np.int16),
-             "subjects": np.asarray(["x"]), "keys": np.asarray(["x"])}
+    stale = {
+        "codes": np.zeros((1, 16, 16), np.uint16),
+        "slices": np.zeros(1, np.int16),
+        "subjects": np.asarray(["x"]),
+        "keys": np.asarray(["x"]),
+    }
     np.savez(out / "test.npz", **stale)
     (out / "codes.json").write_text("{torn")
-    assert trainer_cli(["encode", "--checkpoint", str(models["vqvae"]), "--shards", str(demo_shards),
-                        "--out", str(out), "--quiet"]) == 2
+    assert (
+        trainer_cli(
+            ["encode", "--checkpoint", str(models["vqvae"]), "--shards", str(demo_shards), "--out", str(out), "--quiet"]
+        )
+        == 2
+    )
     assert f"{out / 'codes.json'}: not valid JSON" in error_line(capsys)
-    assert trainer_cli(["encode", "--checkpoint", str(models["vqvae"]), "--shards", str(demo_shards),
-                        "--out", str(out), "--quiet", "--force"]) == 0
+    assert (
+        trainer_cli(
+            [
+                "encode",
+                "--checkpoint",
+                str(models["vqvae"]),
+                "--shards",
+                str(demo_shards),
+                "--out",
+                str(out),
+                "--quiet",
+                "--force",
+            ]
+        )
+        == 0
+    )
     meta = json.loads((out / "codes.json").read_text())
     with np.load(out / "test.npz") as data:
         assert len(data["keys"]) == meta["splits"]["test"] == 32
@@ -318,6 +440,7 @@ def test_encode_never_reuses_a_split_file_codes_json_does_not_list(demo_shards, 
 
 def test_a_split_file_not_listed_in_codes_json_is_not_read(tmp_path):
     from trainer.codes import load_codes
+
     out = tmp_path / "codes"
     out.mkdir()
     np.savez(out / "validate.npz", codes=np.zeros((1, 2, 2), np.uint16))
@@ -330,14 +453,19 @@ def test_a_png_that_is_not_an_image_is_named(models, tmp_path, capsys):
     bad = tmp_path / "text.png"
     bad.write_text("hello")
     Image.new("L", (256, 256)).save(tmp_path / "good.png")
-    assert export_cli(["reconstruct", "--model-dir", str(models["onnx"]), "--out", str(tmp_path / "r"), str(bad),
-                       "--quiet"]) == 2
+    assert (
+        export_cli(
+            ["reconstruct", "--model-dir", str(models["onnx"]), "--out", str(tmp_path / "r"), str(bad), "--quiet"]
+        )
+        == 2
+    )
     assert f"{bad}: not an image" in error_line(capsys)
 
 
 def test_a_corrupt_shard_read_by_a_dataloader_worker_is_one_line(demo_shards, tmp_path):
     from export.runtime.shard_format import DataError
     from trainer.data import SliceShards, epoch_batches
+
     shards = copy_shards(demo_shards, tmp_path)
     name = json.loads((shards / "manifest.json").read_text())["splits"]["test"]["shards"][0]["name"]
     data = bytearray((shards / name).read_bytes())
@@ -368,6 +496,7 @@ def test_json_and_utf8_errors_name_the_file(models, tmp_path, capsys, damage):
         path = codes / "codes.json"
         path.write_bytes(b"\xfe\xff")
         from trainer.codes import read_codes_meta
+
         with pytest.raises(ValueError, match="not valid UTF-8") as caught:
             read_codes_meta(codes)
         assert str(path) in str(caught.value)

@@ -21,8 +21,16 @@ RUNTIME_MODULES = sorted(name for name in project_modules() if name == RUNTIME o
 
 
 def test_the_runtime_has_its_modules():
-    expected = ("sampling_rule", "sample_files", "figures", "shard_format", "model_dir", "onnx_models", "sample",
-                "reconstruct")
+    expected = (
+        "sampling_rule",
+        "sample_files",
+        "figures",
+        "shard_format",
+        "model_dir",
+        "onnx_models",
+        "sample",
+        "reconstruct",
+    )
     assert {f"{RUNTIME}.{name}" for name in expected} <= set(RUNTIME_MODULES)
 
 
@@ -47,12 +55,13 @@ print(json.dumps(found))
 
 
 def test_importing_each_runtime_module_loads_no_torch_side_module():
-    result = subprocess.run([sys.executable, "-c", CHECK, *RUNTIME_MODULES], cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", CHECK, *RUNTIME_MODULES], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     found = json.loads(result.stdout)
     assert list(found) == RUNTIME_MODULES
-    for module, loaded in found.items():   # modules accumulate, so the first one listed is the culprit
+    for module, loaded in found.items():  # modules accumulate, so the first one listed is the culprit
         assert loaded == [], f"importing {module} loaded {', '.join(loaded)}"
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCKER = '''
+BLOCKER = """
 import sys
 
 class BlockTrainingExtra:
@@ -19,7 +19,7 @@ class BlockTrainingExtra:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
 sys.meta_path.insert(0, BlockTrainingExtra())
-'''
+"""
 
 
 def run_without_training_extra(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
@@ -33,8 +33,15 @@ def test_blocker_really_blocks_torch(tmp_path):
     assert result.returncode == 1 and "ModuleNotFoundError" in result.stderr
 
 
-@pytest.mark.parametrize("command", [["trainer", "--help"], ["data_tools", "--help"], ["trainer", "vqvae", "--help"],
-                                     ["data_tools", "shard", "--src", "x", "--out", "y"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["trainer", "--help"],
+        ["data_tools", "--help"],
+        ["trainer", "vqvae", "--help"],
+        ["data_tools", "shard", "--src", "x", "--out", "y"],
+    ],
+)
 def test_training_commands_say_what_to_install(tmp_path, command):
     result = run_without_training_extra(tmp_path, "-m", *command)
     assert result.returncode == 2, result.stderr

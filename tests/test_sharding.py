@@ -41,8 +41,14 @@ def test_round_trip_is_pixel_identical_with_metadata(demo_shards: Path):
         source = DEMO_SRC / f"keras_png_slices_{split}" / f"{key}.nii.png"
         expected = np.asarray(Image.open(source), dtype=np.float32) / 255.0
         assert np.array_equal(image[0].numpy(), expected), key
-        assert meta == {"subject": key.split("_")[1], "slice": int(key.split("_")[3]), "split": split,
-                        "source": source.name, "mask_source": None, "original_size": [256, 256]}
+        assert meta == {
+            "subject": key.split("_")[1],
+            "slice": int(key.split("_")[3]),
+            "split": split,
+            "source": source.name,
+            "mask_source": None,
+            "original_size": [256, 256],
+        }
 
 
 def test_manifest_pixel_stats_match_the_images(demo_shards: Path):
@@ -114,6 +120,7 @@ def test_resizes_odd_sized_images_and_converts_gray_rgb(small_layout: Path, tmp_
 
 # --- bad input: clear message naming the file, non-zero exit, nothing left behind -----------------
 
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:3000])
 
@@ -135,14 +142,17 @@ def sixteen_bit(path: Path) -> None:
 def write_png(path: Path, pixels: np.ndarray, bit_depth: int, colour_type: int, size: tuple[int, int] | None = None):
     """A PNG written by hand (Pillow cannot write 16-bit RGB or 16-bit gray+alpha). `size` overrides the
     (width, height) declared in IHDR, for a decompression bomb whose data is tiny."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     height, width = pixels.shape[:2]
     rows = pixels.astype(">u2" if bit_depth == 16 else "u1").reshape(height, -1).view(np.uint8)
     raw = b"".join(b"\0" + row.tobytes() for row in rows)
     header = struct.pack(">IIBBBBB", *(size or (width, height)), bit_depth, colour_type, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
 
 
 def gray16(path: Path) -> np.ndarray:
@@ -206,8 +216,9 @@ def test_bad_file_is_named_and_nothing_is_written(damage: str, small_layout: Pat
     make_bad(bad)
     out = tmp_path / "out" / "shards"
     out.parent.mkdir()
-    assert_failed_cleanly(capsys, out, ["shard", "--src", str(small_layout), "--out", str(out), "--quiet"],
-                          str(bad), problem)
+    assert_failed_cleanly(
+        capsys, out, ["shard", "--src", str(small_layout), "--out", str(out), "--quiet"], str(bad), problem
+    )
 
 
 def test_every_bad_file_is_reported_at_once(small_layout: Path, tmp_path: Path, capsys):
@@ -215,8 +226,14 @@ def test_every_bad_file_is_reported_at_once(small_layout: Path, tmp_path: Path, 
         truncate(small_layout / "keras_png_slices_train" / f"case_002_slice_{i}.nii.png")
     out = tmp_path / "out" / "shards"
     out.parent.mkdir()
-    assert_failed_cleanly(capsys, out, ["shard", "--src", str(small_layout), "--out", str(out), "--quiet"],
-                          "3 bad file(s)", "case_002_slice_0", "case_002_slice_2")
+    assert_failed_cleanly(
+        capsys,
+        out,
+        ["shard", "--src", str(small_layout), "--out", str(out), "--quiet"],
+        "3 bad file(s)",
+        "case_002_slice_0",
+        "case_002_slice_2",
+    )
 
 
 @pytest.mark.parametrize("problem", ["missing split", "empty split", "bad name", "leakage"])
@@ -233,8 +250,9 @@ def test_bad_layout_is_refused(problem: str, small_layout: Path, tmp_path: Path,
         (test_dir / "case_004_slice_0.nii.png").rename(test_dir / "brain_004.png")
         expected = [str(test_dir / "brain_004.png"), "name does not match"]
     else:
-        shutil.copy(small_layout / "keras_png_slices_train" / "case_001_slice_0.nii.png",
-                    test_dir / "case_001_slice_9.nii.png")
+        shutil.copy(
+            small_layout / "keras_png_slices_train" / "case_001_slice_0.nii.png", test_dir / "case_001_slice_9.nii.png"
+        )
         expected = ["subject leakage", "subject 001 in 'train' and 'test'"]
     out = tmp_path / "out" / "shards"
     out.parent.mkdir()
@@ -250,8 +268,10 @@ def test_existing_output_needs_force_and_survives_failure(small_layout: Path, tm
     truncate(small_layout / "keras_png_slices_test" / "case_004_slice_0.nii.png")
     assert cli(args + ["--force"]) == 2  # fails: the old output must be untouched
     assert tree_digest(out) == before
-    shutil.copy(small_layout / "keras_png_slices_train" / "case_002_slice_2.nii.png",
-                small_layout / "keras_png_slices_test" / "case_004_slice_0.nii.png")
+    shutil.copy(
+        small_layout / "keras_png_slices_train" / "case_002_slice_2.nii.png",
+        small_layout / "keras_png_slices_test" / "case_004_slice_0.nii.png",
+    )
     assert cli(args + ["--force"]) == 0 and tree_digest(out) != before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shards", "src"]
 
@@ -260,12 +280,22 @@ def test_help_explains_every_option(capsys):
     with pytest.raises(SystemExit):
         cli(["shard", "--help"])
     text = capsys.readouterr().out
-    for option in ("--src", "--out", "--splits", "--size", "--samples-per-shard", "--max-shard-mb",
-                   "--workers", "--force", "--quiet"):
+    for option in (
+        "--src",
+        "--out",
+        "--splits",
+        "--size",
+        "--samples-per-shard",
+        "--max-shard-mb",
+        "--workers",
+        "--force",
+        "--quiet",
+    ):
         assert option in text
 
 
 # --- hostile input: every problem named at once, inputs never replaced, bad options refused at parse time ---
+
 
 def test_every_bad_name_and_every_bad_split_is_listed_at_once(small_layout: Path, tmp_path: Path, capsys):
     train = small_layout / "keras_png_slices_train"
@@ -276,10 +306,15 @@ def test_every_bad_name_and_every_bad_split_is_listed_at_once(small_layout: Path
     shutil.rmtree(small_layout / "keras_png_slices_test")
     out = tmp_path / "out" / "shards"
     out.parent.mkdir()
-    assert_failed_cleanly(capsys, out, ["shard", "--src", str(small_layout), "--out", str(out), "--quiet"],
-                          f"{train / 'brain_1.png'}: name does not match",
-                          "case_\u0669\u0660\u0662_slice_0.nii.png: name does not match",
-                          "split 'validate' is empty", "split folder 'test' is missing")
+    assert_failed_cleanly(
+        capsys,
+        out,
+        ["shard", "--src", str(small_layout), "--out", str(out), "--quiet"],
+        f"{train / 'brain_1.png'}: name does not match",
+        "case_\u0669\u0660\u0662_slice_0.nii.png: name does not match",
+        "split 'validate' is empty",
+        "split folder 'test' is missing",
+    )
 
 
 def test_bad_files_in_several_splits_are_listed_at_once(small_layout: Path, tmp_path: Path, capsys):
@@ -287,8 +322,13 @@ def test_bad_files_in_several_splits_are_listed_at_once(small_layout: Path, tmp_
     not_an_image(small_layout / "keras_png_slices_test" / "case_004_slice_0.nii.png")
     out = tmp_path / "out" / "shards"
     out.parent.mkdir()
-    assert_failed_cleanly(capsys, out, ["shard", "--src", str(small_layout), "--out", str(out), "--quiet"],
-                          "case_001_slice_2.nii.png: unreadable", "case_004_slice_0.nii.png: not an image")
+    assert_failed_cleanly(
+        capsys,
+        out,
+        ["shard", "--src", str(small_layout), "--out", str(out), "--quiet"],
+        "case_001_slice_2.nii.png: unreadable",
+        "case_004_slice_0.nii.png: not an image",
+    )
 
 
 @pytest.mark.parametrize("case", ["same key", "leakage by number", "one subject spelled two ways"])
@@ -309,16 +349,27 @@ def test_names_that_collide_are_refused(case: str, small_layout: Path, tmp_path:
     assert_failed_cleanly(capsys, out, ["shard", "--src", str(small_layout), "--out", str(out), "--quiet"], *expected)
 
 
-@pytest.mark.parametrize("out_is", ["the source", "the folder holding the source", "a split folder",
-                                    "inside a split folder", "a folder we did not write"])
+@pytest.mark.parametrize(
+    "out_is",
+    [
+        "the source",
+        "the folder holding the source",
+        "a split folder",
+        "inside a split folder",
+        "a folder we did not write",
+    ],
+)
 def test_force_never_replaces_an_input_or_a_foreign_folder(out_is: str, small_layout: Path, tmp_path: Path, capsys):
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    out = {"the source": small_layout, "the folder holding the source": tmp_path,
-           "a split folder": small_layout / "keras_png_slices_test",
-           "inside a split folder": small_layout / "keras_png_slices_test" / "shards",
-           "a folder we did not write": foreign}[out_is]
+    out = {
+        "the source": small_layout,
+        "the folder holding the source": tmp_path,
+        "a split folder": small_layout / "keras_png_slices_test",
+        "inside a split folder": small_layout / "keras_png_slices_test" / "shards",
+        "a folder we did not write": foreign,
+    }[out_is]
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert cli(["shard", "--src", str(small_layout), "--out", str(out), "--force", "--quiet"]) == 2
     message = capsys.readouterr().err
@@ -345,15 +396,18 @@ def test_unusable_output_path_is_exit_2(case: str, small_layout: Path, tmp_path:
     assert str(out) in capsys.readouterr().err and blocker.read_text() == "a file"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--workers", "-1"], "argument --workers: must be an integer from 1 to"),
-    (["--workers", "0"], "argument --workers: must be an integer from 1 to"),
-    (["--workers", "100000"], "argument --workers: must be an integer from 1 to"),
-    (["--samples-per-shard", "0"], "argument --samples-per-shard: must be an integer >= 1"),
-    (["--max-shard-mb", "0"], "argument --max-shard-mb: must be a finite number >= 1"),
-    (["--max-shard-mb", "nan"], "argument --max-shard-mb: must be a finite number >= 1"),
-    (["--size", "64"], "--size 64: only 256 is supported end to end"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workers", "-1"], "argument --workers: must be an integer from 1 to"),
+        (["--workers", "0"], "argument --workers: must be an integer from 1 to"),
+        (["--workers", "100000"], "argument --workers: must be an integer from 1 to"),
+        (["--samples-per-shard", "0"], "argument --samples-per-shard: must be an integer >= 1"),
+        (["--max-shard-mb", "0"], "argument --max-shard-mb: must be a finite number >= 1"),
+        (["--max-shard-mb", "nan"], "argument --max-shard-mb: must be a finite number >= 1"),
+        (["--size", "64"], "--size 64: only 256 is supported end to end"),
+    ],
+)
 def test_bad_shard_option_is_refused_at_parse_time(args: list[str], message: str, tmp_path: Path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli(["shard", "--src", str(DEMO_SRC), "--out", str(tmp_path / "shards"), *args])
@@ -369,16 +423,28 @@ def test_bad_preview_count_is_refused_at_parse_time(demo_shards: Path, tmp_path:
 
 
 BROKEN_MANIFESTS = {
-    "not JSON": (lambda m: "{\"format_version\": 1, ", "not valid JSON"),
+    "not JSON": (lambda m: '{"format_version": 1, ', "not valid JSON"),
     "not UTF-8": (lambda m: b"\xff\xfe{}", "not valid UTF-8"),
     "a list": (lambda m: "[]", "expected a JSON object"),
     "no splits": (lambda m: json.dumps({**m, "splits": None}), "'splits'"),
     "shard name leaves the folder": (
-        lambda m: json.dumps({**m, "splits": {"test": {**m["splits"]["test"], "shards": [
-            {**m["splits"]["test"]["shards"][0], "name": "../test-000000.tar"}]}}}), "'../test-000000.tar'"),
+        lambda m: json.dumps(
+            {
+                **m,
+                "splits": {
+                    "test": {
+                        **m["splits"]["test"],
+                        "shards": [{**m["splits"]["test"]["shards"][0], "name": "../test-000000.tar"}],
+                    }
+                },
+            }
+        ),
+        "'../test-000000.tar'",
+    ),
     "missing shard field": (
         lambda m: json.dumps({**m, "splits": {"test": {**m["splits"]["test"], "shards": [{"name": "x.tar"}]}}}),
-        "num_samples"),
+        "num_samples",
+    ),
 }
 
 
@@ -391,8 +457,10 @@ def test_broken_manifest_is_exit_2_naming_it(command: str, breakage: str, demo_s
     make_broken, problem = BROKEN_MANIFESTS[breakage]
     broken = make_broken(json.loads(manifest.read_text()))
     manifest.write_bytes(broken if isinstance(broken, bytes) else broken.encode())
-    args = {"verify": ["verify", str(shards), "--quiet"],
-            "preview": ["preview", str(shards), "--split", "test", "--out", str(tmp_path / "p.png")]}[command]
+    args = {
+        "verify": ["verify", str(shards), "--quiet"],
+        "preview": ["preview", str(shards), "--split", "test", "--out", str(tmp_path / "p.png")],
+    }[command]
     assert cli(args) == 2
     message = capsys.readouterr().err
     assert str(manifest) in message and problem in message, message
@@ -420,8 +488,11 @@ def test_preview_output_and_split_are_checked(case: str, demo_shards: Path, tmp_
         assert status == 0 and Image.open(out).format == "PNG"
         return
     assert status == 2 and len(message.strip().splitlines()) == 1, message
-    assert {"out is a folder": str(out), "out inside the shards": "inside the shard folder",
-            "unknown split": "split 'valid' is not in"}[case] in message
+    assert {
+        "out is a folder": str(out),
+        "out inside the shards": "inside the shard folder",
+        "unknown split": "split 'valid' is not in",
+    }[case] in message
 
 
 def test_full_disk_is_exit_2_and_keeps_the_old_output(small_layout: Path, tmp_path: Path, monkeypatch, capsys):
@@ -432,6 +503,7 @@ def test_full_disk_is_exit_2_and_keeps_the_old_output(small_layout: Path, tmp_pa
 
     def disk_full(self, encoded):
         raise OSError(errno.ENOSPC, "No space left on device", str(out.parent / "x.tar"))
+
     monkeypatch.setattr("data_tools.shard.ShardSetWriter.write", disk_full)
     assert cli(args) == 2
     assert "No space left on device" in capsys.readouterr().err

@@ -27,14 +27,15 @@ def degraded(images: np.ndarray) -> np.ndarray:
 
 
 def torchmetrics_ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return structural_similarity_index_measure(torch.from_numpy(a)[:, None], torch.from_numpy(b)[:, None],
-                                               reduction="none", **SSIM_SETTINGS).numpy()
+    return structural_similarity_index_measure(
+        torch.from_numpy(a)[:, None], torch.from_numpy(b)[:, None], reduction="none", **SSIM_SETTINGS
+    ).numpy()
 
 
 def check_against_torchmetrics(images: np.ndarray) -> None:
     noisy = degraded(images)
     ours, theirs = ssim(noisy, images), torchmetrics_ssim(noisy, images)
-    assert theirs.min() < 0.6 and theirs.max() > 0.8   # the comparison spans good and bad reconstructions
+    assert theirs.min() < 0.6 and theirs.max() > 0.8  # the comparison spans good and bad reconstructions
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
     np.testing.assert_allclose(ssim(images, images), 1.0, atol=1e-9)
 

@@ -27,8 +27,14 @@ def run_cli(overrides: list[str], *flags: str) -> subprocess.Popen:
     args = [sys.executable, "-m", "trainer", "vqvae", "--config", str(DEMO_CONFIG), "--quiet", *flags]
     for item in overrides:
         args += ["--set", item]
-    return subprocess.Popen(args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        args,
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def test_killed_and_resumed_run_ends_with_identical_weights(demo_shards: Path, tmp_path: Path):
@@ -62,11 +68,27 @@ def test_killed_and_resumed_run_ends_with_identical_weights(demo_shards: Path, t
 def test_two_processes_keep_identical_codebooks_and_learn(demo_shards: Path, tmp_path: Path):
     config = tmp_path / "cfg.yaml"
     config.write_text(DEMO_CONFIG.read_text())
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(REPO / "tests" / "scripts" / "train_ranks.py"), "vqvae", str(config),
-               str(tmp_path),
-               *tiny(demo_shards, tmp_path / "run", "train.max_steps=30", "train.eval_every=30",
-                     "train.checkpoint_every=30", "quantizer.dead_code_threshold=100.0")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(REPO / "tests" / "scripts" / "train_ranks.py"),
+        "vqvae",
+        str(config),
+        str(tmp_path),
+        *tiny(
+            demo_shards,
+            tmp_path / "run",
+            "train.max_steps=30",
+            "train.eval_every=30",
+            "train.checkpoint_every=30",
+            "quantizer.dead_code_threshold=100.0",
+        ),
+    ]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -118,8 +140,18 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(demo_shards:
 def test_evaluation_and_checkpoints_run_on_their_own_schedule(demo_shards: Path, tmp_path: Path):
     """eval_every / checkpoint_every need not be multiples of log_every."""
     out = tmp_path / "run"
-    cfg = load_config(DEMO_CONFIG, tiny(demo_shards, out, "train.max_steps=9", "train.log_every=4",
-                                        "train.eval_every=3", "train.checkpoint_every=5", "train.keep_checkpoints=5"))
+    cfg = load_config(
+        DEMO_CONFIG,
+        tiny(
+            demo_shards,
+            out,
+            "train.max_steps=9",
+            "train.log_every=4",
+            "train.eval_every=3",
+            "train.checkpoint_every=5",
+            "train.keep_checkpoints=5",
+        ),
+    )
     train_vqvae(cfg, show_progress=False)
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "val_ssim" in r] == [3, 6, 9]
@@ -128,19 +160,23 @@ def test_evaluation_and_checkpoints_run_on_their_own_schedule(demo_shards: Path,
 
 def test_refuses_to_overwrite_a_run_without_resume(demo_shards: Path, tmp_path: Path, capsys):
     out = tmp_path / "run"
-    args = ["vqvae", "--config", str(DEMO_CONFIG), "--quiet"] + [a for o in tiny(demo_shards, out, "train.max_steps=2")
-                                                               for a in ("--set", o)]
+    args = ["vqvae", "--config", str(DEMO_CONFIG), "--quiet"] + [
+        a for o in tiny(demo_shards, out, "train.max_steps=2") for a in ("--set", o)
+    ]
     assert cli(args) == 0
     assert cli(args) == 2 and "pass --resume" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.max_step=5", "train.max_step: unknown key; did you mean 'max_steps'?"),
-    ("quantizer.update=kmeans", "quantizer.update: must be 'ema' or 'loss'"),
-    ("train.lr=fast", "train.lr: expected float, got 'fast'"),
-    ("model.downsample=3", "model.downsample: must be 2, 4, 8 or 16"),
-    ("train.mixed_precision=fp8", "train.mixed_precision: must be 'no', 'bf16' or 'fp16'"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.max_step=5", "train.max_step: unknown key; did you mean 'max_steps'?"),
+        ("quantizer.update=kmeans", "quantizer.update: must be 'ema' or 'loss'"),
+        ("train.lr=fast", "train.lr: expected float, got 'fast'"),
+        ("model.downsample=3", "model.downsample: must be 2, 4, 8 or 16"),
+        ("train.mixed_precision=fp8", "train.mixed_precision: must be 'no', 'bf16' or 'fp16'"),
+    ],
+)
 def test_wrong_config_key_or_value_is_a_clear_error(override: str, message: str, capsys):
     with pytest.raises(ConfigError, match=str(DEMO_CONFIG).replace(".", r"\.")) as err:
         load_config(DEMO_CONFIG, [override])
@@ -163,10 +199,21 @@ def test_tiny_model_overfits_a_few_slices(tmp_path: Path):
 
     src = make_layout(tmp_path / "src", {"train": ["001"], "validate": ["002"], "test": ["003"]}, slices=2)
     shard_dataset(src, tmp_path / "shards", show_progress=False)
-    overrides = [f"data.shards={tmp_path / 'shards'}", f"out_dir={tmp_path / 'run'}", "data.batch_size=2",
-                 "model.downsample=2", "model.res_blocks=0", "model.code_dim=16", "quantizer.compile=false",
-                 "train.max_steps=150", "train.lr=4e-3", "train.warmup_steps=10", "train.eval_every=150",
-                 "train.checkpoint_every=150", "wandb.enabled=false"]
+    overrides = [
+        f"data.shards={tmp_path / 'shards'}",
+        f"out_dir={tmp_path / 'run'}",
+        "data.batch_size=2",
+        "model.downsample=2",
+        "model.res_blocks=0",
+        "model.code_dim=16",
+        "quantizer.compile=false",
+        "train.max_steps=150",
+        "train.lr=4e-3",
+        "train.warmup_steps=10",
+        "train.eval_every=150",
+        "train.checkpoint_every=150",
+        "wandb.enabled=false",
+    ]
     train_vqvae(load_config(DEMO_CONFIG, overrides), show_progress=False)
     summary = evaluate(tmp_path / "run", "train", tmp_path / "eval", show_progress=False)
     assert summary["images"] == 2 and summary["ssim_min"] > 0.9, summary

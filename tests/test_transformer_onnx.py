@@ -27,9 +27,10 @@ K, HEIGHT, WIDTH = 16, 5, 4
 def exported(request, tmp_path_factory: pytest.TempPathFactory) -> tuple[TransformerPrior, ort.InferenceSession, dict]:
     """(prior, onnxruntime session, model.json entry) for a tiny prior, exported once per module."""
     torch.manual_seed(0)
-    prior = TransformerPrior(PriorShape(K, HEIGHT, WIDTH, request.param), layers=2, width=16, heads=4, kv_heads=2,
-                             mlp_ratio=2, dropout=0.1).eval()
-    for parameter in prior.parameters():   # logits spread over a few units, so every input matters
+    prior = TransformerPrior(
+        PriorShape(K, HEIGHT, WIDTH, request.param), layers=2, width=16, heads=4, kv_heads=2, mlp_ratio=2, dropout=0.1
+    ).eval()
+    for parameter in prior.parameters():  # logits spread over a few units, so every input matters
         parameter.data.normal_(0, 0.3)
     path = tmp_path_factory.mktemp("transformer_onnx") / "prior_step.onnx"
     spec = export_step(prior, path)
@@ -62,9 +63,12 @@ def test_onnxruntime_step_matches_torch_at_every_cell(exported):
         previous, position = codes[:, max(t - 1, 0)], torch.tensor([t])
         with torch.no_grad():
             logits, new = prior.step(previous, position, condition, torch_cache)
-        feeds = {"previous": previous.numpy(), "position": position.numpy(),
-                 **({} if condition is None else {"condition": condition.numpy()}),
-                 **dict(zip(spec["inputs"][-4:], ort_cache))}
+        feeds = {
+            "previous": previous.numpy(),
+            "position": position.numpy(),
+            **({} if condition is None else {"condition": condition.numpy()}),
+            **dict(zip(spec["inputs"][-4:], ort_cache)),
+        }
         ort_logits, *ort_new = session.run(spec["outputs"], feeds)
         np.testing.assert_allclose(ort_logits, logits.numpy(), rtol=0, atol=1e-4)
         for ours, theirs in zip(ort_new, new):
@@ -72,7 +76,7 @@ def test_onnxruntime_step_matches_torch_at_every_cell(exported):
         write_cache(torch_cache, new, t)
         write_cache(ort_cache, ort_new, t)
         spread.append(logits.std().item())
-    assert min(spread) > 0.3   # the comparison is not between near-constant logits
+    assert min(spread) > 0.3  # the comparison is not between near-constant logits
 
 
 @pytest.mark.parametrize("temperature,top_k", [(1.0, 0), (0.8, 4)])
@@ -80,10 +84,15 @@ def test_torch_and_onnxruntime_draw_identical_code_maps(exported, temperature, t
     prior, session, spec = exported
     uniforms, conditions = sampling_randomness(6, HEIGHT, WIDTH, prior.shape.num_conditions, seed=5)
     ours = sample_codes(session, spec, {"num_codes": K}, uniforms, conditions, temperature, top_k)
-    theirs = sample(prior, torch.from_numpy(uniforms), None if conditions is None else torch.from_numpy(conditions),
-                    temperature, top_k).numpy()
+    theirs = sample(
+        prior,
+        torch.from_numpy(uniforms),
+        None if conditions is None else torch.from_numpy(conditions),
+        temperature,
+        top_k,
+    ).numpy()
     assert np.array_equal(ours, theirs)
-    assert len({grid.tobytes() for grid in ours}) == 6           # six different grids, not one repeated
+    assert len({grid.tobytes() for grid in ours}) == 6  # six different grids, not one repeated
     other, _ = sampling_randomness(6, HEIGHT, WIDTH, prior.shape.num_conditions, seed=6)
     assert not np.array_equal(sample_codes(session, spec, {"num_codes": K}, other, conditions), ours)
 
@@ -97,8 +106,17 @@ def test_bad_sampling_options_are_refused(exported):
 
 
 def test_the_runtime_sampler_never_imports_torch():
-    code = ("import sys; import export.runtime.transformer_sampler; "
-            "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True, timeout=60, check=False)
+    code = (
+        "import sys; import export.runtime.transformer_sampler; "
+        "assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

@@ -18,7 +18,7 @@ SHAPE = PriorShape(num_codes=16, height=6, width=5, num_conditions=4)
 def tiny_prior(shape: PriorShape = SHAPE, kv_heads: int = 2, seed: int = 0) -> TransformerPrior:
     torch.manual_seed(seed)
     prior = TransformerPrior(shape, layers=2, width=16, heads=4, kv_heads=kv_heads, mlp_ratio=2, dropout=0.1)
-    for parameter in prior.parameters():   # GPT init makes tiny logits; larger weights make every dependency show
+    for parameter in prior.parameters():  # GPT init makes tiny logits; larger weights make every dependency show
         parameter.data.normal_(0, 0.5)
     return prior.double().eval()
 
@@ -37,7 +37,7 @@ def test_cached_steps_match_the_full_forward_at_every_cell(conditional, kv_heads
     full = prior(codes, condition).flatten(2)
     cache, flat = prior.empty_cache(3, torch.float64), codes.flatten(1)
     for t in range(30):
-        previous = flat[:, t - 1] if t else torch.full((3,), 9)    # ignored at the start
+        previous = flat[:, t - 1] if t else torch.full((3,), 9)  # ignored at the start
         logits, new = prior.step(previous, torch.tensor([t]), condition, cache)
         write_cache(cache, new, t)
         torch.testing.assert_close(logits, full[:, :, t], rtol=0, atol=1e-12)
@@ -51,22 +51,23 @@ def test_the_last_cell_depends_on_the_first():
     changed[:, 0, 0] = (changed[:, 0, 0] + 5) % 16
     difference = (prior(codes, condition) - prior(changed, condition)).abs()[:, :, -1, -1]
     assert difference.amax() > 1e-3
-    embedded = []   # gradient of the last cell's logits w.r.t. the embedding of cell 0's code
+    embedded = []  # gradient of the last cell's logits w.r.t. the embedding of cell 0's code
     hook = prior.embed.register_forward_hook(lambda module, args, out: embedded.append(out) or out.retain_grad())
     prior(codes, condition)[:, :, -1, -1].sum().backward()
     hook.remove()
-    assert embedded[0].grad[:, 0].abs().sum() > 0   # input token 1 holds cell 0's code
+    assert embedded[0].grad[:, 0].abs().sum() > 0  # input token 1 holds cell 0's code
 
 
 @pytest.mark.parametrize("cell", [0, 7, 14, 29])
 def test_logits_never_see_the_cell_itself_or_later_cells(cell):
     prior = tiny_prior()
     codes = torch.randint(0, 16, (1, 6, 5))
-    changed = codes.flatten(1).repeat(31, 1)     # row n: cell n changed (row 30: nothing changed)
+    changed = codes.flatten(1).repeat(31, 1)  # row n: cell n changed (row 30: nothing changed)
     changed[torch.arange(30), torch.arange(30)] += 3
     logits = prior(changed.remainder(16).view(31, 6, 5), torch.zeros(31, dtype=torch.long)).flatten(2)[:, :, cell]
     moved = (logits[:30] - logits[30]).abs().amax(1)
-    assert torch.equal(moved > 1e-9, torch.arange(30) < cell), moved   # rows of a batch may differ by rounding
+    assert torch.equal(moved > 1e-9, torch.arange(30) < cell), moved  # rows of a batch may differ by rounding
+
 
 def test_condition_reaches_the_first_cell_and_dropout_only_trains():
     prior = tiny_prior()
@@ -87,7 +88,7 @@ def test_cached_and_naive_samplers_give_identical_samples(conditional, temperatu
     condition = None if condition is None else torch.from_numpy(condition)
     cached = sample(prior, uniforms, condition, temperature, top_k)
     assert torch.equal(cached, sample(prior, uniforms, condition, temperature, top_k, naive=True))
-    assert torch.equal(cached, sample(prior, uniforms, condition, temperature, top_k))   # reproducible
+    assert torch.equal(cached, sample(prior, uniforms, condition, temperature, top_k))  # reproducible
     assert cached.shape == (3, 6, 5) and cached.min() >= 0 and cached.max() < 16
 
 
@@ -97,12 +98,12 @@ def test_temperature_and_top_k_are_honoured():
     condition = conditions(SHAPE, 8)
     greedy = sample(prior, uniforms, condition, top_k=1)
     logits = prior(greedy, condition)
-    assert torch.equal(greedy, logits.argmax(1))               # top-1: every cell is its most likely code
+    assert torch.equal(greedy, logits.argmax(1))  # top-1: every cell is its most likely code
     top3 = sample(prior, uniforms, condition, top_k=3)
     ranks = (prior(top3, condition) > prior(top3, condition).gather(1, top3[:, None])).sum(1)
-    assert ranks.max() <= 2                                    # top-3: never worse than the third most likely
+    assert ranks.max() <= 2  # top-3: never worse than the third most likely
     cold = sample(prior, uniforms, condition, temperature=1e-4)
-    assert torch.equal(cold, greedy)                           # T -> 0 is greedy
+    assert torch.equal(cold, greedy)  # T -> 0 is greedy
     assert not torch.equal(sample(prior, uniforms, condition, temperature=5.0), greedy)
 
 

@@ -27,12 +27,12 @@ def records(path: Path) -> list[bytes]:
         if left < 7:  # block trailer padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         pos += 7
         if kind == 0 and length == 0:  # zero padding up to the block end
             pos += left - 7
             continue
-        pending += data[pos:pos + length]
+        pending += data[pos : pos + length]
         pos += length
         if kind in (1, 4):
             out.append(pending)
@@ -65,5 +65,8 @@ def history(run_dir: Path, timeout: float = 60.0) -> list[dict]:
             pass
         assert time.monotonic() < deadline, f"{run_file}: no complete run (exit record) after {timeout} s"
         time.sleep(0.5)
-    return [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
-            for r in found if r.WhichOneof("record_type") == "history"]
+    return [
+        {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+        for r in found
+        if r.WhichOneof("record_type") == "history"
+    ]

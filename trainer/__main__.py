@@ -1,6 +1,6 @@
 """`python -m trainer COMMAND ...`: the data flow of both stages, in order; see each `--help`.
 
-    vqvae -> evaluate -> encode -> prior -> sample -> evaluate-prior
+vqvae -> evaluate -> encode -> prior -> sample -> evaluate-prior
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 from export.runtime.cli import missing_training_install, run_command_line
 
-try:   # every command here trains or runs a torch model: a runtime-only install gets one line
+try:  # every command here trains or runs a torch model: a runtime-only install gets one line
     import torch  # noqa: F401
 except ImportError as err:
     sys.exit(missing_training_install("python -m trainer", err))

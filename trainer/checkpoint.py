@@ -39,8 +39,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(directory: Path, step: int, model: torch.nn.Module, training_state: dict,
-                    config: dict, keep: int, extra_json: dict[str, dict] | None = None) -> Path:
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    model: torch.nn.Module,
+    training_state: dict,
+    config: dict,
+    keep: int,
+    extra_json: dict[str, dict] | None = None,
+) -> Path:
     """Write checkpoint `step` atomically under `directory`, then prune to the newest `keep`."""
     final = directory / f"step_{step:07d}"
     tmp = directory / f".step_{step:07d}.tmp"

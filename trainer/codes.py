@@ -28,10 +28,10 @@ SPLITS = ("train", "validate", "test")
 
 @dataclass
 class CodeSet:
-    codes: np.ndarray       # uint16 (N, H, W)
-    slices: np.ndarray      # int16 (N,)
-    subjects: np.ndarray    # str (N,)
-    keys: np.ndarray        # str (N,)
+    codes: np.ndarray  # uint16 (N, H, W)
+    slices: np.ndarray  # int16 (N,)
+    subjects: np.ndarray  # str (N,)
+    keys: np.ndarray  # str (N,)
 
 
 def read_codes_meta(directory: str | Path) -> dict:
@@ -48,8 +48,10 @@ def load_codes(directory: str | Path, split: str) -> CodeSet:
     """A split's codes; only a split that codes.json lists (a file left by another checkpoint is not read)."""
     path = Path(directory) / f"{split}.npz"
     if split not in read_codes_meta(directory)["splits"]:
-        raise FileNotFoundError(f"{path}: split '{split}' is not listed in {CODES_META}; it was not encoded "
-                                "by this VQ-VAE (run `python -m trainer encode`)")
+        raise FileNotFoundError(
+            f"{path}: split '{split}' is not listed in {CODES_META}; it was not encoded "
+            "by this VQ-VAE (run `python -m trainer encode`)"
+        )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: split '{split}' was not encoded")
     try:
@@ -65,6 +67,8 @@ def load_code_tensors(directory: str | Path, split: str, shape: PriorShape) -> t
     codes = torch.from_numpy(code_set.codes.astype("int64"))
     conditions = torch.from_numpy(code_set.slices.astype("int64")) if shape.num_conditions else None
     if conditions is not None and int(conditions.max()) >= shape.num_conditions:
-        raise ValueError(f"{directory}/{split}.npz: slice {int(conditions.max())} is beyond the "
-                         f"{shape.num_conditions} positions seen in train")
+        raise ValueError(
+            f"{directory}/{split}.npz: slice {int(conditions.max())} is beyond the "
+            f"{shape.num_conditions} positions seen in train"
+        )
     return codes, conditions

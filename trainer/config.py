@@ -25,15 +25,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    shards: str = "runs/demo/shards"      # folder written by `python -m data_tools shard`
-    batch_size: int = 16                   # per process, per micro-step
-    num_workers: int = 0                   # DataLoader workers per process
+    shards: str = "runs/demo/shards"  # folder written by `python -m data_tools shard`
+    batch_size: int = 16  # per process, per micro-step
+    num_workers: int = 0  # DataLoader workers per process
     shuffle_buffer: int = 256
-    eval_split: str = "validate"           # split used for validation during training
-    in_memory: str = "auto"                # decode the train split once into memory: "always", "never" (stream the
-                                           # shards) or "auto" (when it fits memory_budget_mb; OASIS train: 500 MiB)
+    eval_split: str = "validate"  # split used for validation during training
+    in_memory: str = "auto"  # decode the train split once into memory: "always", "never" (stream the
+    # shards) or "auto" (when it fits memory_budget_mb; OASIS train: 500 MiB)
     memory_budget_mb: int = 4096
-    in_memory_on: str = "device"           # "device": on the training device (no copy per step); "host": CPU RAM
+    in_memory_on: str = "device"  # "device": on the training device (no copy per step); "host": CPU RAM
 
     def check(self) -> None:
         require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
@@ -46,27 +46,30 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    downsample: int = 4         # 4: 256x256 -> 64x64 code grid; 8: -> 32x32
-    channels: int = 64          # width after the last downsampling conv
+    downsample: int = 4  # 4: 256x256 -> 64x64 code grid; 8: -> 32x32
+    channels: int = 64  # width after the last downsampling conv
     res_blocks: int = 2
     res_channels: int = 32
-    code_dim: int = 64          # D, the codebook vector size
+    code_dim: int = 64  # D, the codebook vector size
 
     def check(self) -> None:
         require(self.downsample in (2, 4, 8, 16), "model.downsample", "must be 2, 4, 8 or 16")
-        require(self.channels >= 2 and self.res_channels >= 1 and self.code_dim >= 1,
-                "model", "channels must be >= 2, res_channels and code_dim >= 1")
+        require(
+            self.channels >= 2 and self.res_channels >= 1 and self.code_dim >= 1,
+            "model",
+            "channels must be >= 2, res_channels and code_dim >= 1",
+        )
         require(self.res_blocks >= 0, "model.res_blocks", "must be >= 0")
 
 
 @dataclass
 class QuantizerConfig:
-    num_codes: int = 512        # K
-    beta: float = 0.25          # commitment weight
-    update: str = "ema"         # "ema" (moving averages + dead-code restarts) or "loss" (paper's codebook loss)
+    num_codes: int = 512  # K
+    beta: float = 0.25  # commitment weight
+    update: str = "ema"  # "ema" (moving averages + dead-code restarts) or "loss" (paper's codebook loss)
     decay: float = 0.99
     dead_code_threshold: float = 1.0
-    compile: bool = True        # torch.compile the nearest-code kernel
+    compile: bool = True  # torch.compile the nearest-code kernel
 
     def check(self) -> None:
         require(self.num_codes >= 2, "quantizer.num_codes", "must be >= 2")
@@ -78,30 +81,32 @@ class QuantizerConfig:
 
 @dataclass
 class TrainConfig:
-    max_steps: int = 1000             # optimizer steps
+    max_steps: int = 1000  # optimizer steps
     lr: float = 3e-4
-    warmup_steps: int = 100           # linear warm-up, then cosine decay to lr * min_lr_ratio
+    warmup_steps: int = 100  # linear warm-up, then cosine decay to lr * min_lr_ratio
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.0
-    grad_clip: float = 1.0            # max gradient norm (0: off)
-    grad_accum: int = 1               # micro-batches per optimizer step
-    mixed_precision: str = "no"       # "no", "bf16" or "fp16"
-    compile: bool = False             # torch.compile the whole model
-    log_every: int = 20               # also how often NaN/Inf is checked
+    grad_clip: float = 1.0  # max gradient norm (0: off)
+    grad_accum: int = 1  # micro-batches per optimizer step
+    mixed_precision: str = "no"  # "no", "bf16" or "fp16"
+    compile: bool = False  # torch.compile the whole model
+    log_every: int = 20  # also how often NaN/Inf is checked
     eval_every: int = 250
-    eval_batches: int = 8             # validation batches per evaluation during training (0: whole split)
+    eval_batches: int = 8  # validation batches per evaluation during training (0: whole split)
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
 
     def check(self) -> None:
         require(self.max_steps >= 1, "train.max_steps", "must be >= 1")
         require(self.lr > 0, "train.lr", "must be > 0")
-        require(self.warmup_steps >= 0 and 0 <= self.min_lr_ratio <= 1, "train",
-                "warmup_steps >= 0, min_lr_ratio in [0, 1]")
+        require(
+            self.warmup_steps >= 0 and 0 <= self.min_lr_ratio <= 1, "train", "warmup_steps >= 0, min_lr_ratio in [0, 1]"
+        )
         require(self.grad_clip >= 0 and self.weight_decay >= 0, "train", "grad_clip and weight_decay must be >= 0")
         require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
-        require(self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision",
-                "must be 'no', 'bf16' or 'fp16'")
+        require(
+            self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", "must be 'no', 'bf16' or 'fp16'"
+        )
         for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
             require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         require(self.eval_batches >= 0, "train.eval_batches", "must be >= 0")
@@ -111,7 +116,7 @@ class TrainConfig:
 class WandbConfig:
     enabled: bool = True
     project: str = "brain-vqvae"
-    mode: str = "auto"          # "auto": online if WANDB_API_KEY is set, else offline; or "online"/"offline"
+    mode: str = "auto"  # "auto": online if WANDB_API_KEY is set, else offline; or "online"/"offline"
 
     def check(self) -> None:
         require(self.mode in ("auto", "online", "offline"), "wandb.mode", "must be auto, online or offline")
@@ -133,8 +138,8 @@ class VQVAEConfig:
 
 @dataclass
 class CodesConfig:
-    dir: str = "runs/demo/codes"          # written by `python -m trainer encode`
-    batch_size: int = 32                   # per process, per micro-step
+    dir: str = "runs/demo/codes"  # written by `python -m trainer encode`
+    batch_size: int = 32  # per process, per micro-step
     eval_split: str = "validate"
 
     def check(self) -> None:
@@ -145,12 +150,13 @@ class CodesConfig:
 @dataclass
 class TransformerConfig:
     """The transformer prior (trainer/transformer_prior.py): every cell attends to every earlier cell."""
+
     layers: int = 4
     width: int = 128
     heads: int = 4
-    kv_heads: int = 1                # key/value heads shared by groups of query heads: a smaller sampling cache
+    kv_heads: int = 1  # key/value heads shared by groups of query heads: a smaller sampling cache
     mlp_ratio: int = 4
-    dropout: float = 0.1             # on the embeddings and both residual branches
+    dropout: float = 0.1  # on the embeddings and both residual branches
 
     def check(self) -> None:
         for name in ("layers", "width", "heads", "kv_heads", "mlp_ratio"):
@@ -167,10 +173,11 @@ PRIOR_KINDS = ("pixelcnn", "transformer")
 class PriorModelConfig:
     """`kind` picks the prior; the gated PixelCNN's keys sit directly under `model` (as before `kind` existed,
     so older configs and checkpoints load as a PixelCNN), the transformer's under `model.transformer`."""
-    kind: str = "pixelcnn"           # "pixelcnn" (trainer/pixelcnn.py) or "transformer" (trainer/transformer_prior.py)
+
+    kind: str = "pixelcnn"  # "pixelcnn" (trainer/pixelcnn.py) or "transformer" (trainer/transformer_prior.py)
     channels: int = 128
-    layers: int = 12                 # gated layers: one type A, then type B
-    kernel: int = 3                  # odd; the first layer uses first_kernel
+    layers: int = 12  # gated layers: one type A, then type B
+    kernel: int = 3  # odd; the first layer uses first_kernel
     first_kernel: int = 7
     head_channels: int = 512
     condition_on_slice: bool = True  # learn p(codes | slice position); sampling can still omit it (both kinds)
@@ -189,13 +196,14 @@ class PriorModelConfig:
 @dataclass
 class PriorConfig:
     """Stage 2. The grid, K and the VQ-VAE come from the codes folder, not from here."""
+
     out_dir: str = "runs/prior"
     seed: int = 0
     codes: CodesConfig = field(default_factory=CodesConfig)
     model: PriorModelConfig = field(default_factory=PriorModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
-    sample_every: int = 0            # log a grid of generated brains every N steps (0: only at the end)
+    sample_every: int = 0  # log a grid of generated brains every N steps (0: only at the end)
     sample_count: int = 8
 
     def check(self) -> None:
@@ -293,7 +301,7 @@ def apply_overrides(values: dict, overrides: list[str]) -> dict:
                 node[part] = {}
             node = node[part]
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(keys[:depth + 1])} is a value, not a section")
+                raise ConfigError(f"--set {item!r}: {'.'.join(keys[: depth + 1])} is a value, not a section")
         try:
             node[keys[-1]] = parse_yaml(raw)
         except ConfigError as err:

@@ -50,9 +50,9 @@ MEMORY_CHUNK = 256  # samples gathered from memory at a time (then cut into batc
 
 @dataclass
 class Batch:
-    images: torch.Tensor            # (B, 1, H, W) float32 in [0, 1]
-    keys: list[str]                 # "case_001_slice_7"
-    meta: list[dict]                # subject, slice, split, source, ...
+    images: torch.Tensor  # (B, 1, H, W) float32 in [0, 1]
+    keys: list[str]  # "case_001_slice_7"
+    meta: list[dict]  # subject, slice, split, source, ...
     masks: torch.Tensor | None = None  # (B, 1, H, W) uint8 label values, when requested
 
     def __len__(self) -> int:
@@ -62,12 +62,24 @@ class Batch:
 class SliceShards(IterableDataset):
     """One split's samples for one rank. Yields chunks {"pixels": uint8 (n,1,H,W), "keys", "meta"[, "masks"]}."""
 
-    def __init__(self, shard_dir: str | Path, split: str, *, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = False, seed: int = 0, shuffle_buffer: int = 256, with_masks: bool = False):
+    def __init__(
+        self,
+        shard_dir: str | Path,
+        split: str,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = 256,
+        with_masks: bool = False,
+    ):
         manifest = read_manifest(shard_dir)
         if manifest["image_size"] != IMAGE_SIZE:
-            raise DataError(f"{Path(shard_dir) / MANIFEST}: image_size {manifest['image_size']}; the models take "
-                            f"{IMAGE_SIZE}x{IMAGE_SIZE} slices (shard again with --size {IMAGE_SIZE})")
+            raise DataError(
+                f"{Path(shard_dir) / MANIFEST}: image_size {manifest['image_size']}; the models take "
+                f"{IMAGE_SIZE}x{IMAGE_SIZE} slices (shard again with --size {IMAGE_SIZE})"
+            )
         if split not in manifest["splits"]:
             raise DataError(f"{shard_dir}: no split '{split}' (has {sorted(manifest['splits'])})")
         if not 0 <= rank < world_size:
@@ -78,7 +90,7 @@ class SliceShards(IterableDataset):
         self.shard_dir, self.split = Path(shard_dir), split
         self.shards = [s["name"] for s in entry["shards"]]
         self.digests = [s["sha256"] for s in entry["shards"]]
-        self.verified: set[int] = set()   # shards whose sha256 this process has checked: once is enough
+        self.verified: set[int] = set()  # shards whose sha256 this process has checked: once is enough
         self.offsets = np.cumsum([0] + [s["num_samples"] for s in entry["shards"]])
         self.num_samples = int(self.offsets[-1])
         self.rank, self.world_size = rank, world_size
@@ -139,10 +151,14 @@ class SliceShards(IterableDataset):
         per_worker = []
         for worker_id in range(workers):
             shards, rng = self._worker_plan(worker_id, workers)
-            mine = (g for shard in shards for g in range(self.offsets[shard], self.offsets[shard + 1])
-                    if owners[g] == self.rank)
+            mine = (
+                g
+                for shard in shards
+                for g in range(self.offsets[shard], self.offsets[shard + 1])
+                if owners[g] == self.rank
+            )
             order = list(buffer_shuffle(mine, self.shuffle_buffer, rng) if self.shuffle else mine)
-            per_worker.append([order[i: i + CHUNK] for i in range(0, len(order), CHUNK)])
+            per_worker.append([order[i : i + CHUNK] for i in range(0, len(order), CHUNK)])
         turns = itertools.zip_longest(*per_worker)
         return np.array([g for turn in turns for chunk in turn if chunk for g in chunk], dtype=np.int64)
 
@@ -157,15 +173,20 @@ class SliceShards(IterableDataset):
 
     def decode(self, raws: list[dict]) -> dict:
         """Decode only the entries we write (PNG via PIL, metadata via json): never pickle."""
+
         def name(raw: dict, entry: str) -> str:
             return f"{raw.get('shard', self.shard_dir)}:{raw['__key__']}.{entry}"
 
         pixels = np.stack([decode_gray_png(r["png"], name(r, "png")) for r in raws])[:, None]
-        out = {"pixels": torch.from_numpy(pixels), "keys": [r["__key__"] for r in raws],
-               "meta": [decode_metadata(r["json"]) for r in raws]}
+        out = {
+            "pixels": torch.from_numpy(pixels),
+            "keys": [r["__key__"] for r in raws],
+            "meta": [decode_metadata(r["json"]) for r in raws],
+        }
         if self.with_masks:
-            out["masks"] = torch.from_numpy(np.stack([decode_gray_png(r["seg.png"], name(r, "seg.png"))
-                                                      for r in raws])[:, None])
+            out["masks"] = torch.from_numpy(
+                np.stack([decode_gray_png(r["seg.png"], name(r, "seg.png")) for r in raws])[:, None]
+            )
         return out
 
 
@@ -205,8 +226,10 @@ class SlicesInMemory:
         loader = DataLoader(_WholeShards(dataset), batch_size=None, num_workers=num_workers)
         parts = list(loader)
         if sum(len(p["keys"]) for p in parts) != dataset.num_samples:
-            raise DataError(f"{dataset.shard_dir}: split '{dataset.split}' holds another number of samples "
-                            f"than its manifest says ({dataset.num_samples})")
+            raise DataError(
+                f"{dataset.shard_dir}: split '{dataset.split}' holds another number of samples "
+                f"than its manifest says ({dataset.num_samples})"
+            )
         self.dataset = dataset
         self.keys = [k for p in parts for k in p["keys"]]
         self.meta = [m for p in parts for m in p["meta"]]
@@ -220,10 +243,13 @@ class SlicesInMemory:
         self.dataset.set_epoch(epoch)
         order = self.dataset.epoch_order(num_workers)
         for start in range(0, len(order), MEMORY_CHUNK):
-            part = order[start: start + MEMORY_CHUNK]
+            part = order[start : start + MEMORY_CHUNK]
             index = torch.from_numpy(part).to(self.pixels.device)
-            chunk = {"pixels": self.pixels[index], "keys": [self.keys[g] for g in part],
-                     "meta": [self.meta[g] for g in part]}
+            chunk = {
+                "pixels": self.pixels[index],
+                "keys": [self.keys[g] for g in part],
+                "meta": [self.meta[g] for g in part],
+            }
             if self.masks is not None:
                 chunk["masks"] = self.masks[index]
             yield chunk
@@ -258,13 +284,19 @@ def _chunks(dataset: SliceShards | SlicesInMemory, epoch: int, num_workers: int)
         yield from dataset.chunks(epoch, num_workers)
         return
     dataset.set_epoch(epoch)
-    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
-                        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers else None,
+    )
     try:
         yield from loader
-    except DataError as err:   # a worker's error arrives with its traceback in the message: keep the last line
-        raise DataError(str(err).rstrip().splitlines()[-1].removeprefix(f"{DataError.__module__}.DataError: ")) \
-            from None
+    except DataError as err:  # a worker's error arrives with its traceback in the message: keep the last line
+        raise DataError(
+            str(err).rstrip().splitlines()[-1].removeprefix(f"{DataError.__module__}.DataError: ")
+        ) from None
 
 
 def _rebatch(chunks: Iterator[dict], batch_size: int, keep_last: bool) -> Iterator[Batch]:
@@ -285,8 +317,11 @@ def _rebatch(chunks: Iterator[dict], batch_size: int, keep_last: bool) -> Iterat
 def _concat(chunks: list[dict]) -> dict:
     if len(chunks) == 1:
         return chunks[0]
-    out = {"pixels": torch.cat([c["pixels"] for c in chunks]),
-           "keys": [k for c in chunks for k in c["keys"]], "meta": [m for c in chunks for m in c["meta"]]}
+    out = {
+        "pixels": torch.cat([c["pixels"] for c in chunks]),
+        "keys": [k for c in chunks for k in c["keys"]],
+        "meta": [m for c in chunks for m in c["meta"]],
+    }
     if "masks" in chunks[0]:
         out["masks"] = torch.cat([c["masks"] for c in chunks])
     return out
@@ -301,14 +336,16 @@ def _to_batch(chunk: dict, part: slice) -> Batch:
     return Batch(chunk["pixels"].float().div_(255.0), chunk["keys"], chunk["meta"], chunk.get("masks"))
 
 
-def epoch_batches(dataset: SliceShards | SlicesInMemory, batch_size: int, *, epoch: int = 0,
-                  num_workers: int = 0) -> Iterator[Batch]:
+def epoch_batches(
+    dataset: SliceShards | SlicesInMemory, batch_size: int, *, epoch: int = 0, num_workers: int = 0
+) -> Iterator[Batch]:
     """One pass over this rank's share of the split; the last batch may be short."""
     yield from _rebatch(_chunks(dataset, epoch, num_workers), batch_size, keep_last=True)
 
 
-def train_batches(dataset: SliceShards | SlicesInMemory, batch_size: int, *, start_sample: int = 0,
-                  num_workers: int = 0) -> Iterator[Batch]:
+def train_batches(
+    dataset: SliceShards | SlicesInMemory, batch_size: int, *, start_sample: int = 0, num_workers: int = 0
+) -> Iterator[Batch]:
     """Endless stream of full batches; batches run across epoch boundaries.
 
     A rank sees exactly len(dataset) samples per epoch, so a position in the stream is one number:

@@ -28,13 +28,22 @@ from trainer.codes import CODES_META, SPLITS
 from trainer.data import SliceShards, epoch_batches
 from trainer.models import load_vqvae, resolve_checkpoint
 
-DESCRIPTION = ("Run the VQ-VAE's encoder once over every split of the shards and write {split}.npz (codes, slice "
-               "positions, subjects, keys) and codes.json. Splits already encoded by the same checkpoint are "
-               "skipped, so an interrupted run resumes.")
+DESCRIPTION = (
+    "Run the VQ-VAE's encoder once over every split of the shards and write {split}.npz (codes, slice "
+    "positions, subjects, keys) and codes.json. Splits already encoded by the same checkpoint are "
+    "skipped, so an interrupted run resumes."
+)
 
 
-def encode_splits(checkpoint: Path, out: Path, shards: str | None = None, batch_size: int = 64,
-                  device: str = "cpu", force: bool = False, show_progress: bool = True) -> dict:
+def encode_splits(
+    checkpoint: Path,
+    out: Path,
+    shards: str | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    force: bool = False,
+    show_progress: bool = True,
+) -> dict:
     """Encode every split of the shards with the VQ-VAE checkpoint; returns the codes.json contents."""
     out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
     # The folder is filled split by split (so that a run resumes): never an input, nor a folder of other files.
@@ -49,13 +58,21 @@ def encode_splits(checkpoint: Path, out: Path, shards: str | None = None, batch_
     # --force starts over without reading codes.json, so a damaged one can be replaced
     meta = read_json_object(meta_path) if meta_path.is_file() and not force else {}
     if meta.get("checkpoint_sha256") != sha or not isinstance(meta.get("splits"), dict):
-        meta = {"splits": {}}   # another model's codes (or --force): start over, and never reuse their files
+        meta = {"splits": {}}  # another model's codes (or --force): start over, and never reuse their files
         for split in SPLITS:
             (out / f"{split}.npz").unlink(missing_ok=True)
     side = 256 // cfg.model.downsample
-    meta.update({"vqvae_checkpoint": str(checkpoint), "checkpoint_sha256": sha, "shards": str(shards),
-                 "num_codes": cfg.quantizer.num_codes, "code_dim": cfg.model.code_dim,
-                 "height": side, "width": side})
+    meta.update(
+        {
+            "vqvae_checkpoint": str(checkpoint),
+            "checkpoint_sha256": sha,
+            "shards": str(shards),
+            "num_codes": cfg.quantizer.num_codes,
+            "code_dim": cfg.model.code_dim,
+            "height": side,
+            "width": side,
+        }
+    )
 
     for split in splits:
         target = out / f"{split}.npz"
@@ -71,8 +88,13 @@ def encode_splits(checkpoint: Path, out: Path, shards: str | None = None, batch_
                 keys += batch.keys
                 bar.update(len(batch.keys))
         tmp = out / f".{split}.tmp.npz"
-        np.savez(tmp, codes=np.concatenate(codes), slices=np.asarray(slices, np.int16),
-                 subjects=np.asarray(subjects, str), keys=np.asarray(keys, str))
+        np.savez(
+            tmp,
+            codes=np.concatenate(codes),
+            slices=np.asarray(slices, np.int16),
+            subjects=np.asarray(subjects, str),
+            keys=np.asarray(keys, str),
+        )
         os.replace(tmp, target)
         meta["splits"][split] = len(keys)
         if split == "train":
@@ -87,13 +109,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", help="shard folder (default: the one in the checkpoint's config)")
     add_batch_size_argument(parser, 64)
     add_device_argument(parser)
-    parser.add_argument("--force", action="store_true",
-                        help="re-encode every split without reading the codes.json there (a damaged one is replaced)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="re-encode every split without reading the codes.json there (a damaged one is replaced)",
+    )
     add_quiet_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
-    meta = encode_splits(args.checkpoint, args.out, shards=args.shards, batch_size=args.batch_size,
-                         device=args.device, force=args.force, show_progress=not args.quiet)
-    print(f"codes {meta['height']}x{meta['width']} (K = {meta['num_codes']}) in {args.out}: "
-          + ", ".join(f"{split} {count}" for split, count in meta["splits"].items()))
+    meta = encode_splits(
+        args.checkpoint,
+        args.out,
+        shards=args.shards,
+        batch_size=args.batch_size,
+        device=args.device,
+        force=args.force,
+        show_progress=not args.quiet,
+    )
+    print(
+        f"codes {meta['height']}x{meta['width']} (K = {meta['num_codes']}) in {args.out}: "
+        + ", ".join(f"{split} {count}" for split, count in meta["splits"].items())
+    )

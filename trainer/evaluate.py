@@ -33,12 +33,24 @@ from trainer.models import load_vqvae, resolve_checkpoint
 from trainer.quantizer import codebook_stats
 from trainer.training_run import log_to_wandb, read_metrics
 
-SUMMARY = "summary.json"   # the marker of an evaluation folder: --force replaces only a folder that has it
-DESCRIPTION = ("Reconstruct every image of a split; write per_image.csv, summary.json (mean, median, min SSIM, mean "
-               "PSNR, codebook perplexity and codes used over the whole pass) and figures.")
+SUMMARY = "summary.json"  # the marker of an evaluation folder: --force replaces only a folder that has it
+DESCRIPTION = (
+    "Reconstruct every image of a split; write per_image.csv, summary.json (mean, median, min SSIM, mean "
+    "PSNR, codebook perplexity and codes used over the whole pass) and figures."
+)
 
-def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None, batch_size: int = 32,
-             device: str = "cpu", show_progress: bool = True, log_wandb: bool = False, force: bool = False) -> dict:
+
+def evaluate(
+    checkpoint: Path,
+    split: str,
+    out: Path,
+    shards: str | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+    show_progress: bool = True,
+    log_wandb: bool = False,
+    force: bool = False,
+) -> dict:
     """Evaluate on a whole split; writes per_image.csv, summary.json and figures to `out`, which appears
     whole or not at all (and, with `log_wandb`, logs the summary and figures as a wandb run of the config's
     project)."""
@@ -50,8 +62,12 @@ def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None,
     dataset = SliceShards(shards, split)
     rows, counts = [], torch.zeros(cfg.quantizer.num_codes, dtype=torch.long)
     examples = figures.ReconstructionExamples(len(dataset))
-    for batch in tqdm(epoch_batches(dataset, batch_size), total=-(-len(dataset) // batch_size),
-                      desc=f"evaluate {split}", disable=not show_progress):
+    for batch in tqdm(
+        epoch_batches(dataset, batch_size),
+        total=-(-len(dataset) // batch_size),
+        desc=f"evaluate {split}",
+        disable=not show_progress,
+    ):
         recon, ssim, psnr, indices = reconstruction_metrics(model, batch.images.to(device))
         counts += torch.bincount(indices.flatten().cpu(), minlength=cfg.quantizer.num_codes)
         for i, (key, meta, s, p) in enumerate(zip(batch.keys, batch.meta, ssim.tolist(), psnr.tolist())):
@@ -60,11 +76,18 @@ def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None,
     ssim_all = np.array([r["ssim"] for r in rows])
     perplexity, used = codebook_stats(counts)
     summary = {
-        "checkpoint": str(checkpoint), "split": split, "images": len(rows),
-        "ssim_mean": float(ssim_all.mean()), "ssim_median": float(np.median(ssim_all)),
-        "ssim_min": float(ssim_all.min()), "psnr_mean": float(np.mean([r["psnr"] for r in rows])),
-        "codebook_perplexity": float(perplexity), "codes_used": int(used), "num_codes": cfg.quantizer.num_codes,
-        "grid": list(indices.shape[1:]), "ssim_settings": SSIM_SETTINGS,
+        "checkpoint": str(checkpoint),
+        "split": split,
+        "images": len(rows),
+        "ssim_mean": float(ssim_all.mean()),
+        "ssim_median": float(np.median(ssim_all)),
+        "ssim_min": float(ssim_all.min()),
+        "psnr_mean": float(np.mean([r["psnr"] for r in rows])),
+        "codebook_perplexity": float(perplexity),
+        "codes_used": int(used),
+        "num_codes": cfg.quantizer.num_codes,
+        "grid": list(indices.shape[1:]),
+        "ssim_settings": SSIM_SETTINGS,
     }
     with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)]) as tmp:
         with (tmp / "per_image.csv").open("w", newline="") as f:
@@ -74,10 +97,24 @@ def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None,
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
         keys, originals, recons, codes, ssims = examples.arrays()
         code_values = figures.code_intensity(numpy_decoder(model), cfg.quantizer.num_codes, tuple(codes.shape[1:]))
-        figures.reconstruction_grid(originals, recons, ssims, keys, tmp / "reconstructions.png",
-                                    examples.title(f"VQ-VAE on the {split} split"), columns=4)
-        figures.code_maps(originals, codes, keys, tmp / "code_maps.png", code_values,
-                          examples.title(f"VQ-VAE codes of the {split} split"), columns=4)
+        figures.reconstruction_grid(
+            originals,
+            recons,
+            ssims,
+            keys,
+            tmp / "reconstructions.png",
+            examples.title(f"VQ-VAE on the {split} split"),
+            columns=4,
+        )
+        figures.code_maps(
+            originals,
+            codes,
+            keys,
+            tmp / "code_maps.png",
+            code_values,
+            examples.title(f"VQ-VAE codes of the {split} split"),
+            columns=4,
+        )
         figures.codebook_usage(counts.numpy(), tmp / "codebook_usage.png", f"{split} split")
         metrics_file = Path(cfg.out_dir) / "metrics.jsonl"
         if metrics_file.is_file():
@@ -89,19 +126,35 @@ def evaluate(checkpoint: Path, split: str, out: Path, shards: str | None = None,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(parser, "a VQ-VAE")
-    parser.add_argument("--split", default="test", choices=["train", "validate", "test"],
-                        help="split to evaluate (default: %(default)s)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "validate", "test"],
+        help="split to evaluate (default: %(default)s)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="folder for the CSV, summary and figures")
     parser.add_argument("--shards", help="shard folder (default: the one in the checkpoint's config)")
     add_batch_size_argument(parser, 32)
     add_device_argument(parser)
-    parser.add_argument("--wandb", action="store_true",
-                        help="also log the summary and figures to wandb (offline unless WANDB_API_KEY is set)")
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the summary and figures to wandb (offline unless WANDB_API_KEY is set)",
+    )
     add_quiet_argument(parser)
     add_force_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
-    summary = evaluate(args.checkpoint, args.split, args.out, shards=args.shards, batch_size=args.batch_size,
-                       device=args.device, show_progress=not args.quiet, log_wandb=args.wandb, force=args.force)
+    summary = evaluate(
+        args.checkpoint,
+        args.split,
+        args.out,
+        shards=args.shards,
+        batch_size=args.batch_size,
+        device=args.device,
+        show_progress=not args.quiet,
+        log_wandb=args.wandb,
+        force=args.force,
+    )
     print(json.dumps(summary, indent=1))

@@ -23,9 +23,18 @@ def sampler_for(prior: GatedPixelCNN | TransformerPrior):
 
 
 @torch.no_grad()
-def generate(prior: GatedPixelCNN | TransformerPrior, vqvae: VQVAE, n: int, seed: int = 0, temperature: float = 1.0,
-             top_k: int = 0, slice_index: int | None = None, batch_size: int = 16, naive: bool = False,
-             show_progress: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def generate(
+    prior: GatedPixelCNN | TransformerPrior,
+    vqvae: VQVAE,
+    n: int,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    slice_index: int | None = None,
+    batch_size: int = 16,
+    naive: bool = False,
+    show_progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(codes (n, H, W), conditions (n,) or None, images (n, 256, 256) float in [0, 1])."""
     device = next(prior.parameters()).device
     shape = prior.shape
@@ -42,8 +51,7 @@ def generate(prior: GatedPixelCNN | TransformerPrior, vqvae: VQVAE, n: int, seed
             grid = sample(prior, uniforms[part].to(device), cond, temperature, top_k, naive=naive, progress=bar)
             codes.append(grid.cpu())
             images.append(vqvae.decode(grid)[:, 0].float().cpu())
-    return (torch.cat(codes).numpy(), None if conditions is None else conditions.numpy(),
-            torch.cat(images).numpy())
+    return (torch.cat(codes).numpy(), None if conditions is None else conditions.numpy(), torch.cat(images).numpy())
 
 
 def numpy_decoder(vqvae: VQVAE):
@@ -54,4 +62,5 @@ def numpy_decoder(vqvae: VQVAE):
     @torch.no_grad()
     def decode(codes: np.ndarray) -> np.ndarray:
         return vqvae.decode(torch.from_numpy(codes).to(device)).float().cpu().numpy()
+
     return decode

@@ -62,19 +62,21 @@ def encoder_features(vqvae: nn.Module, images: Tensor, batch_size: int = 32) -> 
     device = next(vqvae.parameters()).device
     features = []
     for start in range(0, len(images), batch_size):
-        z = vqvae.encoder(images[start:start + batch_size].to(device)).float()
+        z = vqvae.encoder(images[start : start + batch_size].to(device)).float()
         features.append(torch.cat([z.mean(dim=(2, 3)), F.adaptive_avg_pool2d(z, 2).flatten(1)], dim=1).cpu())
     return torch.cat(features).double().numpy()
 
 
-def nearest_ssim(queries: Tensor, references: Tensor, shortlist: int = 16, thumbnail: int = 32,
-                 batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def nearest_ssim(
+    queries: Tensor, references: Tensor, shortlist: int = 16, thumbnail: int = 32, batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
     """For each query, the SSIM to its most similar reference and that reference's index.
 
     Full-resolution SSIM against thousands of references is too slow on a CPU, so the `shortlist`
     references nearest in L2 between `thumbnail` x `thumbnail` area-downsampled copies are found
     first, and SSIM (evaluate's settings) is computed against those only.
     """
+
     def thumbnails(images: Tensor) -> Tensor:
         return F.adaptive_avg_pool2d(images.float(), thumbnail).flatten(1)
 
@@ -85,9 +87,12 @@ def nearest_ssim(queries: Tensor, references: Tensor, shortlist: int = 16, thumb
     reference_index = candidates.flatten()
     ssim = []
     for start in range(0, len(query_index), batch_size):
-        q, r = query_index[start:start + batch_size], reference_index[start:start + batch_size]
-        ssim.append(structural_similarity_index_measure(
-            queries[q].float(), references[r].to(device).float(), reduction="none", **SSIM_SETTINGS).cpu())
+        q, r = query_index[start : start + batch_size], reference_index[start : start + batch_size]
+        ssim.append(
+            structural_similarity_index_measure(
+                queries[q].float(), references[r].to(device).float(), reduction="none", **SSIM_SETTINGS
+            ).cpu()
+        )
     best_ssim, best = torch.cat(ssim).view_as(candidates).max(dim=1)
     return best_ssim.double().numpy(), candidates.gather(1, best[:, None])[:, 0].numpy()
 
@@ -112,10 +117,15 @@ def mean_pairwise_ms_ssim(images: Tensor, max_pairs: int = 500, seed: int = 0, b
     if len(images) < 2:
         raise ValueError(f"need at least 2 images for pairwise MS-SSIM, got {len(images)}")
     i, j = (torch.from_numpy(index) for index in distinct_pairs(len(images), max_pairs, seed))
-    scores = [multiscale_structural_similarity_index_measure(
-                  images[i[s:s + batch_size]].float(), images[j[s:s + batch_size]].float(),
-                  data_range=1.0, reduction="none")
-              for s in range(0, len(i), batch_size)]
+    scores = [
+        multiscale_structural_similarity_index_measure(
+            images[i[s : s + batch_size]].float(),
+            images[j[s : s + batch_size]].float(),
+            data_range=1.0,
+            reduction="none",
+        )
+        for s in range(0, len(i), batch_size)
+    ]
     return torch.cat(scores).mean().item()
 
 

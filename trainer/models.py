@@ -25,7 +25,7 @@ from trainer.pixelcnn import GatedPixelCNN, PriorShape
 from trainer.transformer_prior import TransformerPrior
 from trainer.vqvae import VQVAE
 
-PRIOR_INFO = "prior.json"   # in a stage-2 checkpoint: grid, K, conditions, and the VQ-VAE whose codes it models
+PRIOR_INFO = "prior.json"  # in a stage-2 checkpoint: grid, K, conditions, and the VQ-VAE whose codes it models
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -43,8 +43,9 @@ def load_state(model: nn.Module, checkpoint: Path) -> None:
     try:
         model.load_state_dict(load_weights(checkpoint))
     except RuntimeError as err:
-        raise CheckpointError(f"{checkpoint / 'model.safetensors'}: weights of another model "
-                              f"({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{checkpoint / 'model.safetensors'}: weights of another model ({str(err).splitlines()[0]})"
+        ) from None
 
 
 def build_checked(cls: type, checkpoint: Path):
@@ -66,10 +67,23 @@ def build_prior(cfg: PriorConfig, shape: PriorShape) -> GatedPixelCNN | Transfor
     m = cfg.model
     if m.kind == "transformer":
         t = m.transformer
-        return TransformerPrior(shape, layers=t.layers, width=t.width, heads=t.heads, kv_heads=t.kv_heads,
-                                mlp_ratio=t.mlp_ratio, dropout=t.dropout)
-    return GatedPixelCNN(shape, channels=m.channels, layers=m.layers, kernel=m.kernel,
-                         first_kernel=m.first_kernel, head_channels=m.head_channels)
+        return TransformerPrior(
+            shape,
+            layers=t.layers,
+            width=t.width,
+            heads=t.heads,
+            kv_heads=t.kv_heads,
+            mlp_ratio=t.mlp_ratio,
+            dropout=t.dropout,
+        )
+    return GatedPixelCNN(
+        shape,
+        channels=m.channels,
+        layers=m.layers,
+        kernel=m.kernel,
+        first_kernel=m.first_kernel,
+        head_channels=m.head_channels,
+    )
 
 
 def load_vqvae(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[VQVAE, VQVAEConfig]:
@@ -83,8 +97,9 @@ def load_vqvae(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[VQ
     return model.to(device).eval(), cfg
 
 
-def load_prior(checkpoint: Path, device: str | torch.device = "cpu"
-               ) -> tuple[GatedPixelCNN | TransformerPrior, PriorConfig, dict]:
+def load_prior(
+    checkpoint: Path, device: str | torch.device = "cpu"
+) -> tuple[GatedPixelCNN | TransformerPrior, PriorConfig, dict]:
     """The prior of a checkpoint (or a run folder's newest), its config and its prior.json (grid,
     K, conditions, and the VQ-VAE checkpoint whose codes it models). The kind comes from the checkpoint's
     config.yaml; one written before `model.kind` existed has none and is a PixelCNN (the default)."""
@@ -103,8 +118,9 @@ def load_prior(checkpoint: Path, device: str | torch.device = "cpu"
     return prior.to(device).eval(), cfg, info
 
 
-def load_paired_vqvae(info: dict, vqvae_checkpoint: Path | None = None,
-                      device: str | torch.device = "cpu") -> tuple[VQVAE, VQVAEConfig, Path, str]:
+def load_paired_vqvae(
+    info: dict, vqvae_checkpoint: Path | None = None, device: str | torch.device = "cpu"
+) -> tuple[VQVAE, VQVAEConfig, Path, str]:
     """The VQ-VAE whose codes a prior models (its prior.json `info`): the one recorded there, or
     `vqvae_checkpoint`, which must make the same grid with the same K from the same weights; the one check
     `trainer sample`, `evaluate-prior` and `export onnx` share. Returns (model, config, folder, weights' sha256)."""
@@ -113,9 +129,13 @@ def load_paired_vqvae(info: dict, vqvae_checkpoint: Path | None = None,
     sha256 = file_sha256(path / "model.safetensors")
     grid = IMAGE_SIZE // vqvae.downsample
     if (info["height"], info["width"]) != (grid, grid) or info["num_codes"] != vqvae.quantizer.num_codes:
-        raise ValueError(f"{path}: makes {grid}x{grid} grids of {vqvae.quantizer.num_codes} codes, but the "
-                         f"prior models {info['height']}x{info['width']} grids of {info['num_codes']} codes")
+        raise ValueError(
+            f"{path}: makes {grid}x{grid} grids of {vqvae.quantizer.num_codes} codes, but the "
+            f"prior models {info['height']}x{info['width']} grids of {info['num_codes']} codes"
+        )
     if info.get("vqvae_sha256") not in (None, sha256):
-        raise ValueError(f"{path}: its weights (sha256 {sha256[:12]}...) are not the ones the prior was "
-                         f"trained on ({info['vqvae_sha256'][:12]}..., prior.json); pass the right --vqvae")
+        raise ValueError(
+            f"{path}: its weights (sha256 {sha256[:12]}...) are not the ones the prior was "
+            f"trained on ({info['vqvae_sha256'][:12]}..., prior.json); pass the right --vqvae"
+        )
     return vqvae, cfg, path, sha256

@@ -34,10 +34,11 @@ from export.runtime.sampling_rule import check_sampling_options
 @dataclass
 class PriorShape:
     """What a prior generates: K codes on a height x width grid, optionally conditioned."""
+
     num_codes: int
     height: int
     width: int
-    num_conditions: int = 0        # 0: unconditional; else conditions 0..num_conditions-1
+    num_conditions: int = 0  # 0: unconditional; else conditions 0..num_conditions-1
 
 
 def gate(x: Tensor) -> Tensor:
@@ -52,8 +53,8 @@ class GatedLayer(nn.Module):
             raise ValueError(f"kernel sizes must be odd and >= 3, got {kernel}")
         self.half = kernel // 2
         self.first = first
-        self.vertical = nn.Conv2d(channels, 2 * channels, (self.half + 1, kernel))   # rows i-half..i
-        self.horizontal = nn.Conv2d(channels, 2 * channels, (1, self.half + 1))      # columns j-half..j
+        self.vertical = nn.Conv2d(channels, 2 * channels, (self.half + 1, kernel))  # rows i-half..i
+        self.horizontal = nn.Conv2d(channels, 2 * channels, (1, self.half + 1))  # columns j-half..j
         self.vertical_to_horizontal = nn.Conv2d(2 * channels, 2 * channels, 1)
         self.horizontal_out = nn.Conv2d(channels, channels, 1)
         self.condition = nn.Embedding(num_conditions, 4 * channels) if num_conditions else None
@@ -71,17 +72,24 @@ class GatedLayer(nn.Module):
         return gate(pre + bias), self.vertical_to_horizontal(shifted)
 
     def horizontal_step(self, h: Tensor, from_vertical: Tensor, bias: Tensor | float) -> Tensor:
-        if self.first:   # type A: shift right by one so column j sees columns j-half-1..j-1
+        if self.first:  # type A: shift right by one so column j sees columns j-half-1..j-1
             padded = F.pad(h, (self.half + 1, 0))[..., :-1]
-        else:            # type B: columns j-half..j
+        else:  # type B: columns j-half..j
             padded = F.pad(h, (self.half, 0))
         out = self.horizontal_out(gate(self.horizontal(padded) + from_vertical + bias))
         return out if self.first else h + out
 
 
 class GatedPixelCNN(nn.Module):
-    def __init__(self, shape: PriorShape, channels: int = 128, layers: int = 12, kernel: int = 3,
-                 first_kernel: int = 7, head_channels: int = 512):
+    def __init__(
+        self,
+        shape: PriorShape,
+        channels: int = 128,
+        layers: int = 12,
+        kernel: int = 3,
+        first_kernel: int = 7,
+        head_channels: int = 512,
+    ):
         super().__init__()
         if layers < 1:
             raise ValueError("a PixelCNN needs at least one layer")
@@ -89,17 +97,21 @@ class GatedPixelCNN(nn.Module):
         self.embed = nn.Embedding(shape.num_codes, channels)
         self.layers = nn.ModuleList(
             [GatedLayer(channels, first_kernel, True, shape.num_conditions)]
-            + [GatedLayer(channels, kernel, False, shape.num_conditions) for _ in range(layers - 1)])
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(channels, head_channels, 1),
-                                  nn.ReLU(), nn.Conv2d(head_channels, shape.num_codes, 1))
+            + [GatedLayer(channels, kernel, False, shape.num_conditions) for _ in range(layers - 1)]
+        )
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, head_channels, 1), nn.ReLU(), nn.Conv2d(head_channels, shape.num_codes, 1)
+        )
         halves = [layer.half for layer in self.layers]
-        self.context_rows = sum(halves) + 1       # rows above a cell that can reach its logits
-        self.context_columns = sum(halves) + 1    # columns left of a cell that can reach its logits
+        self.context_rows = sum(halves) + 1  # rows above a cell that can reach its logits
+        self.context_columns = sum(halves) + 1  # columns left of a cell that can reach its logits
 
     def check_condition(self, condition: Tensor | None, batch: int) -> None:
         if self.shape.num_conditions and (condition is None or condition.shape != (batch,)):
-            raise ValueError(f"this prior is conditional: pass one condition in 0..{self.shape.num_conditions - 1} "
-                             f"per sample (shape ({batch},))")
+            raise ValueError(
+                f"this prior is conditional: pass one condition in 0..{self.shape.num_conditions - 1} "
+                f"per sample (shape ({batch},))"
+            )
         if not self.shape.num_conditions and condition is not None:
             raise ValueError("this prior is unconditional: pass condition=None")
 
@@ -130,7 +142,7 @@ class GatedPixelCNN(nn.Module):
         """Logits (B, K) for the last cell of `row`, codes (B, n) of the current row ending at that
         cell (whose own value is never read), with `context` (B, layers, 2 * channels, n) from
         `row_context` for the same columns."""
-        h = self.embed(row).permute(0, 2, 1)[:, :, None, :]           # (B, C, 1, n)
+        h = self.embed(row).permute(0, 2, 1)[:, :, None, :]  # (B, C, 1, n)
         for index, layer in enumerate(self.layers):
             _, h_bias = layer.condition_bias(condition)
             h = layer.horizontal_step(h, context[:, index, :, None, :], h_bias)
@@ -151,8 +163,15 @@ def draw(logits: Tensor, uniforms: Tensor, temperature: float = 1.0, top_k: int 
 
 
 @torch.no_grad()
-def sample(prior: GatedPixelCNN, uniforms: Tensor, condition: Tensor | None = None, temperature: float = 1.0,
-           top_k: int = 0, naive: bool = False, progress=None) -> Tensor:
+def sample(
+    prior: GatedPixelCNN,
+    uniforms: Tensor,
+    condition: Tensor | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    naive: bool = False,
+    progress=None,
+) -> Tensor:
     """Sample code grids (B, H, W) in raster order, one uniform number per cell (`uniforms`
     (B, H, W) in [0, 1)). `naive=True` runs the whole network for every cell, as the keras example
     does; it exists to check and time the fast path, which it must match draw for draw."""
@@ -162,14 +181,14 @@ def sample(prior: GatedPixelCNN, uniforms: Tensor, condition: Tensor | None = No
     codes = torch.zeros(batch, height, width, dtype=torch.long, device=uniforms.device)
     for i in range(height):
         if not naive:
-            band = codes[:, max(0, i - prior.context_rows): i + 1]
+            band = codes[:, max(0, i - prior.context_rows) : i + 1]
             context = prior.row_context(band, condition)
         for j in range(width):
             if naive:
                 logits = prior(codes, condition)[:, :, i, j]
             else:
                 start = max(0, j - prior.context_columns)
-                logits = prior.cell_logits(codes[:, i, start: j + 1], context[..., start: j + 1], condition)
+                logits = prior.cell_logits(codes[:, i, start : j + 1], context[..., start : j + 1], condition)
             codes[:, i, j] = draw(logits, uniforms[:, i, j], temperature, top_k)
         if progress is not None:
             progress.update(1)

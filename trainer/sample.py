@@ -29,14 +29,28 @@ from trainer.generate import generate, numpy_decoder
 from trainer.models import load_paired_vqvae, load_prior, resolve_checkpoint
 from trainer.training_run import log_to_wandb
 
-DESCRIPTION = ("Sample code grids with the exact fast sampler (or --naive), decode them with the VQ-VAE the prior was "
-               "trained on, and write code maps, images, samples.npz and a side-by-side figure.")
+DESCRIPTION = (
+    "Sample code grids with the exact fast sampler (or --naive), decode them with the VQ-VAE the prior was "
+    "trained on, and write code maps, images, samples.npz and a side-by-side figure."
+)
 
 
-def run_sampling(checkpoint: Path, out: Path, n: int = 16, seed: int = 0, temperature: float = 1.0, top_k: int = 0,
-                 slice_index: int | None = None, batch_size: int = 16, device: str = "cpu", naive: bool = False,
-                 vqvae_checkpoint: Path | None = None, log_wandb: bool = False, show_progress: bool = True,
-                 force: bool = False) -> dict:
+def run_sampling(
+    checkpoint: Path,
+    out: Path,
+    n: int = 16,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    slice_index: int | None = None,
+    batch_size: int = 16,
+    device: str = "cpu",
+    naive: bool = False,
+    vqvae_checkpoint: Path | None = None,
+    log_wandb: bool = False,
+    show_progress: bool = True,
+    force: bool = False,
+) -> dict:
     """Sample, decode and write the files into `out`, which appears whole or not at all."""
     out = Path(out)
     checkpoint = resolve_checkpoint(Path(checkpoint))
@@ -44,17 +58,32 @@ def run_sampling(checkpoint: Path, out: Path, n: int = 16, seed: int = 0, temper
     prior, cfg, info = load_prior(checkpoint, device)
     vqvae, _, vqvae_path, _ = load_paired_vqvae(info, vqvae_checkpoint, device)
     started = time.perf_counter()
-    codes, conditions, images = generate(prior, vqvae, n, seed, temperature, top_k, slice_index, batch_size,
-                                         naive, show_progress)
+    codes, conditions, images = generate(
+        prior, vqvae, n, seed, temperature, top_k, slice_index, batch_size, naive, show_progress
+    )
     seconds = time.perf_counter() - started
     with atomic_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[checkpoint, vqvae_path]) as tmp:
         figure = write_samples(tmp, codes, conditions, images, prior.shape.num_codes, numpy_decoder(vqvae))
-        summary = {"n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "slice": slice_index,
-                   "sampler": "naive" if naive else "fast", "seconds": seconds, "figure": str(out / figure.name)}
+        summary = {
+            "n": n,
+            "seed": seed,
+            "temperature": temperature,
+            "top_k": top_k,
+            "slice": slice_index,
+            "sampler": "naive" if naive else "fast",
+            "seconds": seconds,
+            "figure": str(out / figure.name),
+        }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
     if log_wandb:
-        log_to_wandb({**summary, "checkpoint": str(checkpoint)}, out, cfg.wandb.project,
-                     cfg.wandb.mode, "sample", prefix="sample")
+        log_to_wandb(
+            {**summary, "checkpoint": str(checkpoint)},
+            out,
+            cfg.wandb.project,
+            cfg.wandb.mode,
+            "sample",
+            prefix="sample",
+        )
     return summary
 
 
@@ -65,17 +94,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_batch_size_argument(parser, 16, "grids sampled together")
     add_quiet_argument(parser)
     add_device_argument(parser)
-    parser.add_argument("--naive", action="store_true",
-                        help="run the whole network for every cell (slow reference; gives the same samples)")
-    parser.add_argument("--vqvae", type=Path, default=None,
-                        help="VQ-VAE checkpoint to decode with (default: the one recorded in the prior)")
+    parser.add_argument(
+        "--naive",
+        action="store_true",
+        help="run the whole network for every cell (slow reference; gives the same samples)",
+    )
+    parser.add_argument(
+        "--vqvae",
+        type=Path,
+        default=None,
+        help="VQ-VAE checkpoint to decode with (default: the one recorded in the prior)",
+    )
     parser.add_argument("--wandb", action="store_true", help="also log the figure to wandb (offline without a key)")
     add_force_argument(parser)
 
 
 def run(args: argparse.Namespace) -> None:
-    summary = run_sampling(args.checkpoint, args.out, n=args.n, seed=args.seed, temperature=args.temperature,
-                           top_k=args.top_k, slice_index=args.slice, batch_size=args.batch_size, device=args.device,
-                           naive=args.naive, vqvae_checkpoint=args.vqvae, log_wandb=args.wandb,
-                           show_progress=not args.quiet, force=args.force)
+    summary = run_sampling(
+        args.checkpoint,
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        slice_index=args.slice,
+        batch_size=args.batch_size,
+        device=args.device,
+        naive=args.naive,
+        vqvae_checkpoint=args.vqvae,
+        log_wandb=args.wandb,
+        show_progress=not args.quiet,
+        force=args.force,
+    )
     print(f"{summary['n']} brains in {summary['seconds']:.1f} s -> {args.out} (figure: {summary['figure']})")

@@ -24,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-MIRROR_AXIS = 0           # flip rows: the anatomical left-right mirror of the OASIS PNGs
-THRESHOLD = 0.1           # of full scale; see the module docstring
-MIN_AREA = 0.005          # specks below this fraction of the image are ignored (2x2 code cells at 32x32)
+MIRROR_AXIS = 0  # flip rows: the anatomical left-right mirror of the OASIS PNGs
+THRESHOLD = 0.1  # of full scale; see the module docstring
+MIN_AREA = 0.005  # specks below this fraction of the image are ignored (2x2 code cells at 32x32)
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
@@ -58,8 +58,8 @@ def mirror_iou(mask: np.ndarray, axis: int) -> float:
     if not mask.any():
         return 0.0
     coordinates = np.nonzero(mask)[axis]
-    centre = coordinates.mean()                                    # the centroid's line
-    shift = round(float(2 * centre - (mask.shape[axis] - 1)))      # np.flip mirrors about (size - 1) / 2
+    centre = coordinates.mean()  # the centroid's line
+    shift = round(float(2 * centre - (mask.shape[axis] - 1)))  # np.flip mirrors about (size - 1) / 2
     flipped = np.flip(mask, axis)
     mirrored = np.zeros_like(mask)
     size = mask.shape[axis]
@@ -71,8 +71,9 @@ def mirror_iou(mask: np.ndarray, axis: int) -> float:
     return float((mask & mirrored).sum() / (mask | mirrored).sum())
 
 
-def structure_metrics(images: np.ndarray, threshold: float = THRESHOLD, min_area: float = MIN_AREA,
-                      axis: int = MIRROR_AXIS) -> dict[str, np.ndarray]:
+def structure_metrics(
+    images: np.ndarray, threshold: float = THRESHOLD, min_area: float = MIN_AREA, axis: int = MIRROR_AXIS
+) -> dict[str, np.ndarray]:
     """Per image: components (int), single_component (bool), symmetry (mirror IoU in [0, 1]),
     touches_edge (bool) and area (foreground fraction). `images` as `as_float` takes them."""
     images = as_float(images)
@@ -80,9 +81,13 @@ def structure_metrics(images: np.ndarray, threshold: float = THRESHOLD, min_area
     masks = np.array(masks, dtype=bool).reshape(images.shape)
     counts = np.array(counts, dtype=np.int64)
     border = masks[:, 0].any(1) | masks[:, -1].any(1) | masks[:, :, 0].any(1) | masks[:, :, -1].any(1)
-    return {"components": counts, "single_component": counts == 1,
-            "symmetry": np.array([mirror_iou(mask, axis) for mask in masks], dtype=np.float64),
-            "touches_edge": border, "area": masks.mean(axis=(1, 2))}
+    return {
+        "components": counts,
+        "single_component": counts == 1,
+        "symmetry": np.array([mirror_iou(mask, axis) for mask in masks], dtype=np.float64),
+        "touches_edge": border,
+        "area": masks.mean(axis=(1, 2)),
+    }
 
 
 def summarize(metrics: dict[str, np.ndarray], bins: int = 20) -> dict:
@@ -91,8 +96,12 @@ def summarize(metrics: dict[str, np.ndarray], bins: int = 20) -> dict:
     if len(symmetry) == 0:
         raise ValueError("no images to summarize")
     counts, edges = np.histogram(symmetry, bins=bins, range=(0.0, 1.0))
-    return {"n": len(symmetry), "single_component_share": float(metrics["single_component"].mean()),
-            "empty_share": float((metrics["components"] == 0).mean()),
-            "touches_edge_share": float(metrics["touches_edge"].mean()),
-            "symmetry_mean": float(symmetry.mean()), "symmetry_median": float(np.median(symmetry)),
-            "symmetry_histogram": {"counts": counts.tolist(), "edges": edges.tolist()}}
+    return {
+        "n": len(symmetry),
+        "single_component_share": float(metrics["single_component"].mean()),
+        "empty_share": float((metrics["components"] == 0).mean()),
+        "touches_edge_share": float(metrics["touches_edge"].mean()),
+        "symmetry_mean": float(symmetry.mean()),
+        "symmetry_median": float(np.median(symmetry)),
+        "symmetry_histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
+    }

@@ -28,16 +28,19 @@ from trainer.quantizer import codebook_stats
 from trainer.training_run import TrainingRun, add_training_arguments, is_due, lr_schedule
 from trainer.vqvae import VQVAE
 
-DESCRIPTION = ("Train the VQ-VAE on WebDataset shards. Run directly for one process, or under `accelerate launch` / "
-               "launch.sh for several GPUs. All hyper-parameters come from the config.")
+DESCRIPTION = (
+    "Train the VQ-VAE on WebDataset shards. Run directly for one process, or under `accelerate launch` / "
+    "launch.sh for several GPUs. All hyper-parameters come from the config."
+)
 
 
 @torch.no_grad()
 def validate(model: VQVAE, cfg: VQVAEConfig, accelerator: Accelerator) -> tuple[dict, tuple | None]:
     """SSIM/PSNR and codebook usage on `eval_batches` batches of the eval split per rank (all ranks
     together); also returns a few examples for the image grid."""
-    dataset = SliceShards(cfg.data.shards, cfg.data.eval_split, rank=accelerator.process_index,
-                          world_size=accelerator.num_processes)
+    dataset = SliceShards(
+        cfg.data.shards, cfg.data.eval_split, rank=accelerator.process_index, world_size=accelerator.num_processes
+    )
     model.eval()
     totals = torch.zeros(3, device=accelerator.device)  # ssim sum, psnr sum, count
     counts = torch.zeros(cfg.quantizer.num_codes, device=accelerator.device)
@@ -51,13 +54,21 @@ def validate(model: VQVAE, cfg: VQVAEConfig, accelerator: Accelerator) -> tuple[
         totals += torch.stack([ssim.sum(), psnr.sum(), torch.tensor(float(len(ssim)), device=ssim.device)])
         counts += torch.bincount(indices.flatten(), minlength=cfg.quantizer.num_codes)
         if first is None:
-            first = (images[:8, 0].float().cpu().numpy(), recon[:8, 0].float().cpu().numpy(),
-                     ssim[:8].cpu().numpy(), batch.keys[:8])
+            first = (
+                images[:8, 0].float().cpu().numpy(),
+                recon[:8, 0].float().cpu().numpy(),
+                ssim[:8].cpu().numpy(),
+                batch.keys[:8],
+            )
     model.train()
     ssim_sum, psnr_sum, count = accelerator.reduce(totals, "sum").tolist()
     perplexity, used = codebook_stats(accelerator.reduce(counts, "sum"))
-    return {"val_ssim": ssim_sum / count, "val_psnr": psnr_sum / count,
-            "val_codebook_perplexity": float(perplexity), "val_codes_used": int(used)}, first
+    return {
+        "val_ssim": ssim_sum / count,
+        "val_psnr": psnr_sum / count,
+        "val_codebook_perplexity": float(perplexity),
+        "val_codes_used": int(used),
+    }, first
 
 
 def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = True) -> tuple[Path, VQVAE]:
@@ -71,16 +82,28 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(tc))
     trained, optimizer, start_step = run.start(model, optimizer, scheduler, cfg)
 
-    dataset = SliceShards(cfg.data.shards, "train", rank=accelerator.process_index,
-                          world_size=accelerator.num_processes, shuffle=True, seed=cfg.seed,
-                          shuffle_buffer=cfg.data.shuffle_buffer)
+    dataset = SliceShards(
+        cfg.data.shards,
+        "train",
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        shuffle=True,
+        seed=cfg.seed,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+    )
     samples_per_step = cfg.data.batch_size * tc.grad_accum
     source = training_source(dataset, cfg.data, accelerator.device)  # in memory when it fits, else the stream
-    batches = train_batches(source, cfg.data.batch_size, start_sample=start_step * samples_per_step,
-                            num_workers=cfg.data.num_workers)
+    batches = train_batches(
+        source, cfg.data.batch_size, start_sample=start_step * samples_per_step, num_workers=cfg.data.num_workers
+    )
 
-    progress = tqdm(range(start_step, tc.max_steps), initial=start_step, total=tc.max_steps, desc="vqvae",
-                    disable=not (show_progress and accelerator.is_main_process))
+    progress = tqdm(
+        range(start_step, tc.max_steps),
+        initial=start_step,
+        total=tc.max_steps,
+        desc="vqvae",
+        disable=not (show_progress and accelerator.is_main_process),
+    )
     model.train()
     for step in progress:
         for _ in range(tc.grad_accum):
@@ -96,22 +119,33 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
 
         if run.reports_at(done):
             means, window_steps, seconds = run.take_window(done)
-            record = {"step": done, "loss": means[0], "recon_loss": means[1], "commitment_loss": means[2],
-                      "perplexity": means[3], "lr": scheduler.get_last_lr()[0],
-                      "codebook_restarts": int(getattr(model.quantizer, "restart_count", 0)),
-                      "images_per_s": window_steps * samples_per_step * accelerator.num_processes / seconds}
+            record = {
+                "step": done,
+                "loss": means[0],
+                "recon_loss": means[1],
+                "commitment_loss": means[2],
+                "perplexity": means[3],
+                "lr": scheduler.get_last_lr()[0],
+                "codebook_restarts": int(getattr(model.quantizer, "restart_count", 0)),
+                "images_per_s": window_steps * samples_per_step * accelerator.num_processes / seconds,
+            }
             images = {}
             if is_due(done, tc.eval_every, tc.max_steps):
                 metrics, sample = validate(model, cfg, accelerator)
                 record.update(metrics)
                 if accelerator.is_main_process and sample is not None:
                     images["reconstructions"] = reconstruction_grid(
-                        *sample, out / "figures" / "reconstructions_latest.png",
-                        f"VQ-VAE at step {done}: first {cfg.data.eval_split} batch")
+                        *sample,
+                        out / "figures" / "reconstructions_latest.png",
+                        f"VQ-VAE at step {done}: first {cfg.data.eval_split} batch",
+                    )
             run.log(record, images)
             if accelerator.is_main_process:
-                progress.set_postfix(loss=f"{means[0]:.4f}", ppl=f"{means[3]:.0f}",
-                                     **({"val_ssim": f"{record['val_ssim']:.3f}"} if "val_ssim" in record else {}))
+                progress.set_postfix(
+                    loss=f"{means[0]:.4f}",
+                    ppl=f"{means[3]:.0f}",
+                    **({"val_ssim": f"{record['val_ssim']:.3f}"} if "val_ssim" in record else {}),
+                )
 
             if is_due(done, tc.checkpoint_every, tc.max_steps):
                 run.save(done, model, optimizer, scheduler, cfg)

@@ -66,11 +66,13 @@ def read_metrics(path: Path) -> tuple[list[dict], bool]:
 
 def lr_schedule(cfg: TrainConfig):
     """Linear warm-up, then cosine decay to lr * min_lr_ratio at max_steps."""
+
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
         progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
     return factor
 
 
@@ -88,8 +90,11 @@ def requested_processes(launcher_cmdline: list[str], env: dict[str, str]) -> int
     if "ACCELERATE_USE_CPU" not in env or "launch" not in launcher_cmdline:
         return None
     for arg, following in zip(launcher_cmdline, launcher_cmdline[1:] + [""]):
-        value = arg.removeprefix("--num_processes=") if arg.startswith("--num_processes=") else (
-            following if arg == "--num_processes" else None)
+        value = (
+            arg.removeprefix("--num_processes=")
+            if arg.startswith("--num_processes=")
+            else (following if arg == "--num_processes" else None)
+        )
         if value is not None:
             return int(value) if value.isdigit() else None
     return None
@@ -100,16 +105,18 @@ def process_report(num_processes: int, device: Any, requested: int | None) -> li
     asked for more processes than started."""
     lines = [f"training on {num_processes} process{'es' if num_processes > 1 else ''}, device {device}"]
     if requested and requested > num_processes:
-        lines.append(f"warning: --num_processes {requested} was asked for but {num_processes} process started "
-                     f"(`accelerate launch --cpu` starts one); for {requested} CPU processes use "
-                     f"`NUM_PROCESSES={requested} bash launch.sh stage1 ...` (torchrun)")
+        lines.append(
+            f"warning: --num_processes {requested} was asked for but {num_processes} process started "
+            f"(`accelerate launch --cpu` starts one); for {requested} CPU processes use "
+            f"`NUM_PROCESSES={requested} bash launch.sh stage1 ...` (torchrun)"
+        )
     return lines
 
 
 def _launcher_cmdline() -> list[str]:
     try:
         return Path(f"/proc/{os.getppid()}/cmdline").read_text().split("\0")
-    except OSError:   # not Linux: no warning, the count is still printed
+    except OSError:  # not Linux: no warning, the count is still printed
         return []
 
 
@@ -132,23 +139,38 @@ def log_to_wandb(summary: dict, out: Path, project: str, mode: str, name: str, p
     import wandb
 
     quiet_wandb()
-    run = wandb.init(project=project, dir=str(out), name=name, job_type=name.split("-")[0], mode=wandb_mode(mode),
-                     config={"checkpoint": summary.get("checkpoint")})
+    run = wandb.init(
+        project=project,
+        dir=str(out),
+        name=name,
+        job_type=name.split("-")[0],
+        mode=wandb_mode(mode),
+        config={"checkpoint": summary.get("checkpoint")},
+    )
     run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
     run.log({f"{prefix}/{path.stem}": wandb.Image(str(path)) for path in sorted(out.glob("*.png"))})
     location = wandb_location(run)
     run.finish()
-    print(location, file=sys.stderr)   # stderr: a command's stdout stays its result (JSON, a table)
+    print(location, file=sys.stderr)  # stderr: a command's stdout stays its result (JSON, a table)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, configs: str) -> None:
     """The options of both training commands: the config, overrides, resuming, quiet."""
     parser.add_argument("--config", type=Path, required=True, help=f"YAML config (see {configs})")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="override one config value, e.g. --set train.max_steps=200 (repeatable)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint in out_dir/checkpoints (model, optimizer, "
-                             "scheduler, RNG, step and, in stage 1, the EMA codebook)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.max_steps=200 (repeatable)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest checkpoint in out_dir/checkpoints (model, optimizer, "
+        "scheduler, RNG, step and, in stage 1, the EMA codebook)",
+    )
     add_quiet_argument(parser)
 
 
@@ -167,8 +189,10 @@ class TrainingRun:
         if self.out.exists() and not self.out.is_dir():
             raise OutputError(f"{self.out}: out_dir exists and is not a folder")
         if list_checkpoints(self.checkpoints) and not resume:
-            raise FileExistsError(f"{self.checkpoints} already holds checkpoints: pass --resume to continue that "
-                                  f"run, or choose another out_dir")
+            raise FileExistsError(
+                f"{self.checkpoints} already holds checkpoints: pass --resume to continue that "
+                f"run, or choose another out_dir"
+            )
         self.accelerator = Accelerator(
             # Without cpu=True, Accelerate on a CUDA-less machine ignores torchrun's ranks and every
             # process trains alone; with it, the processes form one gloo job.
@@ -185,14 +209,15 @@ class TrainingRun:
             requested = requested_processes(_launcher_cmdline(), dict(os.environ))
             for line in process_report(self.accelerator.num_processes, self.accelerator.device, requested):
                 print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
-        self.window: torch.Tensor | None = None   # metrics summed over the micro-steps since the last report
+        self.window: torch.Tensor | None = None  # metrics summed over the micro-steps since the last report
         self.window_steps, self.window_start = 0, time.perf_counter()
         # The gradients of 1x1 convolutions come back with other strides on their size-1 axes than
         # the weights have; DDP then copies them (a few KiB) and warns at every backward.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
-    def start(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-              config: Any) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
+    def start(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, config: Any
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
         """Restore the newest checkpoint when resuming, wrap model and optimizer for the devices
         (compiling first if asked), open the logs. Returns (wrapped model, optimizer, start step)."""
         accelerator, start_step, kept_rows = self.accelerator, 0, []
@@ -213,8 +238,13 @@ class TrainingRun:
             self.metrics_file.write_text("".join(r + "\n" for r in kept_rows))
         if self.wandb.enabled:
             quiet_wandb()
-            accelerator.init_trackers(self.wandb.project, config=config_to_dict(config), init_kwargs={
-                "wandb": {"mode": wandb_mode(self.wandb.mode), "dir": str(self.out), "name": self.out.name}})
+            accelerator.init_trackers(
+                self.wandb.project,
+                config=config_to_dict(config),
+                init_kwargs={
+                    "wandb": {"mode": wandb_mode(self.wandb.mode), "dir": str(self.out), "name": self.out.name}
+                },
+            )
         self.window_start = time.perf_counter()
         return trained, optimizer, start_step
 
@@ -237,8 +267,9 @@ class TrainingRun:
             set_rng_state(state["rng"])
             self.accelerator.print(f"resuming from {checkpoint} (step {state['step']})")
             return state["step"]
-        raise CheckpointError(f"{self.checkpoints}: no checkpoint loads (see above); remove them or choose "
-                              "another out_dir")
+        raise CheckpointError(
+            f"{self.checkpoints}: no checkpoint loads (see above); remove them or choose another out_dir"
+        )
 
     def add_metrics(self, *values: torch.Tensor) -> None:
         """Add one micro-step's metrics (the loss first) to the window, on the device: no host sync."""
@@ -269,7 +300,8 @@ class TrainingRun:
             last = list_checkpoints(self.checkpoints)
             raise TrainingDiverged(
                 f"loss became {means[0]} by step {step}; stopping. Last good checkpoint: "
-                f"{last[-1] if last else 'none'} (lower train.lr, or keep train.grad_clip on)")
+                f"{last[-1] if last else 'none'} (lower train.lr, or keep train.grad_clip on)"
+            )
         taken = (means, self.window_steps, time.perf_counter() - self.window_start)
         self.window, self.window_steps = None, 0
         return taken
@@ -280,33 +312,47 @@ class TrainingRun:
         step = record["step"]
         if self.wandb.enabled and images and self.accelerator.is_main_process:
             import wandb
+
             self.accelerator.get_tracker("wandb", unwrap=True).log(
-                {name: wandb.Image(str(path)) for name, path in images.items()}, step=step)
+                {name: wandb.Image(str(path)) for name, path in images.items()}, step=step
+            )
         self.accelerator.log(record, step=step)
         if self.accelerator.is_main_process:
             with self.metrics_file.open("a") as f:
                 f.write(json.dumps(record) + "\n")
         self.window_start = time.perf_counter()
 
-    def save(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-             config: Any, extra_json: dict[str, dict] | None = None) -> None:
+    def save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        config: Any,
+        extra_json: dict[str, dict] | None = None,
+    ) -> None:
         """Write checkpoint `step`, unless its weights are not finite: then stop, naming the newest
         checkpoint, which is good because every checkpoint passed this check (the loss of a step is
         computed before its update, so a finite loss does not mean finite weights)."""
-        if not weights_are_finite(model):   # every rank: the weights are the same, so all stop together
+        if not weights_are_finite(model):  # every rank: the weights are the same, so all stop together
             last = list_checkpoints(self.checkpoints)
             raise TrainingDiverged(
                 f"weights became NaN/Inf by step {step}; stopping without saving them. Last good checkpoint: "
-                f"{last[-1] if last else 'none'} (lower train.lr, or keep train.grad_clip on)")
+                f"{last[-1] if last else 'none'} (lower train.lr, or keep train.grad_clip on)"
+            )
         if self.accelerator.is_main_process:
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-            save_checkpoint(self.checkpoints, step, model, state, config_to_dict(config),
-                            self.train.keep_checkpoints, extra_json)
+            save_checkpoint(
+                self.checkpoints, step, model, state, config_to_dict(config), self.train.keep_checkpoints, extra_json
+            )
         self.accelerator.wait_for_everyone()
 
     def finish(self) -> Path:
-        location = (wandb_location(self.accelerator.get_tracker("wandb", unwrap=True))
-                    if self.wandb.enabled and self.accelerator.is_main_process else None)
+        location = (
+            wandb_location(self.accelerator.get_tracker("wandb", unwrap=True))
+            if self.wandb.enabled and self.accelerator.is_main_process
+            else None
+        )
         self.accelerator.end_training()
         if location:
             print(location, file=sys.stderr)

@@ -52,14 +52,18 @@ class CausalSelfAttention(nn.Module):
 
     def split(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(..., width) -> queries (..., heads, head_dim), keys and values (..., kv_heads, head_dim)."""
-        q, k, v = self.qkv(x).split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
-                                     self.kv_heads * self.head_dim], dim=-1)
-        return (q.unflatten(-1, (self.heads, self.head_dim)), k.unflatten(-1, (self.kv_heads, self.head_dim)),
-                v.unflatten(-1, (self.kv_heads, self.head_dim)))
+        q, k, v = self.qkv(x).split(
+            [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], dim=-1
+        )
+        return (
+            q.unflatten(-1, (self.heads, self.head_dim)),
+            k.unflatten(-1, (self.kv_heads, self.head_dim)),
+            v.unflatten(-1, (self.kv_heads, self.head_dim)),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, T, width) -> (B, T, width); position t attends to positions <= t."""
-        q, k, v = (part.transpose(1, 2) for part in self.split(x))          # (B, heads or kv_heads, T, d)
+        q, k, v = (part.transpose(1, 2) for part in self.split(x))  # (B, heads or kv_heads, T, d)
         group = self.heads // self.kv_heads
         k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -70,10 +74,10 @@ class CausalSelfAttention(nn.Module):
         keys (B, kv_heads, d, N), values (B, kv_heads, N, d). Returns the output (B, width) and this
         position's key and value (B, kv_heads, d) for the cache."""
         q, k, v = self.split(x)
-        q = q.unflatten(1, (self.kv_heads, -1))                              # (B, kv_heads, group, d)
+        q = q.unflatten(1, (self.kv_heads, -1))  # (B, kv_heads, group, d)
         scale = 1.0 / math.sqrt(self.head_dim)
-        cached = (q @ keys).masked_fill(~mask, float("-inf"))                # (B, kv_heads, group, N)
-        own = (q * k[:, :, None]).sum(-1, keepdim=True)                     # (B, kv_heads, group, 1)
+        cached = (q @ keys).masked_fill(~mask, float("-inf"))  # (B, kv_heads, group, N)
+        own = (q * k[:, :, None]).sum(-1, keepdim=True)  # (B, kv_heads, group, 1)
         weights = (torch.cat([cached, own], dim=-1) * scale).softmax(dim=-1)
         out = weights[..., :-1] @ values + weights[..., -1:] * v[:, :, None]
         return self.proj(out.flatten(1)), k, v
@@ -98,8 +102,16 @@ class Block(nn.Module):
 
 
 class TransformerPrior(nn.Module):
-    def __init__(self, shape: PriorShape, layers: int = 6, width: int = 256, heads: int = 8, kv_heads: int = 8,
-                 mlp_ratio: int = 4, dropout: float = 0.1):
+    def __init__(
+        self,
+        shape: PriorShape,
+        layers: int = 6,
+        width: int = 256,
+        heads: int = 8,
+        kv_heads: int = 8,
+        mlp_ratio: int = 4,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         if layers < 1 or width < 1 or heads < 1 or mlp_ratio < 1:
             raise ValueError("a transformer prior needs layers, width, heads and mlp_ratio >= 1")
@@ -118,7 +130,7 @@ class TransformerPrior(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, shape.num_codes)
         self.apply(self.init_weights)
-        for name, parameter in self.named_parameters():   # GPT-2: residual branches scaled by depth
+        for name, parameter in self.named_parameters():  # GPT-2: residual branches scaled by depth
             if name.endswith(("proj.weight", "mlp.2.weight")):
                 nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * layers))
 
@@ -129,7 +141,7 @@ class TransformerPrior(nn.Module):
         if isinstance(module, nn.Linear):
             nn.init.zeros_(module.bias)
 
-    check_condition = GatedPixelCNN.check_condition   # the same contract as the PixelCNN's
+    check_condition = GatedPixelCNN.check_condition  # the same contract as the PixelCNN's
 
     def add_condition(self, x: Tensor, condition: Tensor | None) -> Tensor:
         """x (B, ..., width) plus each sample's condition embedding."""
@@ -150,16 +162,18 @@ class TransformerPrior(nn.Module):
             x = block(x)
         return self.head(self.norm(x)).transpose(1, 2).unflatten(2, (height, width))
 
-    def empty_cache(self, batch: int, dtype: torch.dtype = torch.float32, device=None,
-                    cells: int | None = None) -> list[Tensor]:
+    def empty_cache(
+        self, batch: int, dtype: torch.dtype = torch.float32, device=None, cells: int | None = None
+    ) -> list[Tensor]:
         """Zeroed cache for `step` (export/runtime/kv_cache.py), room for `cells` cells (default: the whole grid)."""
         attention = self.blocks[0].attention
         cells = self.shape.height * self.shape.width if cells is None else cells
         shapes = cache_shapes(len(self.blocks), attention.kv_heads, attention.head_dim, batch, cells)
         return [torch.zeros(shape, dtype=dtype, device=device) for shape in shapes]
 
-    def step(self, previous: Tensor, position: Tensor, condition: Tensor | None,
-             cache: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    def step(
+        self, previous: Tensor, position: Tensor, condition: Tensor | None, cache: list[Tensor]
+    ) -> tuple[Tensor, list[Tensor]]:
         """Logits (B, K) of the cell at raster `position` (int64 (1,)) from the code of the cell before
         it (`previous` (B,), ignored at position 0) and the cache of all cells before it. Returns the
         logits and this cell's keys and values, (B, kv_heads, head_dim) per layer, for `write_cache`."""
@@ -175,8 +189,15 @@ class TransformerPrior(nn.Module):
 
 
 @torch.no_grad()
-def sample(prior: TransformerPrior, uniforms: Tensor, condition: Tensor | None = None, temperature: float = 1.0,
-           top_k: int = 0, naive: bool = False, progress=None) -> Tensor:
+def sample(
+    prior: TransformerPrior,
+    uniforms: Tensor,
+    condition: Tensor | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    naive: bool = False,
+    progress=None,
+) -> Tensor:
     """Sample code grids (B, H, W) in raster order, one uniform number per cell, with trainer.pixelcnn.sample's
     arguments and rule. `naive=True` runs the whole network for every cell, to check the cached path."""
     batch, height, width = uniforms.shape
@@ -195,7 +216,7 @@ def sample(prior: TransformerPrior, uniforms: Tensor, condition: Tensor | None =
             logits = prior(codes, condition)[:, :, t // width, t % width]
         else:
             if t % width == 0:
-                cache = grow_cache(cache, t + width, zeros)   # one more row of room
+                cache = grow_cache(cache, t + width, zeros)  # one more row of room
             position = torch.tensor([t], device=uniforms.device)
             logits, new = prior.step(flat[:, max(t - 1, 0)], position, condition, cache)
             write_cache(cache, new, t)

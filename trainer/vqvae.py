@@ -23,8 +23,10 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int, hidden: int):
         super().__init__()
         self.block = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1),
-            nn.ReLU(), nn.Conv2d(hidden, channels, 1),
+            nn.ReLU(),
+            nn.Conv2d(channels, hidden, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(hidden, channels, 1),
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -79,8 +81,14 @@ class VQVAE(nn.Module):
         self.downsample = model.downsample
         self.encoder = Encoder(model)
         self.quantizer = VectorQuantizer(
-            num_codes=quantizer.num_codes, code_dim=model.code_dim, beta=quantizer.beta, update=quantizer.update,
-            decay=quantizer.decay, dead_code_threshold=quantizer.dead_code_threshold, compile=quantizer.compile)
+            num_codes=quantizer.num_codes,
+            code_dim=model.code_dim,
+            beta=quantizer.beta,
+            update=quantizer.update,
+            decay=quantizer.decay,
+            dead_code_threshold=quantizer.dead_code_threshold,
+            compile=quantizer.compile,
+        )
         self.decoder = Decoder(model)
 
     def forward(self, images: Tensor) -> tuple[Tensor, QuantizerOutput]:

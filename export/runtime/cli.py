@@ -33,25 +33,27 @@ def missing_training_install(what: str, err: ImportError) -> int:
     return 2
 
 
-def run_command_line(prog: str, description: str, commands: dict[str, tuple[str, str]],
-                     argv: list[str] | None = None) -> int:
+def run_command_line(
+    prog: str, description: str, commands: dict[str, tuple[str, str]], argv: list[str] | None = None
+) -> int:
     """Parse `argv` for one of `commands` ({name: (module, one-line help)}), run it; returns the exit code."""
-    parser = argparse.ArgumentParser(prog=prog, description=description,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_line) in commands.items():
         subparsers.add_parser(name, help=help_line, add_help=False)
     chosen = parser.parse_known_args(argv)[0].command
     try:
         module = importlib.import_module(commands[chosen][0])
-    except ImportError as err:   # e.g. `onnx` on a runtime-only install: no torch, onnx or onnxscript
+    except ImportError as err:  # e.g. `onnx` on a runtime-only install: no torch, onnx or onnxscript
         return missing_training_install(f"`{prog} {chosen}`", err)
     command = subparsers.choices[chosen]
     command.description = module.DESCRIPTION
     command.add_argument("-h", "--help", action="help", help="show this help message and exit")
     module.add_arguments(command)
     try:
-        args = parser.parse_args(argv)   # a bad option: argparse names it and exits 2
+        args = parser.parse_args(argv)  # a bad option: argparse names it and exits 2
     except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else 2
     try:
@@ -63,8 +65,12 @@ def run_command_line(prog: str, description: str, commands: dict[str, tuple[str,
 
 
 def add_checkpoint_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True,
-                        help=f"{what} checkpoint folder (step_NNNNNNN) or a run folder (its newest checkpoint)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help=f"{what} checkpoint folder (step_NNNNNNN) or a run folder (its newest checkpoint)",
+    )
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
@@ -72,8 +78,11 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_force_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--force", action="store_true",
-                        help="replace --out if this command wrote it (never a folder it did not write, nor an input)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out if this command wrote it (never a folder it did not write, nor an input)",
+    )
 
 
 def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
@@ -87,14 +96,29 @@ def add_batch_size_argument(parser: argparse.ArgumentParser, default: int, what:
 def add_sampling_arguments(parser: argparse.ArgumentParser, n: int = 16, slice_option: bool = True) -> None:
     """The sampling options of `trainer sample`, `export sample` and `trainer evaluate-prior`."""
     parser.add_argument("--n", type=positive_int, default=n, help="number of brains (default: %(default)s)")
-    parser.add_argument("--seed", type=non_negative_int, default=0,
-                        help="random seed; the same seed gives the same brains, in either sampler "
-                             "(default: %(default)s)")
-    parser.add_argument("--temperature", type=positive_float, default=1.0,
-                        help="divide the logits by this (> 0); < 1 is more conservative (default: %(default)s)")
-    parser.add_argument("--top-k", type=non_negative_int, default=0,
-                        help="sample only among the k most likely codes per cell; 0 = all (default: %(default)s)")
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="random seed; the same seed gives the same brains, in either sampler (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=positive_float,
+        default=1.0,
+        help="divide the logits by this (> 0); < 1 is more conservative (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=non_negative_int,
+        default=0,
+        help="sample only among the k most likely codes per cell; 0 = all (default: %(default)s)",
+    )
     if slice_option:
-        parser.add_argument("--slice", type=non_negative_int, default=None,
-                            help="slice position to generate (0..31 on OASIS) if the prior is conditional; "
-                                 "default: a random position per sample")
+        parser.add_argument(
+            "--slice",
+            type=non_negative_int,
+            default=None,
+            help="slice position to generate (0..31 on OASIS) if the prior is conditional; "
+            "default: a random position per sample",
+        )

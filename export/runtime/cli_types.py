@@ -16,8 +16,9 @@ def integer(low: int | None = None, high: int | None = None) -> Callable[[str], 
     if low is not None and high is not None:
         requirement = f"an integer from {low} to {high}"
     else:
-        requirement = ("an integer" + (f" >= {low}" if low is not None else "")
-                       + (f" <= {high}" if high is not None else ""))
+        requirement = (
+            "an integer" + (f" >= {low}" if low is not None else "") + (f" <= {high}" if high is not None else "")
+        )
 
     def parse(text: str) -> int:
         try:
@@ -33,8 +34,9 @@ def integer(low: int | None = None, high: int | None = None) -> Callable[[str], 
 
 def number(low: float | None = None, above: float | None = None) -> Callable[[str], float]:
     """A finite float option, >= low or > above; nan and inf are refused (they pass any comparison-free path)."""
-    requirement = "a finite number" + (f" >= {low:g}" if low is not None else "") + (
-        f" > {above:g}" if above is not None else "")
+    requirement = (
+        "a finite number" + (f" >= {low:g}" if low is not None else "") + (f" > {above:g}" if above is not None else "")
+    )
 
     def parse(text: str) -> float:
         try:

@@ -48,8 +48,12 @@ DPI = 128  # 2 in x 128 dpi = 256 px: a 256x256 slice at about its native resolu
 CODE_CMAP = "viridis"  # continuous and unlike the gray slices, for code maps
 CODE_LABEL = "code's mean decoded intensity"
 LOSS_KEYS = {"loss": "total", "recon_loss": "reconstruction", "commitment_loss": "commitment"}
-VAL_KEYS = {"val_ssim": "validation SSIM", "val_psnr": "validation PSNR (dB)",
-            "val_bits_per_code": "validation bits per code", "val_accuracy": "validation top-1 accuracy"}
+VAL_KEYS = {
+    "val_ssim": "validation SSIM",
+    "val_psnr": "validation PSNR (dB)",
+    "val_bits_per_code": "validation bits per code",
+    "val_accuracy": "validation top-1 accuracy",
+}
 
 
 @contextmanager
@@ -83,7 +87,7 @@ def _pair_axes(fig: Figure, n: int, columns: int, title: str, labels: tuple[str,
     axes = fig.subplots(2 * rows, cols, squeeze=False)
     pairs = [(axes[2 * r, c], axes[2 * r + 1, c]) for r in range(rows) for c in range(cols)]
     for r in range(rows):
-        for ax, label in zip(axes[2 * r: 2 * r + 2, 0], labels, strict=True):
+        for ax, label in zip(axes[2 * r : 2 * r + 2, 0], labels, strict=True):
             ax.set_ylabel(label, fontsize=9)
     for top, bottom in pairs[n:]:  # empty slots at the end of the last row
         top.set_visible(False)
@@ -102,8 +106,9 @@ def _image(ax: Axes, image: np.ndarray, title: str | None = None, caption: str |
         ax.set_xlabel(caption, fontsize=9)
 
 
-def code_intensity(decode: Callable[[np.ndarray], np.ndarray], num_codes: int, grid: tuple[int, int],
-                   batch_size: int = 32) -> np.ndarray:
+def code_intensity(
+    decode: Callable[[np.ndarray], np.ndarray], num_codes: int, grid: tuple[int, int], batch_size: int = 32
+) -> np.ndarray:
     """(K,) mean pixel of the image `decode` makes of a (h, w) grid filled with each code: a scalar
     that orders the codes by what they draw. `decode` maps codes (B, h, w) int64 to images (B, ..., H, W)."""
     values = []
@@ -116,8 +121,13 @@ def code_intensity(decode: Callable[[np.ndarray], np.ndarray], num_codes: int, g
 
 def _code_map(ax: Axes, indices: np.ndarray, code_values: np.ndarray) -> plt.cm.ScalarMappable:
     """A code grid (h, w) drawn in its codes' values (`code_intensity`); returns the image for a colour bar."""
-    shown = ax.imshow(np.asarray(code_values)[indices], cmap=CODE_CMAP, vmin=float(np.min(code_values)),
-                      vmax=float(np.max(code_values)), interpolation="nearest")
+    shown = ax.imshow(
+        np.asarray(code_values)[indices],
+        cmap=CODE_CMAP,
+        vmin=float(np.min(code_values)),
+        vmax=float(np.max(code_values)),
+        interpolation="nearest",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
     return shown
@@ -127,15 +137,21 @@ def _code_colour_bar(fig: Figure, shown: plt.cm.ScalarMappable, axes: list[Axes]
     fig.colorbar(shown, ax=axes, shrink=0.6, pad=0.01).set_label(CODE_LABEL, fontsize=8)
 
 
-def reconstruction_grid(originals: np.ndarray, reconstructions: np.ndarray, ssim: np.ndarray,
-                        keys: list[str], path: Path, title: str, columns: int = 8) -> Path:
+def reconstruction_grid(
+    originals: np.ndarray,
+    reconstructions: np.ndarray,
+    ssim: np.ndarray,
+    keys: list[str],
+    path: Path,
+    title: str,
+    columns: int = 8,
+) -> Path:
     """Originals (keys as titles) above their reconstructions (SSIM as captions), (N, H, W) in [0, 1];
     `title` says which model and split."""
     path = Path(path)
     with _figure(path) as fig:
         pairs = _pair_axes(fig, len(originals), columns, title, ("original", "reconstruction"))
-        for (top, bottom), image, recon, score, key in zip(pairs, originals, reconstructions, ssim, keys,
-                                                          strict=True):
+        for (top, bottom), image, recon, score, key in zip(pairs, originals, reconstructions, ssim, keys, strict=True):
             _image(top, image, title=key)
             _image(bottom, recon, caption=f"SSIM {float(score):.3f}")
     return path
@@ -150,14 +166,14 @@ class ReconstructionExamples:
         self.positions = set(np.linspace(0, max(total - 1, 0), min(spread, total)).round().astype(int).tolist())
         self.n_worst, self.seen = worst, 0
         self.spread: list[tuple] = []  # (position, example)
-        self.worst: list[tuple] = []   # (ssim, position, example), lowest first
+        self.worst: list[tuple] = []  # (ssim, position, example), lowest first
 
     def add(self, key: str, original: np.ndarray, reconstruction: np.ndarray, codes: np.ndarray, ssim: float) -> None:
         example = (key, np.array(original), np.array(reconstruction), np.array(codes), float(ssim))
         if self.seen in self.positions:
             self.spread.append((self.seen, example))
         if self.n_worst and (len(self.worst) < self.n_worst or ssim < self.worst[-1][0]):
-            self.worst = sorted(self.worst + [(float(ssim), self.seen, example)], key=lambda w: w[:2])[:self.n_worst]
+            self.worst = sorted(self.worst + [(float(ssim), self.seen, example)], key=lambda w: w[:2])[: self.n_worst]
         self.seen += 1
 
     def _typical(self) -> list[tuple]:
@@ -176,8 +192,15 @@ class ReconstructionExamples:
         return list(keys), np.stack(originals), np.stack(recons), np.stack(codes), np.asarray(ssim)
 
 
-def code_maps(images: np.ndarray, indices: np.ndarray, keys: list[str], path: Path, code_values: np.ndarray,
-              title: str, columns: int = 8) -> Path:
+def code_maps(
+    images: np.ndarray,
+    indices: np.ndarray,
+    keys: list[str],
+    path: Path,
+    code_values: np.ndarray,
+    title: str,
+    columns: int = 8,
+) -> Path:
     """Images (N, H, W) in [0, 1] above their code grids (N, h, w) coloured by `code_values` (K,):
     which codes cover which anatomy."""
     path = Path(path)
@@ -190,8 +213,15 @@ def code_maps(images: np.ndarray, indices: np.ndarray, keys: list[str], path: Pa
     return path
 
 
-def generated_grid(indices: np.ndarray, images: np.ndarray, path: Path, code_values: np.ndarray, title: str,
-                   columns: int = 8, titles: list[str] | None = None) -> Path:
+def generated_grid(
+    indices: np.ndarray,
+    images: np.ndarray,
+    path: Path,
+    code_values: np.ndarray,
+    title: str,
+    columns: int = 8,
+    titles: list[str] | None = None,
+) -> Path:
     """Prior samples: code grids (N, h, w), coloured by `code_values` (K,), above the slices (N, H, W)
     the decoder makes of them."""
     path = Path(path)
@@ -206,8 +236,15 @@ def generated_grid(indices: np.ndarray, images: np.ndarray, path: Path, code_val
     return path
 
 
-def nearest_neighbours(generated: np.ndarray, nearest: np.ndarray, ssim: np.ndarray, path: Path, title: str,
-                       columns: int = 8, titles: list[str] | None = None) -> Path:
+def nearest_neighbours(
+    generated: np.ndarray,
+    nearest: np.ndarray,
+    ssim: np.ndarray,
+    path: Path,
+    title: str,
+    columns: int = 8,
+    titles: list[str] | None = None,
+) -> Path:
     """Generated slices (N, H, W) above their most similar training slices (SSIM as captions): a
     memorisation check one can see. `titles` label the generated slices (default "generated")."""
     path = Path(path)
@@ -247,8 +284,14 @@ def structure_histograms(real: dict[str, np.ndarray], generated: dict[str, np.nd
         bins = np.linspace(0.0, 1.0, 21)
         for metrics, label in ((real, "real"), (generated, "generated")):
             values = np.asarray(metrics["symmetry"], np.float64)
-            symmetry.hist(values, bins=bins, weights=np.full(len(values), 1.0 / max(len(values), 1)),
-                          histtype="step", lw=1.5, label=f"{label} (n = {len(values)})")
+            symmetry.hist(
+                values,
+                bins=bins,
+                weights=np.full(len(values), 1.0 / max(len(values), 1)),
+                histtype="step",
+                lw=1.5,
+                label=f"{label} (n = {len(values)})",
+            )
         symmetry.set_xlabel("symmetry (mirror IoU of the brain mask)")
         symmetry.set_ylabel("share of slices")
         symmetry.legend(loc="upper left")

@@ -32,15 +32,36 @@ FORMAT_VERSION = 1
 DEFAULT_OPSET = 20
 PARTS = ("encoder", "decoder")
 PRIOR_PARTS = {"pixelcnn": ("prior_row", "prior_cell"), "transformer": ("prior_step",)}
-KEYS = ("format_version", "image_size", "height", "width", "num_codes", "code_dim", "num_conditions",
-        "opset", "source", "models")
+KEYS = (
+    "format_version",
+    "image_size",
+    "height",
+    "width",
+    "num_codes",
+    "code_dim",
+    "num_conditions",
+    "opset",
+    "source",
+    "models",
+)
 PRIOR_KEYS = {"pixelcnn": ("context_rows", "context_columns", "layers", "channels"), "transformer": ()}
 PART_KEYS = ("file", "sha256", "inputs", "outputs")
 # The fields the runtime's behaviour depends on. `export onnx` also writes them into every ONNX file's
 # metadata (covered by its sha256), and the runtime compares the two: an edited model.json is refused
 # rather than trusted (a smaller context_rows gave wrong samples with exit 0).
-SEMANTIC_KEYS = ("prior_kind", "image_size", "height", "width", "num_codes", "code_dim", "num_conditions",
-                 "context_rows", "context_columns", "layers", "channels")
+SEMANTIC_KEYS = (
+    "prior_kind",
+    "image_size",
+    "height",
+    "width",
+    "num_codes",
+    "code_dim",
+    "num_conditions",
+    "context_rows",
+    "context_columns",
+    "layers",
+    "channels",
+)
 GRAPH_METADATA = "brain_vqvae.model_json"
 STEP_KEYS = ("layers", "kv_heads", "head_dim")  # prior_step's entry: what the sampler allocates the cache from
 
@@ -72,8 +93,10 @@ def read_model_json(directory: Path) -> dict:
         raise ModelDirError(f"{path}: format_version {version} is not {FORMAT_VERSION}; re-export the model")
     kind = info.setdefault("prior_kind", "pixelcnn")
     if not isinstance(kind, str) or kind not in PRIOR_PARTS:
-        raise ModelDirError(f"{path}: prior_kind {kind!r} is not one this runtime can sample "
-                            f"({', '.join(PRIOR_PARTS)}); use a newer brain-vqvae or re-export the model")
+        raise ModelDirError(
+            f"{path}: prior_kind {kind!r} is not one this runtime can sample "
+            f"({', '.join(PRIOR_PARTS)}); use a newer brain-vqvae or re-export the model"
+        )
     missing = [key for key in KEYS + PRIOR_KEYS[kind] if key not in info]
     if missing:
         raise ModelDirError(f"{path}: missing keys {', '.join(missing)}")
@@ -104,5 +127,7 @@ def check_graph_metadata(path: Path, info: dict, part: str, metadata: dict[str, 
     graph_fields = json.loads(recorded)
     for key in SEMANTIC_KEYS:
         if info.get(key) != graph_fields.get(key):
-            raise ModelDirError(f"{path}: {key} is {info.get(key)!r} but {info['models'][part]['file']} was exported "
-                                f"with {graph_fields.get(key)!r}; model.json was edited: re-export the model")
+            raise ModelDirError(
+                f"{path}: {key} is {info.get(key)!r} but {info['models'][part]['file']} was exported "
+                f"with {graph_fields.get(key)!r}; model.json was edited: re-export the model"
+            )

@@ -32,14 +32,20 @@ class ExportedModels:
         self.directory = Path(directory)
         self.info = read_model_json(self.directory)
         kind = self.info["prior_kind"]
-        parts = parts_of(self.info) if parts is None else [
-            name for part in parts for name in (PRIOR_PARTS[kind] if part == "prior" else (part,))]
+        parts = (
+            parts_of(self.info)
+            if parts is None
+            else [name for part in parts for name in (PRIOR_PARTS[kind] if part == "prior" else (part,))]
+        )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1   # the graphs are chains: nothing to run side by side
-        self.sessions = {part: ort.InferenceSession(str(self.directory / self.info["models"][part]["file"]),
-                                                    options, providers=["CPUExecutionProvider"])
-                         for part in parts}
+        options.inter_op_num_threads = 1  # the graphs are chains: nothing to run side by side
+        self.sessions = {
+            part: ort.InferenceSession(
+                str(self.directory / self.info["models"][part]["file"]), options, providers=["CPUExecutionProvider"]
+            )
+            for part in parts
+        }
         for part, session in self.sessions.items():
             self.check_graph(part, session)
 
@@ -52,9 +58,11 @@ class ExportedModels:
         names = [i.name for i in session.get_inputs()] + [o.name for o in session.get_outputs()]
         if names[: len(spec["inputs"])] != spec["inputs"] or spec["outputs"][0] not in names:
             raise ModelDirError(f"{path}: models.{part} inputs/outputs are not the graph's ({', '.join(names)})")
-        static = {"decoder": (session.get_inputs()[0].shape[1:], [info["height"], info["width"]], "height/width"),
-                  "prior_cell": (session.get_outputs()[0].shape[1:], [info["num_codes"]], "num_codes"),
-                  "prior_step": (session.get_outputs()[0].shape[1:], [info["num_codes"]], "num_codes")}
+        static = {
+            "decoder": (session.get_inputs()[0].shape[1:], [info["height"], info["width"]], "height/width"),
+            "prior_cell": (session.get_outputs()[0].shape[1:], [info["num_codes"]], "num_codes"),
+            "prior_step": (session.get_outputs()[0].shape[1:], [info["num_codes"]], "num_codes"),
+        }
         if part in static and static[part][0] != static[part][1]:
             shape, expected, field = static[part]
             raise ModelDirError(f"{path}: {field} {expected} does not match {spec['file']}'s axes {shape}")
@@ -79,5 +87,9 @@ class ExportedModels:
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--threads", type=non_negative_int, default=0,
-                        help="onnxruntime threads per model; 0 = onnxruntime's default (default: %(default)s)")
+    parser.add_argument(
+        "--threads",
+        type=non_negative_int,
+        default=0,
+        help="onnxruntime threads per model; 0 = onnxruntime's default (default: %(default)s)",
+    )

@@ -33,8 +33,15 @@ def check_output_dir(out: Path, *, marker: str, force: bool, inputs: Iterable[Pa
     target = resolved(out)
     for item in inputs:
         source = resolved(item)
-        relation = ("is" if target == source else "contains" if target in source.parents
-                    else "lies inside" if source in target.parents else None)
+        relation = (
+            "is"
+            if target == source
+            else "contains"
+            if target in source.parents
+            else "lies inside"
+            if source in target.parents
+            else None
+        )
         if relation:
             raise OutputError(f"{out}: {relation} the input {item}; write the output elsewhere")
     if target.parent == target:
@@ -47,8 +54,10 @@ def check_output_dir(out: Path, *, marker: str, force: bool, inputs: Iterable[Pa
         except OSError as err:
             raise OutputError(f"{out}: cannot read the existing folder ({err.strerror})") from None
         if has_entries and not (target / marker).is_file():
-            raise OutputError(f"{out}: exists and has no {marker}, so this tool did not write it; "
-                              "choose another output folder or remove it yourself")
+            raise OutputError(
+                f"{out}: exists and has no {marker}, so this tool did not write it; "
+                "choose another output folder or remove it yourself"
+            )
         if has_entries and not force:
             raise OutputError(f"{out}: output folder exists and is not empty (use --force to replace it)")
     return target

@@ -33,5 +33,7 @@ def check_png_bytes(head: bytes, path: str) -> None:
     if bit_depth == 16:
         raise DataError(f"{path}: 16-bit PNG (16-bit or float images are refused); convert it to 8-bit grayscale first")
     if width * height > MAX_PIXELS:
-        raise DataError(f"{path}: declares {width}x{height} pixels, more than the {MAX_PIXELS:,} a slice may have "
-                        "(a decompression bomb?)")
+        raise DataError(
+            f"{path}: declares {width}x{height} pixels, more than the {MAX_PIXELS:,} a slice may have "
+            "(a decompression bomb?)"
+        )

@@ -37,10 +37,12 @@ from export.runtime.sample_files import save_code_map, save_image
 from export.runtime.shard_format import iter_shard, read_manifest
 from export.runtime.ssim import ssim
 
-SUMMARY = "summary.json"   # the marker of a reconstruction folder: --force replaces only a folder that has it
-DESCRIPTION = ("Encode 8-bit grayscale PNG slices (or a split of shards) to code grids and decode them; "
-               "write reconstructions/, codes/ (16-bit code maps), codes.npz, the figures reconstructions.png and "
-               "code_maps.png, and summary.json (PSNR, SSIM).")
+SUMMARY = "summary.json"  # the marker of a reconstruction folder: --force replaces only a folder that has it
+DESCRIPTION = (
+    "Encode 8-bit grayscale PNG slices (or a split of shards) to code grids and decode them; "
+    "write reconstructions/, codes/ (16-bit code maps), codes.npz, the figures reconstructions.png and "
+    "code_maps.png, and summary.json (PSNR, SSIM)."
+)
 
 
 def output_name(file_name: str) -> str:
@@ -64,7 +66,7 @@ def read_slice(source: Path | bytes, name: str, size: int) -> np.ndarray:
             return np.asarray(img, dtype=np.uint8)
     except UnidentifiedImageError:
         raise ValueError(f"{name}: not an image") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:   # PIL: truncated or corrupt data
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # PIL: truncated or corrupt data
         raise ValueError(f"{name}: cannot decode the image ({err})") from None
 
 
@@ -99,12 +101,21 @@ def shard_slices(shards: Path, split: str, size: int) -> tuple[Iterator[tuple[st
             for sample in iter_shard(shards / shard["name"]):
                 name = f"{sample['__key__']}.png"
                 yield name, read_slice(sample["png"], f"{shards / shard['name']}:{name}", size)
+
     return slices(), splits[split]["num_samples"]
 
 
-def reconstruct(model_dir: Path, out: Path, inputs: list[Path] = (), shards: Path | None = None,
-                split: str = "test", batch_size: int = 32, threads: int = 0, show_progress: bool = True,
-                force: bool = False) -> dict:
+def reconstruct(
+    model_dir: Path,
+    out: Path,
+    inputs: list[Path] = (),
+    shards: Path | None = None,
+    split: str = "test",
+    batch_size: int = 32,
+    threads: int = 0,
+    show_progress: bool = True,
+    force: bool = False,
+) -> dict:
     """`python -m export reconstruct`: encode + decode PNG files or a split of shards; returns the summary."""
     if bool(inputs) == (shards is not None):
         raise ValueError("give either PNG files/folders or --shards, not both or neither")
@@ -124,13 +135,35 @@ def reconstruct(model_dir: Path, out: Path, inputs: list[Path] = (), shards: Pat
         slices = ((output_name(f.name), read_slice(f, str(f), size)) for f in files)
         source = f"{total} input slices"
     with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=sources) as tmp:
-        return write_reconstructions(models, slices, total, tmp, out, batch_size, show_progress, source, {
-            "model_dir": str(model_dir), "inputs": [str(p) for p in inputs] if shards is None else None,
-            "shards": None if shards is None else str(shards), "split": None if shards is None else split})
+        return write_reconstructions(
+            models,
+            slices,
+            total,
+            tmp,
+            out,
+            batch_size,
+            show_progress,
+            source,
+            {
+                "model_dir": str(model_dir),
+                "inputs": [str(p) for p in inputs] if shards is None else None,
+                "shards": None if shards is None else str(shards),
+                "split": None if shards is None else split,
+            },
+        )
 
 
-def write_reconstructions(models: ExportedModels, slices: Iterator[tuple[str, np.ndarray]], total: int, out: Path,
-                          final: Path, batch_size: int, show_progress: bool, source: str, about: dict) -> dict:
+def write_reconstructions(
+    models: ExportedModels,
+    slices: Iterator[tuple[str, np.ndarray]],
+    total: int,
+    out: Path,
+    final: Path,
+    batch_size: int,
+    show_progress: bool,
+    source: str,
+    about: dict,
+) -> dict:
     """Encode and decode `slices` batch by batch and write every file into `out` (to become `final`)."""
     num_codes = models.info["num_codes"]
     (out / "reconstructions").mkdir()
@@ -160,14 +193,35 @@ def write_reconstructions(models: ExportedModels, slices: Iterator[tuple[str, np
     similarity = np.concatenate(similarities)
     np.savez(out / "codes.npz", codes=codes, names=np.asarray(names, str))
     keys, originals, recons, grids, scores = examples.arrays()
-    figure = reconstruction_grid(originals, np.clip(recons, 0, 1), scores, keys, out / "reconstructions.png",
-                                 examples.title(f"ONNX VQ-VAE on {source}"), columns=4)
-    code_maps(originals, grids, keys, out / "code_maps.png", code_intensity(models.decode, num_codes, grids.shape[1:]),
-              examples.title(f"ONNX VQ-VAE codes of {source}"), columns=4)
-    summary = {**about, "images": len(names), "mse_mean": float(mse.mean()),
-               "psnr_mean": float((-10 * np.log10(mse)).mean()),
-               "ssim_mean": float(similarity.mean()), "ssim_min": float(similarity.min()),
-               "seconds": seconds, "images_per_second": len(names) / seconds, "figure": str(final / figure.name)}
+    figure = reconstruction_grid(
+        originals,
+        np.clip(recons, 0, 1),
+        scores,
+        keys,
+        out / "reconstructions.png",
+        examples.title(f"ONNX VQ-VAE on {source}"),
+        columns=4,
+    )
+    code_maps(
+        originals,
+        grids,
+        keys,
+        out / "code_maps.png",
+        code_intensity(models.decode, num_codes, grids.shape[1:]),
+        examples.title(f"ONNX VQ-VAE codes of {source}"),
+        columns=4,
+    )
+    summary = {
+        **about,
+        "images": len(names),
+        "mse_mean": float(mse.mean()),
+        "psnr_mean": float((-10 * np.log10(mse)).mean()),
+        "ssim_mean": float(similarity.mean()),
+        "ssim_min": float(similarity.min()),
+        "seconds": seconds,
+        "images_per_second": len(names) / seconds,
+        "figure": str(final / figure.name),
+    }
     (out / SUMMARY).write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -176,10 +230,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", type=Path, nargs="*", help="PNG files, or folders of them (not recursive)")
     parser.add_argument("--model-dir", type=Path, required=True, help="folder written by `python -m export onnx`")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--shards", type=Path, default=None,
-                        help="instead of PNG files: a folder written by `python -m data_tools shard`")
-    parser.add_argument("--split", default="test", choices=["train", "validate", "test"],
-                        help="split of --shards to reconstruct (default: %(default)s)")
+    parser.add_argument(
+        "--shards",
+        type=Path,
+        default=None,
+        help="instead of PNG files: a folder written by `python -m data_tools shard`",
+    )
+    parser.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "validate", "test"],
+        help="split of --shards to reconstruct (default: %(default)s)",
+    )
     add_batch_size_argument(parser, 32)
     add_threads_argument(parser)
     add_quiet_argument(parser)
@@ -187,8 +249,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    summary = reconstruct(args.model_dir, args.out, args.inputs, args.shards, args.split, args.batch_size,
-                          args.threads, show_progress=not args.quiet, force=args.force)
-    print(f"{summary['images']} slices, SSIM {summary['ssim_mean']:.3f} (min {summary['ssim_min']:.3f}), "
-          f"PSNR {summary['psnr_mean']:.2f} dB, "
-          f"{summary['images_per_second']:.1f} images/s -> {args.out}")
+    summary = reconstruct(
+        args.model_dir,
+        args.out,
+        args.inputs,
+        args.shards,
+        args.split,
+        args.batch_size,
+        args.threads,
+        show_progress=not args.quiet,
+        force=args.force,
+    )
+    print(
+        f"{summary['images']} slices, SSIM {summary['ssim_mean']:.3f} (min {summary['ssim_min']:.3f}), "
+        f"PSNR {summary['psnr_mean']:.2f} dB, "
+        f"{summary['images_per_second']:.1f} images/s -> {args.out}"
+    )

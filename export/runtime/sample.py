@@ -28,57 +28,97 @@ from export.runtime.sample_files import SAMPLES_FILE, write_samples
 from export.runtime.sampling_rule import check_sampling_options, draw, sampling_randomness
 from export.runtime.transformer_sampler import sample_codes as transformer_sample_codes
 
-DESCRIPTION = ("Sample code grids with the exported prior and decode them; the same options, semantics and output "
-               "files as `python -m trainer sample`, and the same brains for the same seed.")
+DESCRIPTION = (
+    "Sample code grids with the exported prior and decode them; the same options, semantics and output "
+    "files as `python -m trainer sample`, and the same brains for the same seed."
+)
 
 
-def sample_codes(models: ExportedModels, uniforms: np.ndarray, conditions: np.ndarray | None = None,
-                 temperature: float = 1.0, top_k: int = 0, progress: tqdm | None = None) -> np.ndarray:
+def sample_codes(
+    models: ExportedModels,
+    uniforms: np.ndarray,
+    conditions: np.ndarray | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    progress: tqdm | None = None,
+) -> np.ndarray:
     """Code grids (B, H, W) int64 in raster order from one uniform number per cell (B, H, W), by the
     sampler of the folder's prior kind."""
     info = models.info
     if info["prior_kind"] == "transformer":
-        return transformer_sample_codes(models.sessions["prior_step"], info["models"]["prior_step"], info, uniforms,
-                                        conditions, temperature, top_k, progress)
+        return transformer_sample_codes(
+            models.sessions["prior_step"],
+            info["models"]["prior_step"],
+            info,
+            uniforms,
+            conditions,
+            temperature,
+            top_k,
+            progress,
+        )
     check_sampling_options(temperature, top_k, info["num_codes"])
     batch, height, width = uniforms.shape
     codes = np.zeros((batch, height, width), dtype=np.int64)
     for i in range(height):
-        context = models.row_context(codes[:, max(0, i - info["context_rows"]): i + 1], conditions)
+        context = models.row_context(codes[:, max(0, i - info["context_rows"]) : i + 1], conditions)
         for j in range(width):
             start = max(0, j - info["context_columns"])
-            logits = models.cell_logits(codes[:, i, start: j + 1], context[..., start: j + 1], conditions)
+            logits = models.cell_logits(codes[:, i, start : j + 1], context[..., start : j + 1], conditions)
             codes[:, i, j] = draw(logits, uniforms[:, i, j], temperature, top_k)
         if progress is not None:
             progress.update(1)
     return codes
 
 
-def generate(models: ExportedModels, n: int, seed: int = 0, temperature: float = 1.0, top_k: int = 0,
-             slice_index: int | None = None, batch_size: int = 16,
-             show_progress: bool = True) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+def generate(
+    models: ExportedModels,
+    n: int,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    slice_index: int | None = None,
+    batch_size: int = 16,
+    show_progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """(codes (n, H, W), conditions (n,) or None, images (n, S, S) in [0, 1]): trainer.sample.generate's
     results for the same arguments."""
     info = models.info
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
-    uniforms, conditions = sampling_randomness(n, info["height"], info["width"], info["num_conditions"], seed,
-                                               slice_index)
+    uniforms, conditions = sampling_randomness(
+        n, info["height"], info["width"], info["num_conditions"], seed, slice_index
+    )
     codes, images = [], []
     rows = info["height"] * -(-n // batch_size)
     with tqdm(total=rows, desc="sample", unit="row", disable=not show_progress) as bar:
         for start in range(0, n, batch_size):
             part = slice(start, start + batch_size)
-            grid = sample_codes(models, uniforms[part], None if conditions is None else conditions[part],
-                                temperature, top_k, progress=bar)
+            grid = sample_codes(
+                models,
+                uniforms[part],
+                None if conditions is None else conditions[part],
+                temperature,
+                top_k,
+                progress=bar,
+            )
             codes.append(grid)
             images.append(models.decode(grid)[:, 0])
     return np.concatenate(codes), conditions, np.concatenate(images)
 
 
-def run_sampling(model_dir: Path, out: Path, n: int = 16, seed: int = 0, temperature: float = 1.0, top_k: int = 0,
-                 slice_index: int | None = None, batch_size: int = 16, threads: int = 0,
-                 show_progress: bool = True, force: bool = False) -> dict:
+def run_sampling(
+    model_dir: Path,
+    out: Path,
+    n: int = 16,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    slice_index: int | None = None,
+    batch_size: int = 16,
+    threads: int = 0,
+    show_progress: bool = True,
+    force: bool = False,
+) -> dict:
     """`python -m export sample`: generate, write the files and summary.json (the folder appears whole or
     not at all); returns the summary."""
     out = Path(out)
@@ -89,17 +129,29 @@ def run_sampling(model_dir: Path, out: Path, n: int = 16, seed: int = 0, tempera
     seconds = time.perf_counter() - started
     with atomic_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[Path(model_dir)]) as tmp:
         figure = write_samples(tmp, codes, conditions, images, models.info["num_codes"], models.decode)
-        summary = {"n": n, "seed": seed, "temperature": temperature, "top_k": top_k, "slice": slice_index,
-                   "sampler": "onnxruntime", "seconds": seconds, "figure": str(out / figure.name),
-                   "model_dir": str(model_dir)}
+        summary = {
+            "n": n,
+            "seed": seed,
+            "temperature": temperature,
+            "top_k": top_k,
+            "slice": slice_index,
+            "sampler": "onnxruntime",
+            "seconds": seconds,
+            "figure": str(out / figure.name),
+            "model_dir": str(model_dir),
+        }
         (tmp / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", type=Path, required=True, help="folder written by `python -m export onnx`")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="output folder: codes/NNN.png, images/NNN.png, samples.npz, generated.png, summary.json")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="output folder: codes/NNN.png, images/NNN.png, samples.npz, generated.png, summary.json",
+    )
     add_sampling_arguments(parser)
     add_batch_size_argument(parser, 16, "grids sampled together")
     add_quiet_argument(parser)
@@ -108,7 +160,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    summary = run_sampling(args.model_dir, args.out, n=args.n, seed=args.seed, temperature=args.temperature,
-                           top_k=args.top_k, slice_index=args.slice, batch_size=args.batch_size, threads=args.threads,
-                           show_progress=not args.quiet, force=args.force)
+    summary = run_sampling(
+        args.model_dir,
+        args.out,
+        n=args.n,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        slice_index=args.slice,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        show_progress=not args.quiet,
+        force=args.force,
+    )
     print(f"{summary['n']} brains in {summary['seconds']:.1f} s -> {args.out} (figure: {summary['figure']})")

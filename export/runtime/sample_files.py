@@ -18,8 +18,8 @@ from PIL import Image
 
 from export.runtime.figures import code_intensity, generated_grid
 
-SAMPLES_FILE = "samples.npz"   # the marker of a samples folder: --force replaces only a folder that has it
-FIGURE_COUNT = 32   # a figure of hundreds of brains would be tens of thousands of pixels tall
+SAMPLES_FILE = "samples.npz"  # the marker of a samples folder: --force replaces only a folder that has it
+FIGURE_COUNT = 32  # a figure of hundreds of brains would be tens of thousands of pixels tall
 
 
 def save_code_map(grid: np.ndarray, num_codes: int, path: Path) -> None:
@@ -32,8 +32,14 @@ def save_image(image: np.ndarray, path: Path) -> None:
     Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)).save(path)
 
 
-def write_samples(out: Path, codes: np.ndarray, conditions: np.ndarray | None, images: np.ndarray,
-                  num_codes: int, decode: Callable[[np.ndarray], np.ndarray]) -> Path:
+def write_samples(
+    out: Path,
+    codes: np.ndarray,
+    conditions: np.ndarray | None,
+    images: np.ndarray,
+    num_codes: int,
+    decode: Callable[[np.ndarray], np.ndarray],
+) -> Path:
     """Write the files above for codes (N, h, w), conditions (N,) or None and images (N, H, W) in
     [0, 1], `decode` being the decoder that made them (codes (B, h, w) -> images); returns the figure's path."""
     out = Path(out)
@@ -42,10 +48,19 @@ def write_samples(out: Path, codes: np.ndarray, conditions: np.ndarray | None, i
     for i, (grid, image) in enumerate(zip(codes, images)):
         save_code_map(grid, num_codes, out / "codes" / f"{i:03d}.png")
         save_image(image, out / "images" / f"{i:03d}.png")
-    np.savez(out / SAMPLES_FILE, codes=codes.astype(np.uint16),
-             **({"conditions": conditions.astype(np.int16)} if conditions is not None else {}))
+    np.savez(
+        out / SAMPLES_FILE,
+        codes=codes.astype(np.uint16),
+        **({"conditions": conditions.astype(np.int16)} if conditions is not None else {}),
+    )
     shown = slice(0, FIGURE_COUNT)
     titles = None if conditions is None else [f"slice {int(c)}" for c in conditions[shown]]
     code_values = code_intensity(decode, num_codes, codes.shape[1:])
-    return generated_grid(codes[shown], images[shown], out / "generated.png", code_values,
-                          f"{len(codes)} prior samples (first {min(len(codes), FIGURE_COUNT)} shown)", titles=titles)
+    return generated_grid(
+        codes[shown],
+        images[shown],
+        out / "generated.png",
+        code_values,
+        f"{len(codes)} prior samples (first {min(len(codes), FIGURE_COUNT)} shown)",
+        titles=titles,
+    )

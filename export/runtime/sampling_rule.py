@@ -20,8 +20,9 @@ def check_sampling_options(temperature: float, top_k: int, num_codes: int) -> No
         raise ValueError(f"top_k must be in 0..{num_codes} (0: no truncation), got {top_k}")
 
 
-def sampling_randomness(n: int, height: int, width: int, num_conditions: int, seed: int,
-                        slice_index: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def sampling_randomness(
+    n: int, height: int, width: int, num_conditions: int, seed: int, slice_index: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """(uniforms float32 (n, height, width) in [0, 1), conditions int64 (n,) or None).
 
     A conditional prior asked for no particular slice gets slices drawn uniformly, which samples

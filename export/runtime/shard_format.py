@@ -65,11 +65,13 @@ def _tar_files(path: Path, sha256: str | None = None) -> Iterator[tuple[str, byt
     """(name, content) of the regular files of an uncompressed POSIX tar (ustar, pax, GNU long names)."""
     data = path.read_bytes()
     if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-        raise DataError(f"{path}: sha256 differs from {MANIFEST}; the shard is corrupt or was replaced "
-                        "(`python -m data_tools verify` checks them all)")
+        raise DataError(
+            f"{path}: sha256 differs from {MANIFEST}; the shard is corrupt or was replaced "
+            "(`python -m data_tools verify` checks them all)"
+        )
     position, long_name = 0, None
     while position + BLOCK <= len(data):
-        header = data[position: position + BLOCK]
+        header = data[position : position + BLOCK]
         if header == EMPTY_BLOCK:
             return
         try:
@@ -80,7 +82,7 @@ def _tar_files(path: Path, sha256: str | None = None) -> Iterator[tuple[str, byt
         position = start + -(-size // BLOCK) * BLOCK
         if start + size > len(data):
             raise DataError(f"{path}: truncated tar (a member runs past the end)")
-        content, kind = data[start: start + size], header[156:157]
+        content, kind = data[start : start + size], header[156:157]
         if kind == b"x":  # pax extended header: may carry the next member's path
             long_name = _pax_path(content) or long_name
         elif kind == b"L":  # GNU long name
@@ -100,7 +102,7 @@ def _pax_path(records: bytes) -> str | None:
     for record in records.decode("utf-8").splitlines():
         field = record.partition(" ")[2]
         if field.startswith("path="):
-            return field[len("path="):]
+            return field[len("path=") :]
     return None
 
 
@@ -116,7 +118,7 @@ def decode_gray_png(data: bytes, name: str = "PNG") -> np.ndarray:
             if img.mode != "L":
                 raise ValueError(f"expected an 8-bit grayscale PNG, got mode {img.mode}")
             return np.asarray(img, dtype=np.uint8)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:   # PIL: not a PNG, truncated, corrupt
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # PIL: not a PNG, truncated, corrupt
         raise DataError(f"{name}: cannot decode the PNG ({err})") from None
 
 
@@ -144,6 +146,7 @@ def read_manifest(shard_dir: str | Path) -> dict:
 
 def manifest_problem(manifest) -> str | None:
     """What is wrong with a parsed manifest's structure, or None."""
+
     def wrong(value, kind: type) -> bool:
         return not isinstance(value, kind) or (kind is int and isinstance(value, bool))
 

@@ -22,8 +22,8 @@ def _blur(images: np.ndarray) -> np.ndarray:
     """Separable Gaussian filter over the last two axes of reflection-padded images: (N, H, W) again."""
     window, pad = _gaussian_window(), KERNEL_SIZE // 2
     images = np.pad(images, ((0, 0), (pad, pad), (pad, pad)), mode="reflect")
-    rows = sum(w * images[..., i: images.shape[-2] - KERNEL_SIZE + 1 + i, :] for i, w in enumerate(window))
-    return sum(w * rows[..., i: images.shape[-1] - KERNEL_SIZE + 1 + i] for i, w in enumerate(window))
+    rows = sum(w * images[..., i : images.shape[-2] - KERNEL_SIZE + 1 + i, :] for i, w in enumerate(window))
+    return sum(w * rows[..., i : images.shape[-1] - KERNEL_SIZE + 1 + i] for i, w in enumerate(window))
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -33,8 +33,8 @@ def ssim(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         raise ValueError(f"need two (N, H, W) batches of one shape, H and W >= {KERNEL_SIZE}; got {a.shape}, {b.shape}")
     c1, c2 = (0.01 * DATA_RANGE) ** 2, (0.03 * DATA_RANGE) ** 2
     mu_a, mu_b = _blur(a), _blur(b)
-    var_a = np.maximum(_blur(a * a) - mu_a ** 2, 0)
-    var_b = np.maximum(_blur(b * b) - mu_b ** 2, 0)
+    var_a = np.maximum(_blur(a * a) - mu_a**2, 0)
+    var_b = np.maximum(_blur(b * b) - mu_b**2, 0)
     cov = _blur(a * b) - mu_a * mu_b
-    similarity = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    similarity = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return similarity.reshape(len(a), -1).mean(axis=1)

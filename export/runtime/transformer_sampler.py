@@ -16,23 +16,36 @@ from export.runtime.kv_cache import cache_shapes, grow_cache, write_cache
 from export.runtime.sampling_rule import check_sampling_options, draw
 
 
-def sample_codes(session: ort.InferenceSession, spec: dict, info: dict, uniforms: np.ndarray,
-                 conditions: np.ndarray | None = None, temperature: float = 1.0, top_k: int = 0,
-                 progress=None) -> np.ndarray:
+def sample_codes(
+    session: ort.InferenceSession,
+    spec: dict,
+    info: dict,
+    uniforms: np.ndarray,
+    conditions: np.ndarray | None = None,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    progress=None,
+) -> np.ndarray:
     """Code grids (B, H, W) int64 in raster order from one uniform number per cell (B, H, W).
     `spec` is prior_step's model.json entry (export/transformer_onnx.py), `info` gives num_codes."""
     check_sampling_options(temperature, top_k, info["num_codes"])
     batch, height, width = uniforms.shape
     codes = np.zeros((batch, height * width), dtype=np.int64)
-    cache = [np.zeros(shape, dtype=np.float32)
-             for shape in cache_shapes(spec["layers"], spec["kv_heads"], spec["head_dim"], batch, 0)]
+    cache = [
+        np.zeros(shape, dtype=np.float32)
+        for shape in cache_shapes(spec["layers"], spec["kv_heads"], spec["head_dim"], batch, 0)
+    ]
     fixed = {} if conditions is None else {"condition": conditions.astype(np.int64, copy=False)}
-    cache_names = spec["inputs"][-len(cache):]
+    cache_names = spec["inputs"][-len(cache) :]
     for t in range(height * width):
-        if t % width == 0:   # one more row of room: attention runs over the rows sampled so far
+        if t % width == 0:  # one more row of room: attention runs over the rows sampled so far
             cache = grow_cache(cache, t + width, lambda shape: np.zeros(shape, dtype=np.float32))
-        feeds = {"previous": codes[:, max(t - 1, 0)], "position": np.array([t], dtype=np.int64), **fixed,
-                 **dict(zip(cache_names, cache))}
+        feeds = {
+            "previous": codes[:, max(t - 1, 0)],
+            "position": np.array([t], dtype=np.int64),
+            **fixed,
+            **dict(zip(cache_names, cache)),
+        }
         logits, *new = session.run(spec["outputs"], feeds)
         write_cache(cache, new, t)
         codes[:, t] = draw(logits, uniforms[:, t // width, t % width], temperature, top_k)

@@ -1,6 +1,6 @@
 """Run under torchrun: train a tiny model of either stage, then save this rank's final state to OUT/rank<N>.pt.
 
-    train_ranks.py vqvae|prior CONFIG OUT [SECTION.KEY=VALUE ...]
+train_ranks.py vqvae|prior CONFIG OUT [SECTION.KEY=VALUE ...]
 """
 
 import os
