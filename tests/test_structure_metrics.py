@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import OASIS_SRC
-from trainer.structure_metrics import as_float, structure_metrics, summarize
+from trainer.structure_metrics import structure_metrics, summarize, unit_images
 
 SIZE = 128
 
@@ -69,7 +69,7 @@ def test_uint8_and_float_agree_and_empty_images_count_as_broken():
     assert summary["n"] == 2 and summary["single_component_share"] == 0.5 and summary["empty_share"] == 0.5
     assert sum(summary["symmetry_histogram"]["counts"]) == 2 and summary["symmetry_histogram"]["counts"][0] == 1
     with pytest.raises(ValueError, match="shape"):
-        as_float(np.zeros((2, 3, 8, 8)))
+        unit_images(np.zeros((2, 3, 8, 8)))
     with pytest.raises(ValueError, match="no images"):
         summarize(structure_metrics(np.zeros((0, 8, 8), np.float32)))
 

@@ -30,7 +30,7 @@ MIN_AREA = 0.005  # specks below this fraction of the image are ignored (2x2 cod
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 
 
-def as_float(images: np.ndarray) -> np.ndarray:
+def unit_images(images: np.ndarray) -> np.ndarray:
     """(N, H, W) or (N, 1, H, W), uint8 or float in [0, 1] -> float32 (N, H, W) in [0, 1]."""
     images = np.asarray(images)
     if images.ndim == 4 and images.shape[1] == 1:
@@ -75,8 +75,8 @@ def structure_metrics(
     images: np.ndarray, threshold: float = THRESHOLD, min_area: float = MIN_AREA, axis: int = MIRROR_AXIS
 ) -> dict[str, np.ndarray]:
     """Per image: components (int), single_component (bool), symmetry (mirror IoU in [0, 1]),
-    touches_edge (bool) and area (foreground fraction). `images` as `as_float` takes them."""
-    images = as_float(images)
+    touches_edge (bool) and area (foreground fraction). `images` as `unit_images` takes them."""
+    images = unit_images(images)
     masks, counts = zip(*(brain_mask(image, threshold, min_area) for image in images)) if len(images) else ((), ())
     masks = np.array(masks, dtype=bool).reshape(images.shape)
     counts = np.array(counts, dtype=np.int64)
