@@ -17,90 +17,19 @@ import torch
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from conftest import DEMO_SRC, REPO
+from conftest import DEMO_SRC, GRID, REPO, SLICES, K, save_prior, save_vqvae, slices
 from export.__main__ import main as cli
 from export.runtime.digest import file_sha256
 from export.runtime.model_dir import PARTS, PRIOR_PARTS
 from export.runtime.onnx_models import ExportedModels
-from export.runtime.reconstruct import read_slice
 from export.runtime.sample import sample_codes
 from export.runtime.sampling_rule import sampling_randomness
-from trainer.checkpoint import save_checkpoint
-from trainer.config import (
-    ModelConfig,
-    PriorConfig,
-    PriorModelConfig,
-    QuantizerConfig,
-    TransformerConfig,
-    VQVAEConfig,
-    config_to_dict,
-)
 from trainer.image_metrics import SSIM_SETTINGS
-from trainer.models import build_prior, load_prior, load_vqvae
-from trainer.pixelcnn import PriorShape, sample
+from trainer.models import load_prior, load_vqvae
+from trainer.pixelcnn import sample
 from trainer.sample import run_sampling
-from trainer.vqvae import VQVAE
 
-K, GRID, SLICES = 32, 16, 4  # downsample 16: 256x256 slices -> 16x16 grids
 DEMO_PNGS = sorted((DEMO_SRC / "keras_png_slices_test").glob("*.png"))[:6]
-TRAIN_PNGS = sorted((DEMO_SRC / "keras_png_slices_train").glob("*.png"))[:8]
-
-
-def slices(paths: list[Path]) -> np.ndarray:
-    """(N, 1, 256, 256) float32 in [0, 1]."""
-    return np.stack([read_slice(p, p.name, 256) for p in paths])[:, None].astype(np.float32) / 255
-
-
-def save_vqvae(root: Path, seed: int) -> Path:
-    cfg = VQVAEConfig(
-        model=ModelConfig(downsample=16, channels=16, res_channels=8, code_dim=8),
-        quantizer=QuantizerConfig(num_codes=K, compile=False),
-    )
-    torch.manual_seed(seed)
-    model = VQVAE(cfg.model, cfg.quantizer).eval()
-    # A random encoder's outputs barely vary, so every cell would be a near-tie between codes:
-    # standardise them on demo slices, then draw the codes from them (as training starts).
-    with torch.no_grad():
-        z = model.encoder(torch.from_numpy(slices(TRAIN_PNGS))).permute(0, 2, 3, 1).reshape(-1, 8)
-        mean, std = z.mean(0), z.std(0)
-        projection = model.encoder.net[-1]
-        projection.weight.div_(std[:, None, None, None])
-        projection.bias.sub_(mean).div_(std)
-        model.quantizer.codebook.copy_(((z - mean) / std)[torch.randperm(len(z))[:K]])
-    return save_checkpoint(root / f"vqvae{seed}", 1, model, {}, config_to_dict(cfg), keep=1)
-
-
-def save_prior(root: Path, vqvae: Path, num_conditions: int, kind: str = "pixelcnn") -> Path:
-    transformer = TransformerConfig(layers=2, width=16, heads=2, kv_heads=1, mlp_ratio=2, dropout=0.0)
-    cfg = PriorConfig(
-        model=PriorModelConfig(
-            kind=kind,
-            channels=8,
-            layers=3,
-            kernel=3,
-            first_kernel=5,
-            head_channels=16,
-            condition_on_slice=bool(num_conditions),
-            transformer=transformer,
-        )
-    )
-    torch.manual_seed(1)
-    prior = build_prior(cfg, PriorShape(K, GRID, GRID, num_conditions))
-    info = {
-        **vars(prior.shape),
-        "vqvae_checkpoint": str(vqvae),
-        "vqvae_sha256": file_sha256(vqvae / "model.safetensors"),
-        "codes_dir": "",
-    }
-    return save_checkpoint(
-        root / f"prior_{kind}{num_conditions}" / "checkpoints",
-        1,
-        prior,
-        {},
-        config_to_dict(cfg),
-        keep=1,
-        extra_json={"prior.json": info},
-    )
 
 
 @pytest.fixture(scope="module")

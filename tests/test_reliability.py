@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_export import K, save_prior, save_vqvae
 
-from conftest import DEMO_CONFIG, DEMO_SRC, tiny
+from conftest import DEMO_CONFIG, DEMO_SRC, K, save_prior, save_vqvae, tiny
 from export.__main__ import main as export_cli
+from export.runtime.reconstruct import output_name
 from trainer.__main__ import main as trainer_cli
 from trainer.checkpoint import list_checkpoints, load_weights
 
@@ -78,7 +78,7 @@ def test_reconstruct_failing_after_the_first_batch_keeps_the_old_output(models, 
     assert export_cli([*base, "--force", *map(str, PNGS[:2]), str(bad)]) == 2
     assert str(bad) in error_line(capsys)
     assert (out / "summary.json").read_text() == summary
-    assert sorted(p.name for p in (out / "reconstructions").iterdir()) == sorted(p.name for p in PNGS)
+    assert sorted(p.name for p in (out / "reconstructions").iterdir()) == sorted(output_name(p.name) for p in PNGS)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
