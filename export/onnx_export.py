@@ -37,7 +37,6 @@ from export.runtime.output_dir import atomic_output_dir
 from export.transformer_onnx import export_step
 from trainer.models import load_paired_vqvae, load_prior, resolve_checkpoint
 from trainer.pixelcnn import GatedPixelCNN
-from trainer.quantizer import argmin_distance
 from trainer.transformer_prior import TransformerPrior
 from trainer.vqvae import VQVAE
 
@@ -51,18 +50,15 @@ DESCRIPTION = (
 
 
 class EncoderGraph(nn.Module):
-    """Images -> code indices: the VQ-VAE's encoder, then the quantizer's distance + argmin run
-    eagerly on all cells at once (its chunked, compiled training kernel does not export)."""
+    """Images -> code indices: the VQ-VAE's encoder, then the quantizer's `encode_indices` (for a codebook:
+    distance + argmin on all cells at once; its chunked, compiled training kernel does not export)."""
 
     def __init__(self, vqvae: VQVAE):
         super().__init__()
         self.encoder, self.quantizer = vqvae.encoder, vqvae.quantizer
 
     def forward(self, images: Tensor) -> Tensor:
-        z = self.encoder(images).permute(0, 2, 3, 1)  # (B, H, W, D)
-        codebook = self.quantizer.codebook
-        flat = argmin_distance(z.reshape(-1, z.shape[-1]), codebook, (codebook * codebook).sum(1))
-        return flat.reshape(z.shape[:3])
+        return self.quantizer.encode_indices(self.encoder(images))
 
 
 class DecoderGraph(nn.Module):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import typing
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,10 +52,12 @@ class ModelConfig:
     channels: int = 64  # width after the last downsampling conv
     res_blocks: int = 2
     res_channels: int = 32
-    code_dim: int = 64  # D, the codebook vector size
+    code_dim: int = 64  # D, the size of the encoder's output and the decoder's input per cell
+    decoder_scale: int = 1  # the decoder's widths (channels, res_channels) times this: a wider decoder, same codes
 
     def check(self) -> None:
         require(self.downsample in (2, 4, 8, 16), "model.downsample", "must be 2, 4, 8 or 16")
+        require(self.decoder_scale >= 1, "model.decoder_scale", "must be >= 1")
         require(
             self.channels >= 2 and self.res_channels >= 1 and self.code_dim >= 1,
             "model",
@@ -64,19 +68,51 @@ class ModelConfig:
 
 @dataclass
 class QuantizerConfig:
-    num_codes: int = 512  # K
-    beta: float = 0.25  # commitment weight
-    update: str = "ema"  # "ema" (moving averages + dead-code restarts) or "loss" (paper's codebook loss)
-    decay: float = 0.99
-    dead_code_threshold: float = 1.0
-    compile: bool = True  # torch.compile the nearest-code kernel
+    kind: str = (
+        "vq"  # "vq": a learned codebook (trainer/quantizer.py); "fsq": finite scalar quantisation (trainer/fsq.py)
+    )
+    num_codes: int = 512  # K; for fsq it must equal the product of `levels`
+    beta: float = 0.25  # commitment weight (vq)
+    update: str = "ema"  # "ema" (moving averages + dead-code restarts) or "loss" (paper's codebook loss) (vq)
+    decay: float = 0.99  # (vq, ema)
+    dead_code_threshold: float = 1.0  # (vq, ema)
+    compile: bool = True  # torch.compile the nearest-code kernel (vq)
+    codebook_dim: int = 0  # (vq) codes of this size behind 1x1 projections from and to model.code_dim (0: code_dim)
+    cosine: bool = False  # (vq) l2-normalised codes and inputs: nearest code by cosine similarity
+    kmeans_iters: int = 0  # (vq) initialise the codebook by this many k-means steps on the first batch (0: random rows)
+    levels: list[int] = field(default_factory=lambda: [8, 8, 8])  # (fsq) values per channel; 8 x 8 x 8 = 512 codes
 
     def check(self) -> None:
+        require(self.kind in ("vq", "fsq"), "quantizer.kind", "must be 'vq' or 'fsq'")
         require(self.num_codes >= 2, "quantizer.num_codes", "must be >= 2")
+        require(self.codebook_dim >= 0, "quantizer.codebook_dim", "must be >= 0 (0: model.code_dim)")
+        require(self.kmeans_iters >= 0, "quantizer.kmeans_iters", "must be >= 0")
+        if self.kind == "fsq":
+            require(
+                len(self.levels) >= 1 and all(level >= 2 for level in self.levels),
+                "quantizer.levels",
+                "must be a non-empty list of integers >= 2",
+            )
+            require(
+                math.prod(self.levels) == self.num_codes,
+                "quantizer.num_codes",
+                f"must equal the product of quantizer.levels {self.levels} ({math.prod(self.levels)}) for fsq",
+            )
         require(self.beta >= 0, "quantizer.beta", "must be >= 0")
         require(self.update in ("ema", "loss"), "quantizer.update", "must be 'ema' or 'loss'")
         require(0 <= self.decay < 1, "quantizer.decay", "must be in [0, 1)")
         require(self.dead_code_threshold >= 0, "quantizer.dead_code_threshold", "must be >= 0")
+
+
+@dataclass
+class LossConfig:
+    """Stage 1's reconstruction loss: MSE + ssim_weight * (1 - SSIM) (SSIM as everywhere: Gaussian 11, sigma
+    1.5, data range 1), a structure term against MSE's blur (Zhao et al., "Loss functions for image restoration")."""
+
+    ssim_weight: float = 0.0
+
+    def check(self) -> None:
+        require(self.ssim_weight >= 0, "loss.ssim_weight", "must be >= 0")
 
 
 @dataclass
@@ -129,6 +165,7 @@ class VQVAEConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
@@ -240,6 +277,12 @@ def build(cls: type, values: dict, where: str) -> Any:
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
             kwargs[key] = build(kind, value, name)
+            continue
+        if typing.get_origin(kind) is list:
+            (item,) = typing.get_args(kind)
+            if not isinstance(value, list) or not all(type(v) is item for v in value):
+                raise ConfigError(f"{name}: expected a list of {item.__name__}, got {value!r}")
+            kwargs[key] = value
             continue
         if kind is float and not isinstance(value, bool):
             value = as_float(value)

@@ -9,6 +9,7 @@ settings, so figures compare with other reports. PSNR uses data_range 1.0, per i
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
@@ -26,3 +27,13 @@ def reconstruction_metrics(model: VQVAE, images: Tensor) -> tuple[Tensor, Tensor
     ssim = structural_similarity_index_measure(recon, images, reduction="none", **SSIM_SETTINGS)
     psnr = peak_signal_noise_ratio(recon, images, data_range=1.0, reduction="none", dim=(1, 2, 3))
     return recon, ssim, psnr, quantized.indices
+
+
+def reconstruction_loss(recon: Tensor, images: Tensor, ssim_weight: float = 0.0) -> Tensor:
+    """Stage 1's training loss: MSE + ssim_weight * (1 - SSIM), in float32 whatever autocast says. SSIM takes
+    the unclamped output (clamping would stop the gradient of out-of-range pixels) with the settings above."""
+    recon, images = recon.float(), images.float()
+    loss = F.mse_loss(recon, images)
+    if ssim_weight:
+        loss = loss + ssim_weight * (1 - structural_similarity_index_measure(recon, images, **SSIM_SETTINGS))
+    return loss

@@ -10,7 +10,9 @@ Two pieces live here:
   and two ways of learning the codebook: by gradient ("loss", as in the paper) or by
   exponential moving averages of the assigned encoder outputs ("ema", the paper's appendix),
   with dead-code restarts. EMA statistics are all-reduced so every process keeps the same
-  codebook under torch.distributed / Accelerate.
+  codebook under torch.distributed / Accelerate. Options from ViT-VQGAN (Yu et al. 2022): a
+  lower-dimensional codebook behind 1x1 projections (`codebook_dim`), l2-normalised codes with
+  cosine nearest-code search (`cosine`), and k-means initialisation (`kmeans_iters`).
 """
 
 from __future__ import annotations
@@ -158,6 +160,9 @@ class VectorQuantizer(nn.Module):
         eps: float = 1e-5,
         dead_code_threshold: float = 1.0,
         compile: bool = True,
+        codebook_dim: int = 0,
+        cosine: bool = False,
+        kmeans_iters: int = 0,
     ):
         super().__init__()
         if num_codes < 1 or code_dim < 1:
@@ -172,16 +177,25 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"eps (Laplace smoothing) must be > 0, got {eps}")
         if dead_code_threshold < 0:
             raise ValueError(f"dead_code_threshold must be >= 0 (0 disables restarts), got {dead_code_threshold}")
+        if codebook_dim < 0 or kmeans_iters < 0:
+            raise ValueError(f"codebook_dim and kmeans_iters must be >= 0, got {codebook_dim} and {kmeans_iters}")
         self.num_codes, self.code_dim, self.beta, self.update = num_codes, code_dim, beta, update
         self.decay, self.eps, self.dead_code_threshold, self.compile = decay, eps, dead_code_threshold, compile
+        self.codebook_dim, self.cosine, self.kmeans_iters = codebook_dim or code_dim, cosine, kmeans_iters
+        # Codes live in a space of codebook_dim; 1x1 projections map the encoder's D there and back.
+        # Identity when the two agree: no parameters, so older checkpoints load unchanged.
+        projected = self.codebook_dim != code_dim
+        self.project_in = nn.Conv2d(code_dim, self.codebook_dim, 1) if projected else nn.Identity()
+        self.project_out = nn.Conv2d(self.codebook_dim, code_dim, 1) if projected else nn.Identity()
+        self._kmeans_checked = False  # host-side: k-means runs at most once, at the first training forward
 
-        codebook = torch.empty(num_codes, code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
+        codebook = torch.empty(num_codes, self.codebook_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
         if update == "loss":
             self.codebook = nn.Parameter(codebook)
         else:
             self.register_buffer("codebook", codebook)
             self.register_buffer("ema_cluster_size", torch.zeros(num_codes))
-            self.register_buffer("ema_embed_sum", torch.zeros(num_codes, code_dim))
+            self.register_buffer("ema_embed_sum", torch.zeros(num_codes, self.codebook_dim))
             self.register_buffer("restart_count", torch.zeros((), dtype=torch.long))  # cumulative
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # training forwards so far
@@ -189,19 +203,25 @@ class VectorQuantizer(nn.Module):
     def forward(self, z_e: Tensor) -> QuantizerOutput:
         if z_e.ndim != 4 or z_e.shape[1] != self.code_dim:
             raise ValueError(f"expected z_e of shape (B, {self.code_dim}, H, W), got {tuple(z_e.shape)}")
-        B, D, H, W = z_e.shape
-        flat = z_e.detach().permute(0, 2, 3, 1).reshape(-1, D).float()
+        z = self._to_code_space(z_e)
+        B, D, H, W = z.shape
+        flat = z.detach().permute(0, 2, 3, 1).reshape(-1, D).float()
         if self.training:
+            if self.kmeans_iters and not self._kmeans_checked:
+                self._kmeans_checked = True
+                if not bool(self.initialized):  # one host sync, at the first step of a fresh run only
+                    self._kmeans_init(flat)
             self._init_from_data(flat)
 
-        indices = nearest_code(flat, self.codebook, compile=self.compile)
-        e = self.lookup(indices.view(B, H, W))  # float32; carries the gradient for "loss"
-        commitment_loss = F.mse_loss(z_e.float(), e.detach())
+        codebook = self.codes()
+        indices = nearest_code(flat, codebook, compile=self.compile)
+        e = F.embedding(indices.view(B, H, W), codebook).permute(0, 3, 1, 2)  # carries the gradient for "loss"
+        commitment_loss = F.mse_loss(z.float(), e.detach())
         if self.update == "loss":
-            codebook_loss = F.mse_loss(e, z_e.detach().float())
+            codebook_loss = F.mse_loss(e, z.detach().float())
         else:
             codebook_loss = torch.zeros((), device=z_e.device)
-        z_q = z_e + (e.to(z_e.dtype) - z_e).detach()  # straight-through estimator
+        z_q = z + (e.to(z.dtype) - z).detach()  # straight-through estimator
 
         # scatter_add_ rather than bincount: bincount's output size depends on the data, which
         # breaks a compiled graph.
@@ -213,11 +233,62 @@ class VectorQuantizer(nn.Module):
             self.step += 1
         perplexity, _ = codebook_stats(counts)
         loss = self.beta * commitment_loss + codebook_loss
-        return QuantizerOutput(z_q, indices.view(B, H, W), loss, commitment_loss, codebook_loss, perplexity)
+        return QuantizerOutput(
+            self.project_out(z_q), indices.view(B, H, W), loss, commitment_loss, codebook_loss, perplexity
+        )
+
+    def codes(self) -> Tensor:
+        """The codebook as searched and looked up: l2-normalised rows when `cosine` (for update="loss" the
+        parameter itself is free; for "ema" it is kept normalised and this is a no-op)."""
+        return F.normalize(self.codebook, dim=1) if self.cosine else self.codebook
+
+    def _to_code_space(self, z_e: Tensor) -> Tensor:
+        z = self.project_in(z_e)
+        return F.normalize(z, dim=1) if self.cosine else z
+
+    def encode_indices(self, z_e: Tensor) -> Tensor:
+        """Nearest-code indices (B, H, W) for encoder outputs (B, D, H, W), without the training machinery:
+        plain tensor ops on all cells at once, so the ONNX encoder exports it as it is."""
+        z = self._to_code_space(z_e).permute(0, 2, 3, 1)
+        codebook = self.codes()
+        flat = argmin_distance(z.reshape(-1, z.shape[-1]), codebook, (codebook * codebook).sum(1))
+        return flat.reshape(z.shape[:3])
 
     def lookup(self, indices: Tensor) -> Tensor:
-        """Codebook vectors for indices (B, H, W), as a (B, D, H, W) tensor for the decoder."""
-        return F.embedding(indices, self.codebook).permute(0, 3, 1, 2).contiguous()
+        """Code vectors for indices (B, H, W), as the (B, D, H, W) tensor the decoder takes."""
+        return self.project_out(F.embedding(indices, self.codes()).permute(0, 3, 1, 2).contiguous())
+
+    @torch.no_grad()
+    def _kmeans_init(self, flat: Tensor) -> None:
+        """k-means++ seeding, then Lloyd steps, on the first training batch of all processes together
+        (gathered, so every process computes the same codebook from the same rows with the same generator).
+        Random rows put several codes in a dense region and none in a sparse one, which Lloyd steps alone
+        cannot undo; k-means++ draws each seed far from the ones before. Codes that win no row keep their seed."""
+        if _distributed():
+            flat = _all_gather_cat(flat)  # the first batches of all processes have the same size
+        if len(flat) <= self.num_codes:
+            centroids = self._sample_rows(flat, salt=2)
+        else:
+            generator = torch.Generator(device=flat.device).manual_seed(0)
+            chosen = [int(torch.randint(len(flat), (1,), generator=generator, device=flat.device))]
+            distance = (flat - flat[chosen[0]]).square().sum(1)
+            for _ in range(self.num_codes - 1):
+                chosen.append(int(torch.multinomial(distance + 1e-12, 1, generator=generator)))
+                distance = torch.minimum(distance, (flat - flat[chosen[-1]]).square().sum(1))
+            centroids = flat[chosen]
+        for _ in range(self.kmeans_iters):
+            indices = nearest_code(flat, centroids, compile=False)
+            counts = torch.zeros(self.num_codes, device=flat.device).index_add_(0, indices, torch.ones_like(flat[:, 0]))
+            means = torch.zeros_like(centroids).index_add_(0, indices, flat) / counts.clamp_min(1).unsqueeze(1)
+            if self.cosine:
+                means = F.normalize(means, dim=1)
+            centroids = torch.where((counts > 0).unsqueeze(1), means, centroids)
+        self.codebook.data.copy_(centroids)
+        if self.update == "ema":
+            weight = self.dead_code_threshold or 1.0  # as in _init_from_data
+            self.ema_cluster_size.fill_(weight)
+            self.ema_embed_sum.copy_(centroids * weight)
+        self.initialized.fill_(True)
 
     @torch.no_grad()
     def _init_from_data(self, flat: Tensor) -> None:
@@ -250,7 +321,8 @@ class VectorQuantizer(nn.Module):
         # Laplace smoothing keeps unused codes away from a division by zero.
         n = self.ema_cluster_size.sum()
         smoothed = (self.ema_cluster_size + self.eps) / (n + self.num_codes * self.eps) * n
-        self.codebook.copy_(self.ema_embed_sum / smoothed.unsqueeze(1))
+        means = self.ema_embed_sum / smoothed.unsqueeze(1)
+        self.codebook.copy_(F.normalize(means, dim=1) if self.cosine else means)
 
         # Dead codes (identical on every process) are restarted from a draw of one row per code,
         # made at every step whether or not a code died: a draw sized by the number of dead codes

@@ -14,7 +14,6 @@ import argparse
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
@@ -22,7 +21,7 @@ from tqdm import tqdm
 from export.runtime.figures import reconstruction_grid
 from trainer.config import VQVAEConfig, load_config
 from trainer.data import SliceShards, epoch_batches, train_batches, training_source
-from trainer.image_metrics import reconstruction_metrics
+from trainer.image_metrics import reconstruction_loss, reconstruction_metrics
 from trainer.models import build_vqvae
 from trainer.quantizer import codebook_stats
 from trainer.training_run import TrainingRun, add_training_arguments, is_due, lr_schedule
@@ -110,7 +109,7 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
             images = next(batches).images.to(accelerator.device, non_blocking=True)
             with accelerator.accumulate(trained):
                 recon, quantized = trained(images)
-                recon_loss = F.mse_loss(recon.float(), images)
+                recon_loss = reconstruction_loss(recon, images, cfg.loss.ssim_weight)
                 loss = recon_loss + quantized.loss
                 accelerator.backward(loss)
             run.add_metrics(loss, recon_loss, quantized.commitment_loss, quantized.perplexity)

@@ -8,12 +8,14 @@ linear (the MSE loss needs no squashing) and is clamped to [0, 1] only when imag
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import Tensor, nn
 
 from trainer.config import ModelConfig, QuantizerConfig
+from trainer.fsq import FiniteScalarQuantizer
 from trainer.quantizer import QuantizerOutput, VectorQuantizer
 
 
@@ -57,8 +59,13 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
+    """The encoder's mirror image, every width times `decoder_scale`: sharper images from the same codes
+    cost decoder width, not a finer code grid."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        scale = cfg.decoder_scale
+        cfg = dataclasses.replace(cfg, channels=cfg.channels * scale, res_channels=cfg.res_channels * scale)
         layers: list[nn.Module] = [nn.Conv2d(cfg.code_dim, cfg.channels, 3, padding=1)]
         layers += [ResidualBlock(cfg.channels, cfg.res_channels) for _ in range(cfg.res_blocks)]
         layers.append(nn.ReLU())
@@ -75,20 +82,29 @@ class Decoder(nn.Module):
         return self.net(z_q)
 
 
+def build_quantizer(cfg: QuantizerConfig, code_dim: int) -> VectorQuantizer | FiniteScalarQuantizer:
+    if cfg.kind == "fsq":
+        return FiniteScalarQuantizer(cfg.levels, code_dim)
+    return VectorQuantizer(
+        num_codes=cfg.num_codes,
+        code_dim=code_dim,
+        beta=cfg.beta,
+        update=cfg.update,
+        decay=cfg.decay,
+        dead_code_threshold=cfg.dead_code_threshold,
+        compile=cfg.compile,
+        codebook_dim=cfg.codebook_dim,
+        cosine=cfg.cosine,
+        kmeans_iters=cfg.kmeans_iters,
+    )
+
+
 class VQVAE(nn.Module):
     def __init__(self, model: ModelConfig, quantizer: QuantizerConfig):
         super().__init__()
         self.downsample = model.downsample
         self.encoder = Encoder(model)
-        self.quantizer = VectorQuantizer(
-            num_codes=quantizer.num_codes,
-            code_dim=model.code_dim,
-            beta=quantizer.beta,
-            update=quantizer.update,
-            decay=quantizer.decay,
-            dead_code_threshold=quantizer.dead_code_threshold,
-            compile=quantizer.compile,
-        )
+        self.quantizer = build_quantizer(quantizer, model.code_dim)
         self.decoder = Decoder(model)
 
     def forward(self, images: Tensor) -> tuple[Tensor, QuantizerOutput]:

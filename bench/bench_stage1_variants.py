@@ -1,0 +1,246 @@
+"""Stage-1 variants side by side at an equal time budget (issue 13): test SSIM, PSNR and codebook usage, and
+optionally the prior's validation bits per code after the same short prior run on each variant's codes.
+
+    python bench/bench_stage1_variants.py --shards data/oasis_shards --out runs/stage1_variants \\
+        --budget-minutes 9 --cores 0 1 --prior-steps 150 --prior-for baseline fsq
+
+Each variant is the base config plus overrides (`VARIANTS` below, or `--variant NAME=KEY=V,KEY=V`). Equal
+time, not equal steps: a wider decoder or an SSIM term costs time per step, and time is what a user has.
+So every variant first trains `--probe-steps` steps to measure its speed, then trains budget x speed steps
+from scratch (its learning-rate schedule sized to that). Runs are pinned one per core with one thread, as
+many at once as `--cores` lists. Every variant is then evaluated on the whole test split by `trainer
+evaluate` (the project's fixed SSIM: Gaussian 11, sigma 1.5, data range 1). With `--prior-steps`, the
+variants of `--prior-for` are encoded and the prior config trains that many steps on each one's codes.
+Results: `<out>/results.json` and a markdown table on stdout. Finished steps in `<out>` are reused, so an
+interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from trainer.config import PriorConfig, load_config
+
+VARIANTS = {
+    "baseline": [],
+    "ssim": ["loss.ssim_weight=0.1"],
+    "wide_decoder": ["model.decoder_scale=2"],
+    "cosine8": ["quantizer.codebook_dim=8", "quantizer.cosine=true"],
+    "kmeans": ["quantizer.kmeans_iters=10"],
+    "fsq": ["quantizer.kind=fsq", "quantizer.levels=[8, 8, 8]"],
+}
+Job = tuple[list[str], Path]  # (arguments of `python -m`, log file)
+
+
+def start(args: list[str], core: int, log: Path) -> subprocess.Popen:
+    """`python -m args...` pinned to one core with one thread, so that parallel runs do not share one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        return subprocess.Popen(
+            ["taskset", "-c", str(core), sys.executable, "-m", *args], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+def run_all(jobs: list[Job], cores: list[int]) -> None:
+    """Run the jobs, one per core at a time; at the first failure stop the others and exit naming its log."""
+    pending, running = list(jobs), {}  # core -> (process, log)
+    while pending or running:
+        for core in cores:
+            if core not in running and pending:
+                cmd, log = pending.pop(0)
+                running[core] = start(cmd, core, log), log
+        time.sleep(2)
+        for core, (process, log) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[core]
+            if process.returncode:
+                for other, _ in running.values():
+                    other.kill()
+                sys.exit(f"{log}: exit {process.returncode}; see that log")
+
+
+def with_settings(args: list[str], settings: list[str]) -> list[str]:
+    return args + [item for setting in settings for item in ("--set", setting)]
+
+
+def train_job(cfg_path: Path, out: Path, shards: str, overrides: list[str], steps: int, log: Path) -> Job:
+    settings = [
+        f"out_dir={out}",
+        f"data.shards={shards}",
+        f"train.max_steps={steps}",
+        f"train.eval_every={steps}",
+        f"train.checkpoint_every={steps}",
+        f"train.log_every={min(10, steps)}",
+        "train.eval_batches=2",
+        "wandb.enabled=false",
+        *overrides,
+    ]
+    return with_settings(["trainer", "vqvae", "--config", str(cfg_path), "--quiet"], settings), log
+
+
+def last_record(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, sep, overrides = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=section.key=value,section.key=value")
+    return name, [o for o in overrides.split(",") if o]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--config", type=Path, default=Path("configs/vqvae_oasis_32_cpu.yaml"), help="base config (%(default)s)"
+    )
+    parser.add_argument("--shards", required=True, help="shard folder with train, validate and test splits")
+    parser.add_argument("--out", type=Path, required=True, help="folder for runs, evaluations, logs, results.json")
+    parser.add_argument("--budget-minutes", type=float, required=True, help="training time of every variant")
+    parser.add_argument("--cores", type=int, nargs="+", default=[0], help="CPU cores to pin runs to, one run each")
+    parser.add_argument("--probe-steps", type=int, default=40, help="steps of the speed probe (%(default)s)")
+    parser.add_argument("--only", nargs="+", help="run only these variants (default: all)")
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[], help="extra NAME=KEY=V,KEY=V")
+    parser.add_argument("--prior-steps", type=int, default=0, help="prior steps on each --prior-for variant's codes")
+    parser.add_argument(
+        "--prior-config", type=Path, default=Path("configs/prior_oasis_32_cpu.yaml"), help="(%(default)s)"
+    )
+    parser.add_argument("--prior-for", nargs="+", default=[], help="variants whose codes get the short prior run")
+    args = parser.parse_args()
+    if args.budget_minutes <= 0 or args.probe_steps < 20 or args.prior_steps < 0:
+        parser.error("--budget-minutes must be > 0, --probe-steps >= 20 and --prior-steps >= 0")
+    variants = {**VARIANTS, **dict(args.variant)}
+    names = args.only or list(variants)
+    unknown = [n for n in names + args.prior_for if n not in variants]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(variants)}")
+    batch = load_config(args.config).data.batch_size
+    out, logs = args.out, args.out / "logs"
+
+    # 1. Speed probes (steps 21..probe_steps logged, start-up excluded).
+    run_all(
+        [
+            train_job(
+                args.config, out / "probe" / n, args.shards, variants[n], args.probe_steps, logs / f"probe_{n}.log"
+            )
+            for n in names
+            if not (out / "probe" / n / "metrics.jsonl").is_file()
+        ],
+        args.cores,
+    )
+    speed = {n: last_record(out / "probe" / n)["images_per_s"] for n in names}
+    steps = {n: max(1, round(args.budget_minutes * 60 * speed[n] / batch)) for n in names}
+    # 2. The timed runs, then 3. test evaluations.
+    run_all(
+        [
+            train_job(args.config, out / "runs" / n, args.shards, variants[n], steps[n], logs / f"train_{n}.log")
+            for n in names
+            if not finished(out / "runs" / n, steps[n])
+        ],
+        args.cores,
+    )
+    evaluate = ["trainer", "evaluate", "--split", "test", "--quiet", "--force"]
+    run_all(
+        [
+            (evaluate + ["--checkpoint", str(out / "runs" / n), "--out", str(out / "eval" / n)], logs / f"eval_{n}.log")
+            for n in names
+            if not (out / "eval" / n / "summary.json").is_file()
+        ],
+        args.cores,
+    )
+    # 4. Short prior runs on the codes of --prior-for.
+    prior_for = [n for n in args.prior_for if n in names] if args.prior_steps else []
+    encode = ["trainer", "encode", "--quiet"]
+    run_all(
+        [
+            (
+                encode + ["--checkpoint", str(out / "runs" / n), "--out", str(out / "codes" / n)],
+                logs / f"encode_{n}.log",
+            )
+            for n in prior_for
+        ],
+        args.cores,
+    )
+    run_all(
+        [
+            prior_job(
+                args.prior_config, out / "prior" / n, out / "codes" / n, args.prior_steps, logs / f"prior_{n}.log"
+            )
+            for n in prior_for
+            if not finished(out / "prior" / n, args.prior_steps)
+        ],
+        args.cores,
+    )
+
+    results = {}
+    for n in names:
+        summary = json.loads((out / "eval" / n / "summary.json").read_text())
+        results[n] = {
+            "overrides": variants[n],
+            "images_per_s_probe": speed[n],
+            "steps": steps[n],
+            "train_seconds": train_seconds(out / "runs" / n),
+            **{
+                k: summary[k]
+                for k in ("ssim_mean", "ssim_median", "ssim_min", "psnr_mean", "codes_used", "codebook_perplexity")
+            },
+        }
+        if n in prior_for:
+            results[n]["prior_val_bits_per_code"] = last_record(out / "prior" / n)["val_bits_per_code"]
+    setup = {k: str(v) for k, v in vars(args).items() if k != "variant"}
+    (out / "results.json").write_text(json.dumps({"setup": setup, "variants": results}, indent=1) + "\n")
+    print(markdown_table(results))
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    return (run_dir / "checkpoints" / f"step_{steps:07d}" / "model.safetensors").is_file()
+
+
+def prior_job(cfg_path: Path, out: Path, codes: Path, steps: int, log: Path) -> Job:
+    eval_every = load_config(cfg_path, cls=PriorConfig).train.eval_every
+    settings = [
+        f"out_dir={out}",
+        f"codes.dir={codes}",
+        f"train.max_steps={steps}",
+        f"train.eval_every={min(eval_every, steps)}",
+        f"train.checkpoint_every={steps}",
+        "wandb.enabled=false",
+    ]
+    return with_settings(["trainer", "prior", "--config", str(cfg_path), "--quiet"], settings), log
+
+
+def train_seconds(run_dir: Path) -> float:
+    """Training time from the logged speed of every window (evaluation and start-up excluded)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    seconds, previous = 0.0, 0
+    for r in records:
+        if "images_per_s" in r:
+            seconds += (r["step"] - previous) / r["images_per_s"]
+            previous = r["step"]
+    return seconds
+
+
+def markdown_table(results: dict) -> str:
+    lines = [
+        "| variant | steps | test SSIM (mean / median / min) | PSNR | codes used | perplexity | prior val bits |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, r in results.items():
+        bits = f"{r['prior_val_bits_per_code']:.3f}" if "prior_val_bits_per_code" in r else ""
+        lines.append(
+            f"| {n} | {r['steps']} | {r['ssim_mean']:.4f} / {r['ssim_median']:.4f} / {r['ssim_min']:.4f} "
+            f"| {r['psnr_mean']:.2f} dB | {r['codes_used']} | {r['codebook_perplexity']:.1f} | {bits} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
