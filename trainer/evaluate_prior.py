@@ -174,7 +174,7 @@ def evaluate_generation(
     structure = {"generated": structure_metrics(generated.numpy()), "real": structure_metrics(real.numpy())}
     summary.update(structure_summary(structure))
 
-    shown = min(16, n)
+    shown = min(32, n)
     with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=inputs) as tmp:
         write_samples(
             tmp / "samples",

@@ -265,7 +265,7 @@ class VectorQuantizer(nn.Module):
         Random rows put several codes in a dense region and none in a sparse one, which Lloyd steps alone
         cannot undo; k-means++ draws each seed far from the ones before. Codes that win no row keep their seed."""
         if _distributed():
-            flat = _all_gather_cat(flat)  # the first batches of all processes have the same size
+            flat = _all_gather_rows(flat)
         if len(flat) <= self.num_codes:
             centroids = self._sample_rows(flat, salt=2)
         else:
@@ -383,3 +383,12 @@ def _all_gather_cat(t: Tensor) -> Tensor:
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t)
     return torch.cat(parts)
+
+
+def _all_gather_rows(t: Tensor) -> Tensor:
+    """All processes' rows concatenated in rank order, whatever each one's number of rows."""
+    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([len(t)], device=t.device))
+    sizes = [int(n) for n in sizes]  # once, at k-means initialisation: a host sync is fine here
+    padded = torch.cat([t, t.new_zeros(max(sizes) - len(t), *t.shape[1:])])
+    return torch.cat([rows[:n] for rows, n in zip(_all_gather_cat(padded).split(max(sizes)), sizes)])
