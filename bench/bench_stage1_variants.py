@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, required=True, help="training time of every variant")
     parser.add_argument("--cores", type=int, nargs="+", default=[0], help="CPU cores to pin runs to, one run each")
     parser.add_argument("--probe-steps", type=int, default=40, help="steps of the speed probe (%(default)s)")
+    parser.add_argument("--probe-only", action="store_true", help="print each variant's speed and stop")
     parser.add_argument("--only", nargs="+", help="run only these variants (default: all)")
     parser.add_argument("--variant", type=parse_variant, action="append", default=[], help="extra NAME=KEY=V,KEY=V")
     parser.add_argument("--prior-steps", type=int, default=0, help="prior steps on each --prior-for variant's codes")
@@ -138,6 +139,10 @@ def main() -> None:
     )
     speed = {n: last_record(out / "probe" / n)["images_per_s"] for n in names}
     steps = {n: max(1, round(args.budget_minutes * 60 * speed[n] / batch)) for n in names}
+    if args.probe_only:
+        for n in names:
+            print(f"{n}: {speed[n]:.1f} images/s, {steps[n]} steps in {args.budget_minutes} minutes")
+        return
     # 2. The timed runs, then 3. test evaluations.
     run_all(
         [

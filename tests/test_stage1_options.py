@@ -19,7 +19,7 @@ from export.runtime.sample import sample_codes
 from trainer.config import ConfigError, ModelConfig, PriorConfig, QuantizerConfig, load_config
 from trainer.encode import encode_splits
 from trainer.fsq import FiniteScalarQuantizer
-from trainer.image_metrics import SSIM_SETTINGS, reconstruction_loss
+from trainer.image_metrics import SSIM_SETTINGS, mean_ssim, reconstruction_loss
 from trainer.models import load_vqvae
 from trainer.quantizer import VectorQuantizer
 from trainer.train_prior import train_prior
@@ -45,6 +45,17 @@ def test_ssim_loss_term_is_mse_plus_weighted_one_minus_ssim_and_has_its_own_grad
     (grad_of_ssim,) = torch.autograd.grad(ssim, recon)
     torch.testing.assert_close(grad_ssim - grad_mse, -0.3 * grad_of_ssim)
     assert grad_of_ssim.abs().max() > 3 * grad_mse.abs().max()  # a term that moves the optimum, not a rounding
+
+
+def test_separable_ssim_equals_torchmetrics_value_and_gradient():
+    images = torch.from_numpy(slices(DEMO_PNGS[:3])).double()
+    recon = (images + 0.05 * torch.randn_like(images)).requires_grad_()
+    reference = structural_similarity_index_measure(recon, images, **SSIM_SETTINGS)
+    ours = mean_ssim(recon, images)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-10)
+    (grad_reference,) = torch.autograd.grad(reference, recon)
+    (grad_ours,) = torch.autograd.grad(ours, recon)
+    torch.testing.assert_close(grad_ours, grad_reference, rtol=1e-6, atol=1e-12)
 
 
 def test_ssim_weight_must_not_be_negative():
