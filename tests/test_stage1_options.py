@@ -19,7 +19,7 @@ from export.runtime.sample import sample_codes
 from trainer.config import ConfigError, ModelConfig, PriorConfig, QuantizerConfig, load_config
 from trainer.encode import encode_splits
 from trainer.fsq import FiniteScalarQuantizer
-from trainer.image_metrics import SSIM_SETTINGS, mean_ssim, reconstruction_loss
+from trainer.image_metrics import SSIM_SETTINGS, reconstruction_loss, ssim_per_image
 from trainer.models import load_vqvae
 from trainer.quantizer import VectorQuantizer
 from trainer.train_prior import train_prior
@@ -50,9 +50,10 @@ def test_ssim_loss_term_is_mse_plus_weighted_one_minus_ssim_and_has_its_own_grad
 def test_separable_ssim_equals_torchmetrics_value_and_gradient():
     images = torch.from_numpy(slices(DEMO_PNGS[:3])).double()
     recon = (images + 0.05 * torch.randn_like(images)).requires_grad_()
+    per_image = structural_similarity_index_measure(recon, images, reduction="none", **SSIM_SETTINGS)
+    torch.testing.assert_close(ssim_per_image(recon, images), per_image, rtol=0, atol=1e-10)
     reference = structural_similarity_index_measure(recon, images, **SSIM_SETTINGS)
-    ours = mean_ssim(recon, images)
-    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-10)
+    ours = ssim_per_image(recon, images).mean()
     (grad_reference,) = torch.autograd.grad(reference, recon)
     (grad_ours,) = torch.autograd.grad(ours, recon)
     torch.testing.assert_close(grad_ours, grad_reference, rtol=1e-6, atol=1e-12)

@@ -21,12 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.functional.image import (
-    multiscale_structural_similarity_index_measure,
-    structural_similarity_index_measure,
-)
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
-from trainer.image_metrics import SSIM_SETTINGS
+from trainer.image_metrics import ssim_per_image
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -88,11 +85,7 @@ def nearest_ssim(
     ssim = []
     for start in range(0, len(query_index), batch_size):
         q, r = query_index[start : start + batch_size], reference_index[start : start + batch_size]
-        ssim.append(
-            structural_similarity_index_measure(
-                queries[q].float(), references[r].to(device).float(), reduction="none", **SSIM_SETTINGS
-            ).cpu()
-        )
+        ssim.append(ssim_per_image(queries[q].float(), references[r].to(device).float()).cpu())
     best_ssim, best = torch.cat(ssim).view_as(candidates).max(dim=1)
     return best_ssim.double().numpy(), candidates.gather(1, best[:, None])[:, 0].numpy()
 
