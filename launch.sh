@@ -5,7 +5,7 @@
 #                              stage 1, encode, stage 2, export to ONNX, sample with onnxruntime, figures
 #   stage1 CONFIG [ARGS...]    train the VQ-VAE (python -m trainer vqvae --config CONFIG ARGS...)
 #                              on all local GPUs, several machines, or CPU processes
-#   stage2 CONFIG [ARGS...]    train the PixelCNN prior (python -m trainer prior --config CONFIG ARGS...)
+#   stage2 CONFIG [ARGS...]    train the prior (python -m trainer prior --config CONFIG ARGS...)
 #   all VQVAE_CONFIG PRIOR_CONFIG
 #                              stage 1, then encode every split with its final checkpoint into the
 #                              prior config's codes.dir, then stage 2

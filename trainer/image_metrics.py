@@ -48,9 +48,9 @@ def ssim_per_image(x: Tensor, y: Tensor) -> Tensor:
     c1, c2 = (0.01 * SSIM_SETTINGS["data_range"]) ** 2, (0.03 * SSIM_SETTINGS["data_range"]) ** 2
     var_x, var_y = (xx - mu_x * mu_x).clamp_min(0), (yy - mu_y * mu_y).clamp_min(0)
     cov = xy - mu_x * mu_y
-    return (
-        ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
-    ).mean((1, 2, 3))
+    return (((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))).mean(
+        (1, 2, 3)
+    )
 
 
 def _band(window: Tensor, n: int) -> Tensor:
