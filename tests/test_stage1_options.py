@@ -16,7 +16,7 @@ from conftest import DEMO_CONFIG, DEMO_SRC, REPO, slices, tiny
 from export.__main__ import main as export_cli
 from export.runtime.onnx_models import ExportedModels
 from export.runtime.sample import sample_codes
-from trainer.config import ConfigError, ModelConfig, PriorConfig, QuantizerConfig, load_config
+from trainer.config import ConfigError, PriorConfig, load_config
 from trainer.encode import encode_splits
 from trainer.fsq import FiniteScalarQuantizer
 from trainer.image_metrics import SSIM_SETTINGS, reconstruction_loss, ssim_per_image
@@ -24,7 +24,6 @@ from trainer.models import load_vqvae
 from trainer.quantizer import VectorQuantizer
 from trainer.train_prior import train_prior
 from trainer.train_vqvae import train_vqvae
-from trainer.vqvae import VQVAE
 
 PRIOR_CONFIG = REPO / "configs" / "prior_demo_cpu.yaml"
 DEMO_PNGS = sorted((DEMO_SRC / "keras_png_slices_test").glob("*.png"))[:4]
@@ -64,36 +63,7 @@ def test_ssim_weight_must_not_be_negative():
         load_config(DEMO_CONFIG, ["loss.ssim_weight=-0.1"])
 
 
-# --------------------------------------------------------------------------- decoder
-
-
-def test_wider_decoder_keeps_the_encoder_and_the_grid():
-    base, wide = (
-        ModelConfig(downsample=8, channels=64, res_channels=32),
-        ModelConfig(downsample=8, channels=64, res_channels=32, decoder_scale=2),
-    )
-    small, big = VQVAE(base, QuantizerConfig(compile=False)), VQVAE(wide, QuantizerConfig(compile=False))
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(small.encoder) == count(big.encoder)
-    assert 3 < count(big.decoder) / count(small.decoder) < 4.5  # widths doubled: about 4x the weights
-    big.eval()
-    images = torch.rand(2, 1, 256, 256)
-    assert big.decode(big.encode(images)).shape == images.shape
-    assert set(small.state_dict()) == set(big.state_dict())  # same layers, only wider
-    with pytest.raises(ConfigError, match="model.decoder_scale"):
-        load_config(DEMO_CONFIG, ["model.decoder_scale=0"])
-
-
 # --------------------------------------------------------------------------- codebook options
-
-
-def clustered(n_clusters: int = 16, per_cluster: int = 64, dim: int = 8, seed: int = 0) -> torch.Tensor:
-    """(N, dim, 1, 1) vectors in tight, well-separated clusters of different sizes."""
-    g = torch.Generator().manual_seed(seed)
-    centres = 4 * torch.randn(n_clusters, dim, generator=g)
-    sizes = [per_cluster * (1 + i % 4) for i in range(n_clusters)]
-    points = torch.cat([c + 0.05 * torch.randn(s, dim, generator=g) for c, s in zip(centres, sizes)])
-    return points[torch.randperm(len(points), generator=g)][:, :, None, None]
 
 
 def test_default_quantizer_has_no_projection_so_old_checkpoints_load():
@@ -120,35 +90,6 @@ def test_cosine_codes_are_unit_vectors_and_the_nearest_is_the_most_similar(updat
     torch.testing.assert_close(chosen, similarity.max(1).values)  # ties aside, argmax cosine
     assert torch.equal(q.encode_indices(z), out.indices)
     torch.testing.assert_close(q.lookup(out.indices), out.z_q)  # decoder input from indices = forward's
-
-
-def test_kmeans_initialisation_fits_clusters_that_random_rows_miss():
-    """16 clusters of unequal size, 16 codes: random rows land several codes in the big clusters and
-    leave small ones without a code; k-means moves them apart. Error measured right after initialisation."""
-    z = clustered()
-    errors = {}
-    for iters in (0, 10):
-        q = VectorQuantizer(num_codes=16, code_dim=8, kmeans_iters=iters, decay=0.0, compile=False)
-        q(z)  # the first training forward initialises the codebook
-        q.eval()
-        errors[iters] = float(q(z).commitment_loss)
-        if iters:
-            assert len(q(z).indices.unique()) == 16
-    assert errors[10] < 0.01 < errors[0], errors  # within-cluster spread is 0.05^2
-
-
-def test_kmeans_runs_only_on_a_fresh_codebook():
-    """A resumed run (codebook initialised) steps exactly as one without k-means would."""
-    z = clustered()
-    first = VectorQuantizer(num_codes=16, code_dim=8, kmeans_iters=10, compile=False)
-    first(z)
-    after = {}
-    for iters in (10, 0):
-        resumed = VectorQuantizer(num_codes=16, code_dim=8, kmeans_iters=iters, compile=False)
-        resumed.load_state_dict(first.state_dict())
-        resumed(z.flip(0) * 0.5)
-        after[iters] = resumed.codebook
-    assert torch.equal(after[10], after[0]) and not torch.equal(after[0], first.codebook)
 
 
 # --------------------------------------------------------------------------- FSQ

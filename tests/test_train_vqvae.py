@@ -120,16 +120,14 @@ def test_wandb_offline_run_holds_the_logged_metrics(demo_shards: Path, tmp_path:
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(demo_shards: Path, tmp_path: Path, monkeypatch):
-    real_mse, calls = train_module.F.mse_loss, []
+    real_loss, calls = train_module.reconstruction_loss, []
 
-    def poisoned(prediction, target, **kwargs):  # F is torch.nn.functional: count only the recon loss
-        loss = real_mse(prediction, target, **kwargs)
-        if prediction.shape[1] != 1:
-            return loss
+    def poisoned(recon, images, ssim_weight=0.0):
         calls.append(1)
+        loss = real_loss(recon, images, ssim_weight)
         return loss * float("nan") if len(calls) > 8 else loss
 
-    monkeypatch.setattr(train_module.F, "mse_loss", poisoned)
+    monkeypatch.setattr(train_module, "reconstruction_loss", poisoned)
     out = tmp_path / "run"
     cfg = load_config(DEMO_CONFIG, tiny(demo_shards, out, "train.checkpoint_every=4", "train.eval_every=100"))
     with pytest.raises(TrainingDiverged, match=r"loss became nan by step 10.*step_0000008"):

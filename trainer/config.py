@@ -53,11 +53,9 @@ class ModelConfig:
     res_blocks: int = 2
     res_channels: int = 32
     code_dim: int = 64  # D, the size of the encoder's output and the decoder's input per cell
-    decoder_scale: int = 1  # the decoder's widths (channels, res_channels) times this: a wider decoder, same codes
 
     def check(self) -> None:
         require(self.downsample in (2, 4, 8, 16), "model.downsample", "must be 2, 4, 8 or 16")
-        require(self.decoder_scale >= 1, "model.decoder_scale", "must be >= 1")
         require(
             self.channels >= 2 and self.res_channels >= 1 and self.code_dim >= 1,
             "model",
@@ -79,14 +77,12 @@ class QuantizerConfig:
     compile: bool = True  # torch.compile the nearest-code kernel (vq)
     codebook_dim: int = 0  # (vq) codes of this size behind 1x1 projections from and to model.code_dim (0: code_dim)
     cosine: bool = False  # (vq) l2-normalised codes and inputs: nearest code by cosine similarity
-    kmeans_iters: int = 0  # (vq) initialise the codebook by this many k-means steps on the first batch (0: random rows)
     levels: list[int] = field(default_factory=lambda: [8, 8, 8])  # (fsq) values per channel; 8 x 8 x 8 = 512 codes
 
     def check(self) -> None:
         require(self.kind in ("vq", "fsq"), "quantizer.kind", "must be 'vq' or 'fsq'")
         require(self.num_codes >= 2, "quantizer.num_codes", "must be >= 2")
         require(self.codebook_dim >= 0, "quantizer.codebook_dim", "must be >= 0 (0: model.code_dim)")
-        require(self.kmeans_iters >= 0, "quantizer.kmeans_iters", "must be >= 0")
         if self.kind == "fsq":
             require(
                 len(self.levels) >= 1 and all(level >= 2 for level in self.levels),

@@ -11,8 +11,8 @@ Two pieces live here:
   exponential moving averages of the assigned encoder outputs ("ema", the paper's appendix),
   with dead-code restarts. EMA statistics are all-reduced so every process keeps the same
   codebook under torch.distributed / Accelerate. Options from ViT-VQGAN (Yu et al. 2022): a
-  lower-dimensional codebook behind 1x1 projections (`codebook_dim`), l2-normalised codes with
-  cosine nearest-code search (`cosine`), and k-means initialisation (`kmeans_iters`).
+  lower-dimensional codebook behind 1x1 projections (`codebook_dim`) and l2-normalised codes with
+  cosine nearest-code search (`cosine`).
 """
 
 from __future__ import annotations
@@ -162,7 +162,6 @@ class VectorQuantizer(nn.Module):
         compile: bool = True,
         codebook_dim: int = 0,
         cosine: bool = False,
-        kmeans_iters: int = 0,
     ):
         super().__init__()
         if num_codes < 1 or code_dim < 1:
@@ -177,17 +176,16 @@ class VectorQuantizer(nn.Module):
             raise ValueError(f"eps (Laplace smoothing) must be > 0, got {eps}")
         if dead_code_threshold < 0:
             raise ValueError(f"dead_code_threshold must be >= 0 (0 disables restarts), got {dead_code_threshold}")
-        if codebook_dim < 0 or kmeans_iters < 0:
-            raise ValueError(f"codebook_dim and kmeans_iters must be >= 0, got {codebook_dim} and {kmeans_iters}")
+        if codebook_dim < 0:
+            raise ValueError(f"codebook_dim must be >= 0, got {codebook_dim}")
         self.num_codes, self.code_dim, self.beta, self.update = num_codes, code_dim, beta, update
         self.decay, self.eps, self.dead_code_threshold, self.compile = decay, eps, dead_code_threshold, compile
-        self.codebook_dim, self.cosine, self.kmeans_iters = codebook_dim or code_dim, cosine, kmeans_iters
+        self.codebook_dim, self.cosine = codebook_dim or code_dim, cosine
         # Codes live in a space of codebook_dim; 1x1 projections map the encoder's D there and back.
         # Identity when the two agree: no parameters, so older checkpoints load unchanged.
         projected = self.codebook_dim != code_dim
         self.project_in = nn.Conv2d(code_dim, self.codebook_dim, 1) if projected else nn.Identity()
         self.project_out = nn.Conv2d(self.codebook_dim, code_dim, 1) if projected else nn.Identity()
-        self._kmeans_checked = False  # host-side: k-means runs at most once, at the first training forward
 
         codebook = torch.empty(num_codes, self.codebook_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)
         if update == "loss":
@@ -207,10 +205,6 @@ class VectorQuantizer(nn.Module):
         B, D, H, W = z.shape
         flat = z.detach().permute(0, 2, 3, 1).reshape(-1, D).float()
         if self.training:
-            if self.kmeans_iters and not self._kmeans_checked:
-                self._kmeans_checked = True
-                if not bool(self.initialized):  # one host sync, at the first step of a fresh run only
-                    self._kmeans_init(flat)
             self._init_from_data(flat)
 
         codebook = self.codes()
@@ -257,38 +251,6 @@ class VectorQuantizer(nn.Module):
     def lookup(self, indices: Tensor) -> Tensor:
         """Code vectors for indices (B, H, W), as the (B, D, H, W) tensor the decoder takes."""
         return self.project_out(F.embedding(indices, self.codes()).permute(0, 3, 1, 2).contiguous())
-
-    @torch.no_grad()
-    def _kmeans_init(self, flat: Tensor) -> None:
-        """k-means++ seeding, then Lloyd steps, on the first training batch of all processes together
-        (gathered, so every process computes the same codebook from the same rows with the same generator).
-        Random rows put several codes in a dense region and none in a sparse one, which Lloyd steps alone
-        cannot undo; k-means++ draws each seed far from the ones before. Codes that win no row keep their seed."""
-        if _distributed():
-            flat = _all_gather_rows(flat)
-        if len(flat) <= self.num_codes:
-            centroids = self._sample_rows(flat, salt=2)
-        else:
-            generator = torch.Generator(device=flat.device).manual_seed(0)
-            chosen = [int(torch.randint(len(flat), (1,), generator=generator, device=flat.device))]
-            distance = (flat - flat[chosen[0]]).square().sum(1)
-            for _ in range(self.num_codes - 1):
-                chosen.append(int(torch.multinomial(distance + 1e-12, 1, generator=generator)))
-                distance = torch.minimum(distance, (flat - flat[chosen[-1]]).square().sum(1))
-            centroids = flat[chosen]
-        for _ in range(self.kmeans_iters):
-            indices = nearest_code(flat, centroids, compile=False)
-            counts = torch.zeros(self.num_codes, device=flat.device).index_add_(0, indices, torch.ones_like(flat[:, 0]))
-            means = torch.zeros_like(centroids).index_add_(0, indices, flat) / counts.clamp_min(1).unsqueeze(1)
-            if self.cosine:
-                means = F.normalize(means, dim=1)
-            centroids = torch.where((counts > 0).unsqueeze(1), means, centroids)
-        self.codebook.data.copy_(centroids)
-        if self.update == "ema":
-            weight = self.dead_code_threshold or 1.0  # as in _init_from_data
-            self.ema_cluster_size.fill_(weight)
-            self.ema_embed_sum.copy_(centroids * weight)
-        self.initialized.fill_(True)
 
     @torch.no_grad()
     def _init_from_data(self, flat: Tensor) -> None:
@@ -383,12 +345,3 @@ def _all_gather_cat(t: Tensor) -> Tensor:
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, t)
     return torch.cat(parts)
-
-
-def _all_gather_rows(t: Tensor) -> Tensor:
-    """All processes' rows concatenated in rank order, whatever each one's number of rows."""
-    sizes = [torch.zeros(1, dtype=torch.long, device=t.device) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([len(t)], device=t.device))
-    sizes = [int(n) for n in sizes]  # once, at k-means initialisation: a host sync is fine here
-    padded = torch.cat([t, t.new_zeros(max(sizes) - len(t), *t.shape[1:])])
-    return torch.cat([rows[:n] for rows, n in zip(_all_gather_cat(padded).split(max(sizes)), sizes)])

@@ -8,7 +8,6 @@ linear (the MSE loss needs no squashing) and is clamped to [0, 1] only when imag
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -59,13 +58,10 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """The encoder's mirror image, every width times `decoder_scale`: sharper images from the same codes
-    cost decoder width, not a finer code grid."""
+    """The encoder's mirror image: transposed convolutions up from the code grid."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        scale = cfg.decoder_scale
-        cfg = dataclasses.replace(cfg, channels=cfg.channels * scale, res_channels=cfg.res_channels * scale)
         layers: list[nn.Module] = [nn.Conv2d(cfg.code_dim, cfg.channels, 3, padding=1)]
         layers += [ResidualBlock(cfg.channels, cfg.res_channels) for _ in range(cfg.res_blocks)]
         layers.append(nn.ReLU())
@@ -95,7 +91,6 @@ def build_quantizer(cfg: QuantizerConfig, code_dim: int) -> VectorQuantizer | Fi
         compile=cfg.compile,
         codebook_dim=cfg.codebook_dim,
         cosine=cfg.cosine,
-        kmeans_iters=cfg.kmeans_iters,
     )
 
 
