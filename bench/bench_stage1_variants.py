@@ -125,7 +125,8 @@ def main() -> None:
     unknown = [n for n in names + args.prior_for if n not in variants]
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(variants)}")
-    batch = load_config(args.config).data.batch_size
+    base = load_config(args.config)
+    images_per_step = base.data.batch_size * base.train.grad_accum  # one process per variant
     out, logs = args.out, args.out / "logs"
 
     # 1. Speed probes (steps 21..probe_steps logged, start-up excluded).
@@ -140,7 +141,7 @@ def main() -> None:
         args.cores,
     )
     speed = {n: last_record(out / "probe" / n)["images_per_s"] for n in names}
-    steps = {n: max(1, round(args.budget_minutes * 60 * speed[n] / batch)) for n in names}
+    steps = {n: max(1, round(args.budget_minutes * 60 * speed[n] / images_per_step)) for n in names}
     if args.probe_only:
         for n in names:
             print(f"{n}: {speed[n]:.1f} images/s, {steps[n]} steps in {args.budget_minutes} minutes")
@@ -194,7 +195,7 @@ def main() -> None:
             "overrides": variants[n],
             "images_per_s_probe": speed[n],
             "steps": steps[n],
-            "train_seconds": train_seconds(out / "runs" / n, batch),
+            "train_seconds": train_seconds(out / "runs" / n, images_per_step),
             **{
                 k: summary[k]
                 for k in ("ssim_mean", "ssim_median", "ssim_min", "psnr_mean", "codes_used", "codebook_perplexity")
@@ -224,13 +225,13 @@ def prior_job(cfg_path: Path, out: Path, codes: Path, steps: int, log: Path) -> 
     return with_settings(["trainer", "prior", "--config", str(cfg_path), "--quiet"], settings), log
 
 
-def train_seconds(run_dir: Path, batch: int) -> float:
+def train_seconds(run_dir: Path, images_per_step: int) -> float:
     """Training time from the logged speed of every window (evaluation and start-up excluded)."""
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     seconds, previous = 0.0, 0
     for r in records:
         if "images_per_s" in r:
-            seconds += (r["step"] - previous) * batch / r["images_per_s"]
+            seconds += (r["step"] - previous) * images_per_step / r["images_per_s"]
             previous = r["step"]
     return seconds
 

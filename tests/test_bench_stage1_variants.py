@@ -23,8 +23,8 @@ def test_train_seconds_sums_every_window_in_images(tmp_path: Path):
         {"step": 30, "images_per_s": 32.0},  # 20 steps of 16 at 32/s: 10 s
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert train_seconds(tmp_path, batch=16) == pytest.approx(20.0)
-    assert train_seconds(tmp_path, batch=8) == pytest.approx(10.0)
+    assert train_seconds(tmp_path, images_per_step=16) == pytest.approx(20.0)
+    assert train_seconds(tmp_path, images_per_step=8) == pytest.approx(10.0)
 
 
 def test_every_variant_sets_the_loss():
