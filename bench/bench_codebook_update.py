@@ -13,8 +13,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from trainer.config import load_config
-from trainer.train_vqvae import train_vqvae
+from trainer.run.config_file import load_config
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage1.train import train_vqvae
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
                 "train.eval_batches=0",
                 *args.overrides,
             ]
-            train_vqvae(load_config(args.config, overrides), show_progress=False)
+            train_vqvae(load_config(args.config, overrides, cls=VQVAEConfig), show_progress=False)
             last = json.loads((Path(work) / mode / "metrics.jsonl").read_text().splitlines()[-1])
             results[mode] = {
                 k: last[k]

@@ -29,9 +29,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from common.shard_format import decode_gray_png, iter_shard
 from data_tools.shard import shard_dataset
-from export.runtime.shard_format import decode_gray_png, iter_shard
-from trainer.data import SliceShards, SlicesInMemory, epoch_batches
+from trainer.stage1.data import SliceShards, SlicesInMemory, epoch_batches
 
 
 class PngFolder(Dataset):

@@ -33,7 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from trainer.quantizer import naive_nearest_code, nearest_code
+from trainer.stage1.quantizer import naive_nearest_code, nearest_code
 
 
 def parse_args() -> argparse.Namespace:

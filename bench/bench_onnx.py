@@ -5,7 +5,7 @@ defaults (trainer/config.py) conditioned on 32 slice positions. Random weights: 
 does not depend on them.
   * onnxruntime: export/runtime/sample.py's sampler (what `python -m export sample` runs), exact and fast:
     one prior_row call per row, one prior_cell call per cell, on windows covering the receptive field;
-  * PyTorch fast: trainer.pixelcnn.sample, the same algorithm in eager torch (checked to draw the
+  * PyTorch fast: trainer.stage2.pixelcnn.sample, the same algorithm in eager torch (checked to draw the
     same codes);
   * PyTorch naive: one full forward pass of the whole grid per cell (sample(naive=True)). Every step
     costs the same (the same tensors go through the same layers), so --naive-steps steps are timed
@@ -33,14 +33,17 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from common.sampling_rule import sampling_randomness
 from export.onnx_export import export_models
 from export.runtime.onnx_models import ExportedModels
 from export.runtime.sample import sample_codes
-from export.runtime.sampling_rule import sampling_randomness
-from trainer.config import PriorConfig, load_config
-from trainer.models import build_prior
-from trainer.pixelcnn import PriorShape, draw, sample
-from trainer.vqvae import VQVAE
+from trainer.run.config_file import load_config
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage1.vqvae import VQVAE
+from trainer.stage2.config import PriorConfig
+from trainer.stage2.load import build_prior
+from trainer.stage2.pixelcnn import sample
+from trainer.stage2.prior_contract import PriorShape, draw
 
 REPO = Path(__file__).resolve().parents[1]
 VQVAE_CONFIG = REPO / "configs" / "vqvae_oasis_32_cpu.yaml"
@@ -181,7 +184,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     prior = build_prior(PriorConfig(), PriorShape(NUM_CODES, args.grid, args.grid, NUM_CONDITIONS)).eval()
-    cfg = load_config(VQVAE_CONFIG, [f"model.downsample={256 // args.grid}", "quantizer.compile=false"])
+    cfg = load_config(
+        VQVAE_CONFIG, [f"model.downsample={256 // args.grid}", "quantizer.compile=false"], cls=VQVAEConfig
+    )
     vqvae = VQVAE(cfg.model, cfg.quantizer).eval()
     with tempfile.TemporaryDirectory() as tmp:
         print("exporting ...", flush=True)

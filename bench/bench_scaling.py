@@ -31,9 +31,10 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from trainer import quantizer
-from trainer.config import load_config
-from trainer.vqvae import VQVAE
+from trainer.run.config_file import load_config
+from trainer.stage1 import quantizer
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage1.vqvae import VQVAE
 
 
 def timed_collective(fn, seconds: list[float]):
@@ -51,7 +52,7 @@ def worker(args: argparse.Namespace) -> None:
 
     accelerator = Accelerator(cpu=True, kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     world, rank = accelerator.num_processes, accelerator.process_index
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, cls=VQVAEConfig)
     torch.manual_seed(0)
     model = VQVAE(cfg.model, cfg.quantizer).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

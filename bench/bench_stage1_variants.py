@@ -26,7 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.config import PriorConfig, load_config
+from trainer.run.config_file import load_config
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage2.config import PriorConfig
 
 MSE = "loss.ssim_weight=0"  # the base config's loss has the SSIM term (this benchmark's winner); MSE alone
 VARIANTS = {
@@ -125,7 +127,7 @@ def main() -> None:
     unknown = [n for n in names + args.prior_for if n not in variants]
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {', '.join(variants)}")
-    base = load_config(args.config)
+    base = load_config(args.config, cls=VQVAEConfig)
     images_per_step = base.data.batch_size * base.train.grad_accum  # one process per variant
     out, logs = args.out, args.out / "logs"
 

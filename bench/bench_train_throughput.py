@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from trainer.config import load_config
-from trainer.vqvae import VQVAE
+from trainer.run.config_file import load_config
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage1.vqvae import VQVAE
 
 
 def images_per_second(
@@ -117,7 +118,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     args = parser.parse_args()
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides, cls=VQVAEConfig)
     device = torch.device(args.device)
     cpu = f"{platform.processor() or platform.machine()} CPU"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu

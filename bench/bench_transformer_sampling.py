@@ -19,17 +19,19 @@ import onnxruntime as ort
 import torch
 from bench_onnx import NUM_CODES, NUM_CONDITIONS, REPO, VQVAE_CONFIG, machine, timed
 
+from common.sampling_rule import sampling_randomness
 from export.onnx_export import export_models
 from export.runtime.onnx_models import ExportedModels
 from export.runtime.sample import sample_codes as pixelcnn_sample_codes
-from export.runtime.sampling_rule import sampling_randomness
 from export.runtime.transformer_sampler import sample_codes
 from export.transformer_onnx import export_step
-from trainer.config import PriorConfig, load_config
-from trainer.models import build_prior
-from trainer.pixelcnn import PriorShape
-from trainer.transformer_prior import TransformerPrior
-from trainer.vqvae import VQVAE
+from trainer.run.config_file import load_config
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage1.vqvae import VQVAE
+from trainer.stage2.config import PriorConfig
+from trainer.stage2.load import build_prior
+from trainer.stage2.prior_contract import PriorShape
+from trainer.stage2.transformer_prior import TransformerPrior
 
 PIXELCNN_CONFIG = REPO / "configs" / "prior_oasis_32_cpu.yaml"
 GRID = 32
@@ -87,7 +89,7 @@ def bench_pixelcnn(uniforms, conditions, tmp: Path) -> dict:
     torch.manual_seed(0)
     config = load_config(PIXELCNN_CONFIG, cls=PriorConfig)
     prior = build_prior(config, PriorShape(NUM_CODES, GRID, GRID, NUM_CONDITIONS)).eval()
-    vqvae_config = load_config(VQVAE_CONFIG, ["quantizer.compile=false"])
+    vqvae_config = load_config(VQVAE_CONFIG, ["quantizer.compile=false"], cls=VQVAEConfig)
     tmp.mkdir()
     export_models(
         prior,

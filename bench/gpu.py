@@ -40,11 +40,13 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_train_throughput import timed
 
-from trainer.config import PriorConfig, VQVAEConfig, load_config
-from trainer.generate import generate
-from trainer.models import build_prior
-from trainer.pixelcnn import PriorShape
-from trainer.vqvae import VQVAE
+from trainer.run.config_file import load_config
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage1.vqvae import VQVAE
+from trainer.stage2.config import PriorConfig
+from trainer.stage2.generate import generate
+from trainer.stage2.load import build_prior
+from trainer.stage2.prior_contract import PriorShape
 
 PARTS = ("kernel", "train_speed", "stage1", "prior_speed", "sampling", "two_process")
 VQVAE_64, VQVAE_32, PRIOR_32 = (
@@ -113,8 +115,8 @@ def part_train_speed(opts: argparse.Namespace, work: Path) -> dict:
 
 
 def part_stage1(opts: argparse.Namespace, work: Path) -> dict:
-    from trainer.evaluate import evaluate
-    from trainer.train_vqvae import train_vqvae
+    from trainer.stage1.evaluate import evaluate
+    from trainer.stage1.train import train_vqvae
 
     run = work / "stage1"
     shutil.rmtree(run, ignore_errors=True)  # our own scratch run: a rerun starts afresh
@@ -125,7 +127,7 @@ def part_stage1(opts: argparse.Namespace, work: Path) -> dict:
         *(TINY_VQVAE + TINY_STAGE1 if opts.tiny else []),
         *opts.stage1_set,
     ]
-    cfg = load_config(VQVAE_64, overrides)
+    cfg = load_config(VQVAE_64, overrides, cls=VQVAEConfig)
     start = time.perf_counter()
     checkpoint, _ = train_vqvae(cfg, show_progress=False)
     train_seconds = time.perf_counter() - start

@@ -18,8 +18,9 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from trainer.config import load_config
-from trainer.train_vqvae import train_vqvae
+from trainer.run.config_file import load_config
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage1.train import train_vqvae
 
 config, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 # gloo, not NCCL: NCCL refuses two ranks on one GPU. Accelerate keeps a process group that exists.
@@ -29,7 +30,7 @@ if torch.cuda.is_available() and torch.cuda.device_count() < world_size:
     # Accelerate would hand DDP device_ids=[local rank], a GPU that does not exist; without device_ids
     # DDP uses the module's device, cuda:(local rank % GPUs) as Accelerate chose it.
     os.environ["ACCELERATE_BYPASS_DEVICE_MAP"] = "true"
-_, model = train_vqvae(load_config(config, overrides), show_progress=False)
+_, model = train_vqvae(load_config(config, overrides, cls=VQVAEConfig), show_progress=False)
 digest = hashlib.sha256()
 for name, tensor in sorted(model.state_dict().items()):
     digest.update(name.encode() + tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())

@@ -19,7 +19,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.runtime.shard_format import DataError
+from common.errors import DataError
 
 SPLITS = ("train", "validate", "test")
 IMAGE_NAME = re.compile(r"^case_(\d+)_slice_(\d+)\.nii\.png$", re.ASCII)  # ASCII: "٩" is a digit too

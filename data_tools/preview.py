@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import tarfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from export.runtime.output_dir import OutputError, resolved, write_file_atomically
-from export.runtime.shard_format import MANIFEST, DataError, decode_gray_png, iter_shard, read_manifest
+from common.cli_types import positive_int
+from common.errors import DataError
+from common.output_dir import OutputError, resolved, write_file_atomically
+from common.shard_format import MANIFEST, decode_gray_png, iter_shard, read_manifest
+
+DESCRIPTION = (
+    "Decodes the first --count samples of a split from its shards and writes them, "
+    "with their keys, as one PNG: a quick look at what the shards hold."
+)
 
 
 def preview_grid(shard_dir: Path, out: Path, split: str = "train", count: int = 16, columns: int = 8) -> Path:
@@ -48,3 +56,14 @@ def preview_grid(shard_dir: Path, out: Path, split: str = "train", count: int = 
     sheet.save(buffer, format="PNG")  # PNG whatever the name's extension
     write_file_atomically(out, buffer.getvalue())
     return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shard_dir", type=Path, help="folder written by `shard`")
+    parser.add_argument("--out", type=Path, required=True, help="PNG file to write (outside the shard folder)")
+    parser.add_argument("--split", default="train", help="split to show (default: %(default)s)")
+    parser.add_argument("--count", type=positive_int, default=16, help="number of samples (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> None:
+    print(f"wrote {preview_grid(args.shard_dir, args.out, args.split, args.count)}")

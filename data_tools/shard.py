@@ -9,17 +9,19 @@ Colour policy: a colour-typed PNG whose channels are all equal (gray saved as RG
 losslessly; a real colour image, an image with transparency, or a 16-bit PNG (by its header's bit
 depth, whatever mode Pillow opens it in) is refused.
 
-Output is built in a hidden sibling folder and renamed into place at the end (export.runtime.output_dir),
+Output is built in a hidden sibling folder and renamed into place at the end (common.output_dir),
 so a failure or an interrupt never leaves a half-written shard set behind, and --force replaces only
 an earlier shard folder, never the input.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
@@ -29,12 +31,19 @@ import webdataset as wds
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from common.cli_types import integer, number, positive_int
+from common.digest import file_sha256
+from common.errors import DataError
+from common.output_dir import atomic_output_dir
+from common.png_header import check_png_header
+from common.shard_format import FORMAT_VERSION, IMAGE_SIZE, MANIFEST, pixel_stats, sample_record
 from data_tools.layout import SPLITS, SliceFile, find_layout_root, list_problems, scan_layout, split_folders
-from export.runtime.digest import file_sha256
-from export.runtime.output_dir import atomic_output_dir
-from export.runtime.png_header import check_png_header
-from export.runtime.shard_format import FORMAT_VERSION, IMAGE_SIZE, MANIFEST, DataError, sample_record
 
+DESCRIPTION = (
+    "Shard a keras_png_slices_data folder (keras_png_slices_{train,validate,test}, optional "
+    "keras_png_slices_seg_{split}) into {split}-NNNNNN.tar shards and manifest.json. "
+    "Output is written to a temporary folder and renamed into place only if every file is good."
+)
 TAR_MTIME = 0.0  # fixed tar header time: same input -> byte-identical shards
 
 
@@ -99,22 +108,6 @@ def encode_slice(job: tuple[SliceFile, int]) -> EncodedSlice | DataError:
     }
     histogram = np.bincount(pixels.ravel(), minlength=256)
     return EncodedSlice(item.key, encode_png(pixels), mask_png, metadata, histogram)
-
-
-def pixel_stats(histogram: np.ndarray) -> dict:
-    """Statistics in the loader's units ([0, 1]); exact, since they come from integer counts."""
-    values = np.arange(256) / 255.0
-    total = int(histogram.sum())
-    mean = float((histogram * values).sum() / total)
-    var = float((histogram * (values - mean) ** 2).sum() / total)
-    nonzero = np.flatnonzero(histogram)
-    return {
-        "mean": round(mean, 8),
-        "std": round(math.sqrt(var), 8),
-        "min": int(nonzero[0]),
-        "max": int(nonzero[-1]),
-        "histogram": [int(c) for c in histogram],
-    }
 
 
 def shard_sizes(num_samples: int, samples_per_shard: int) -> list[int]:
@@ -244,3 +237,99 @@ def shard_dataset(
             manifest["entries"].append("seg.png")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
+
+
+def split_list(text: str) -> tuple[str, ...]:
+    """--splits: comma-separated names of known splits."""
+    splits = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise argparse.ArgumentTypeError(f"unknown split(s) {unknown}; choose from {list(SPLITS)}")
+    return splits
+
+
+def image_size(text: str) -> int:
+    """--size: only IMAGE_SIZE works end to end; the option exists to say so."""
+    if text != str(IMAGE_SIZE):
+        raise argparse.ArgumentTypeError(
+            f"--size {text}: only {IMAGE_SIZE} is supported end to end (the models, the codes "
+            f"and the ONNX runtime assume {IMAGE_SIZE}x{IMAGE_SIZE}); other images are resized to it"
+        )
+    return IMAGE_SIZE
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--src", type=Path, required=True, help="the keras_png_slices_data folder (or a folder containing it)"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest.json")
+    parser.add_argument(
+        "--splits",
+        type=split_list,
+        default=SPLITS,
+        help=f"comma-separated splits to shard (default: {','.join(SPLITS)})",
+    )
+    parser.add_argument(
+        "--size",
+        type=image_size,
+        default=IMAGE_SIZE,
+        help=f"side of the stored square images; others are resized. Only {IMAGE_SIZE} is supported "
+        "end to end (models, codes and the ONNX runtime assume it) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--samples-per-shard",
+        type=positive_int,
+        default=256,
+        help="target samples per shard; shards of a split are made equal in size (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-shard-mb",
+        type=number(low=1),
+        default=50.0,
+        help="hard cap on a shard's size in MiB, >= 1 (a slice takes well under 1 MiB) (default: %(default)s)",
+    )
+    max_workers = 4 * (os.cpu_count() or 1)
+    parser.add_argument(
+        "--workers",
+        type=integer(1, max_workers),
+        default=None,
+        help=f"encoding processes, 1 to {max_workers} (4 per core) (default: all cores)",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing output folder written by `shard` (never any other folder)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def print_summary(manifest: dict, out: Path, seconds: float) -> None:
+    total = sum(e["num_samples"] for e in manifest["splits"].values())
+    print(f"\nwrote {out} in {seconds:.1f} s ({total / seconds:.0f} images/s)")
+    print(
+        f"{'split':<10}{'samples':>9}{'subjects':>10}{'shards':>8}{'MiB':>8}{'resized':>9}{'mean':>8}{'std':>8}  masks"
+    )
+    for split, e in manifest["splits"].items():
+        mib = sum(s["bytes"] for s in e["shards"]) / 2**20
+        stats = e["pixel_stats"]
+        print(
+            f"{split:<10}{e['num_samples']:>9}{e['num_subjects']:>10}{len(e['shards']):>8}{mib:>8.1f}"
+            f"{e['resized']:>9}{stats['mean']:>8.3f}{stats['std']:>8.3f}  {'yes' if e['has_masks'] else 'no'}"
+        )
+    print(f"manifest: {out / MANIFEST}")
+
+
+def run(args: argparse.Namespace) -> None:
+    start = time.perf_counter()
+    manifest = shard_dataset(
+        args.src,
+        args.out,
+        splits=args.splits,
+        size=args.size,
+        samples_per_shard=args.samples_per_shard,
+        max_shard_mb=args.max_shard_mb,
+        workers=args.workers,
+        force=args.force,
+        show_progress=not args.quiet,
+    )
+    print_summary(manifest, args.out, time.perf_counter() - start)

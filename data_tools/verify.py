@@ -3,14 +3,21 @@ pixel statistics and subject separation. Returns a list of problems (empty means
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from data_tools.shard import pixel_stats
-from export.runtime.digest import file_sha256
-from export.runtime.shard_format import decode_gray_png, decode_metadata, iter_shard, read_manifest
+from common.digest import file_sha256
+from common.shard_format import decode_gray_png, decode_metadata, iter_shard, pixel_stats, read_manifest
+
+DESCRIPTION = (
+    "Checks sha256, sample counts, that every image decodes as 8-bit grayscale of the "
+    "manifest's size, metadata, pixel statistics and that no subject is in two splits. "
+    "Exit status 1 if anything is wrong."
+)
 
 
 def check_sample(
@@ -93,3 +100,19 @@ def verify_shards(shard_dir: Path, show_progress: bool = True) -> list[str]:
                     problems.append(f"subject {subject} appears in '{owner[subject]}' and '{split}'")
                 owner[subject] = split
     return problems
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shard_dir", type=Path, help="folder written by `shard`")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    problems = verify_shards(args.shard_dir, show_progress=not args.quiet)
+    if problems:
+        print(f"verify: {len(problems)} problem(s) in {args.shard_dir}:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    print(f"verify: {args.shard_dir} OK")
+    return 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from export.runtime.cli import run_command_line
+from common.cli import run_command_line
 
 COMMANDS = {
     "onnx": ("export.onnx_export", "export a prior checkpoint and its VQ-VAE to ONNX (needs torch)"),

@@ -10,7 +10,7 @@ as the whole network run once per cell, nor as a network that caches activations
     `context_columns` cells to its left (trainer/pixelcnn.py), so both models take windows that
     cover exactly that receptive field, and the cost per cell is independent of the grid size;
   * the sampler's only state is the code grid: nothing to carry between calls, so the onnxruntime
-    loop (export/runtime/sample.py) is the same few lines as trainer.pixelcnn.sample;
+    loop (export/runtime/sample.py) is the same few lines as trainer.stage2.pixelcnn.sample;
   * exact: the logits are the full forward pass's up to float rounding, unlike caching schemes
     that approximate the edges or must rebuild the zero padding by hand.
 The full forward pass is not exported: the sampler never runs it, and the tests check the two
@@ -28,17 +28,18 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
+from common.cli import add_checkpoint_argument, add_force_argument
+from common.cli_types import positive_int
+from common.digest import file_sha256
+from common.output_dir import atomic_output_dir
 from export.onnx_graph import export_part
-from export.runtime.cli import add_checkpoint_argument, add_force_argument
-from export.runtime.cli_types import positive_int
-from export.runtime.digest import file_sha256
 from export.runtime.model_dir import DEFAULT_OPSET, FORMAT_VERSION, MODEL_JSON
-from export.runtime.output_dir import atomic_output_dir
 from export.transformer_onnx import export_step
-from trainer.models import load_paired_vqvae, load_prior, resolve_checkpoint
-from trainer.pixelcnn import GatedPixelCNN
-from trainer.transformer_prior import TransformerPrior
-from trainer.vqvae import VQVAE
+from trainer.run.checkpoint import resolve_checkpoint
+from trainer.stage1.vqvae import VQVAE
+from trainer.stage2.load import load_paired_vqvae, load_prior
+from trainer.stage2.pixelcnn import GatedPixelCNN
+from trainer.stage2.transformer_prior import TransformerPrior
 
 IMAGE_SIZE = 256
 DESCRIPTION = (

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
-from export.runtime.digest import file_sha256
+from common.digest import file_sha256
 from export.runtime.model_dir import GRAPH_METADATA
 
 

@@ -21,7 +21,7 @@ from torch.export import Dim
 
 from export.onnx_graph import export_graph
 from export.runtime.model_dir import DEFAULT_OPSET
-from trainer.transformer_prior import TransformerPrior
+from trainer.stage2.transformer_prior import TransformerPrior
 
 
 class PriorStep(nn.Module):

@@ -11,21 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from export.runtime.digest import file_sha256
+from common.digest import file_sha256
 from export.runtime.reconstruct import read_slice
-from trainer.checkpoint import save_checkpoint
-from trainer.config import (
-    ModelConfig,
-    PriorConfig,
-    PriorModelConfig,
-    QuantizerConfig,
-    TransformerConfig,
-    VQVAEConfig,
-    config_to_dict,
-)
-from trainer.models import build_prior
-from trainer.pixelcnn import PriorShape
-from trainer.vqvae import VQVAE
+from trainer.run.checkpoint import save_checkpoint
+from trainer.run.config_file import config_to_dict
+from trainer.stage1.config import ModelConfig, QuantizerConfig, VQVAEConfig
+from trainer.stage1.vqvae import VQVAE
+from trainer.stage2.config import PriorConfig, PriorModelConfig, TransformerConfig
+from trainer.stage2.load import build_prior
+from trainer.stage2.prior_contract import PriorShape
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SRC = REPO / "data_tools" / "demo_data" / "keras_png_slices_data"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from export.runtime.cli_types import integer, non_negative_int, number, positive_float, positive_int
-from export.runtime.output_dir import OutputError, atomic_output_dir, write_file_atomically
+from common.cli_types import integer, non_negative_int, number, positive_float, positive_int
+from common.output_dir import OutputError, atomic_output_dir, write_file_atomically
 
 
 def parse(option_type, value: str, capsys) -> str:

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from trainer.config import ConfigError, PriorConfig, load_config
+from trainer.run.config_file import ConfigError, load_config
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage2.config import PriorConfig
 
 DEMO_CONFIG = REPO / "configs" / "vqvae_demo_cpu.yaml"
 
@@ -25,7 +27,7 @@ def test_malformed_config_file_is_named(text: str, problem: str, tmp_path: Path)
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=str(path)) as err:
-        load_config(path)
+        load_config(path, cls=VQVAEConfig)
     assert problem in str(err.value) and "\n" not in str(err.value)
 
 
@@ -33,12 +35,12 @@ def test_config_file_that_is_not_utf8_is_named(tmp_path: Path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("out_dir: runs/caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=f"{path}: not valid UTF-8"):
-        load_config(path)
+        load_config(path, cls=VQVAEConfig)
 
 
 def test_config_path_that_is_a_folder_is_named(tmp_path: Path):
     with pytest.raises(ConfigError, match=f"{tmp_path}: config file not found"):
-        load_config(tmp_path)
+        load_config(tmp_path, cls=VQVAEConfig)
 
 
 @pytest.mark.parametrize(
@@ -54,7 +56,7 @@ def test_config_path_that_is_a_folder_is_named(tmp_path: Path):
 )
 def test_malformed_override_names_the_option(override: str, problem: str):
     with pytest.raises(ConfigError) as err:
-        load_config(DEMO_CONFIG, [override])
+        load_config(DEMO_CONFIG, [override], cls=VQVAEConfig)
     assert problem in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
@@ -65,7 +67,7 @@ def test_override_on_a_null_section_fills_it(tmp_path: Path):
 
 
 def test_overrides_still_work():
-    config = load_config(DEMO_CONFIG, ["train.lr=1e-3", "seed=7", "data.shards=runs/x"])
+    config = load_config(DEMO_CONFIG, ["train.lr=1e-3", "seed=7", "data.shards=runs/x"], cls=VQVAEConfig)
     assert (config.train.lr, config.seed, config.data.shards) == (1e-3, 7, "runs/x")
 
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from conftest import DEMO_CONFIG, REPO, tiny
-from trainer.training_run import process_report, requested_processes
+from trainer.run.launcher import process_report, requested_processes
 
 
 def test_training_prints_one_wandb_line_and_its_processes(demo_shards: Path, tmp_path: Path):

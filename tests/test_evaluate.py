@@ -14,17 +14,18 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from conftest import DEMO_CONFIG, DEMO_SRC, tiny
 from trainer.__main__ import main as cli
-from trainer.config import load_config
-from trainer.evaluate import evaluate
-from trainer.models import load_vqvae
-from trainer.train_vqvae import train_vqvae
+from trainer.run.config_file import load_config
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage1.evaluate import evaluate
+from trainer.stage1.load import load_vqvae
+from trainer.stage1.train import train_vqvae
 from wandb_log import history
 
 
 @pytest.fixture(scope="module")
 def trained_run(demo_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("evaluate") / "run"
-    train_vqvae(load_config(DEMO_CONFIG, tiny(demo_shards, out)), show_progress=False)
+    train_vqvae(load_config(DEMO_CONFIG, tiny(demo_shards, out), cls=VQVAEConfig), show_progress=False)
     return out
 
 

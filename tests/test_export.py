@@ -17,17 +17,18 @@ import torch
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from common.digest import file_sha256
+from common.sampling_rule import sampling_randomness
 from conftest import DEMO_SRC, GRID, REPO, SLICES, K, save_prior, save_vqvae, slices
 from export.__main__ import main as cli
-from export.runtime.digest import file_sha256
 from export.runtime.model_dir import PARTS, PRIOR_PARTS
 from export.runtime.onnx_models import ExportedModels
 from export.runtime.sample import sample_codes
-from export.runtime.sampling_rule import sampling_randomness
-from trainer.image_metrics import SSIM_SETTINGS
-from trainer.models import load_prior, load_vqvae
-from trainer.pixelcnn import sample
-from trainer.sample import run_sampling
+from trainer.stage1.image_metrics import SSIM_SETTINGS
+from trainer.stage1.load import load_vqvae
+from trainer.stage2.load import load_prior
+from trainer.stage2.pixelcnn import sample
+from trainer.stage2.sample import run_sampling
 
 DEMO_PNGS = sorted((DEMO_SRC / "keras_png_slices_test").glob("*.png"))[:6]
 

@@ -7,16 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.runtime.figures import (
-    ReconstructionExamples,
-    code_intensity,
-    code_maps,
-    codebook_usage,
-    generated_grid,
-    loss_curves,
-    perplexity,
-    reconstruction_grid,
-)
+from common.code_usage import perplexity
+from common.figures.generation import generated_grid
+from common.figures.reconstruction import ReconstructionExamples, code_maps, codebook_usage, reconstruction_grid
+from common.figures.style import code_intensity
+from common.figures.training import loss_curves
 
 RNG = np.random.default_rng(0)
 K = 32

@@ -12,8 +12,10 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-from trainer.config import ModelConfig, QuantizerConfig
-from trainer.generation_metrics import (
+from trainer.stage1.config import ModelConfig, QuantizerConfig
+from trainer.stage1.image_metrics import SSIM_SETTINGS
+from trainer.stage1.vqvae import VQVAE
+from trainer.stage2.generation_metrics import (
     code_histogram_comparison,
     distinct_pairs,
     encoder_features,
@@ -21,8 +23,6 @@ from trainer.generation_metrics import (
     mean_pairwise_ms_ssim,
     nearest_ssim,
 )
-from trainer.image_metrics import SSIM_SETTINGS
-from trainer.vqvae import VQVAE
 
 
 def blobs(n: int, seed: int = 0) -> torch.Tensor:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import torch
 import torch._dynamo
 
-from trainer.config import ModelConfig, QuantizerConfig
-from trainer.pixelcnn import GatedPixelCNN, PriorShape
-from trainer.vqvae import VQVAE
+from trainer.stage1.config import ModelConfig, QuantizerConfig
+from trainer.stage1.vqvae import VQVAE
+from trainer.stage2.pixelcnn import GatedPixelCNN
+from trainer.stage2.prior_contract import PriorShape
 
 
 def graph_breaks(model: torch.nn.Module, *inputs) -> tuple[int, list]:

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from conftest import REPO
-from trainer.config import ConfigError, DataConfig, load_config
-from trainer.data import SliceShards, SlicesInMemory, epoch_batches, train_batches, training_source
+from trainer.run.config_file import ConfigError, load_config
+from trainer.stage1.config import DataConfig, VQVAEConfig
+from trainer.stage1.data import SliceShards, SlicesInMemory, epoch_batches, train_batches, training_source
 
 
 def batches_of(stream) -> list[tuple[list[str], torch.Tensor]]:
@@ -69,4 +70,4 @@ def test_training_source_follows_the_config(demo_shards: Path):
 )
 def test_bad_in_memory_options_are_clear_errors(override: str, message: str):
     with pytest.raises(ConfigError, match=message):
-        load_config(REPO / "configs" / "vqvae_demo_cpu.yaml", [override])
+        load_config(REPO / "configs" / "vqvae_demo_cpu.yaml", [override], cls=VQVAEConfig)

@@ -1,4 +1,4 @@
-"""trainer.data: exact split across ranks and workers, shuffling, resumable streams."""
+"""trainer.stage1.data: exact split across ranks and workers, shuffling, resumable streams."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, free_port
-from trainer.data import SliceShards, epoch_batches, train_batches
+from trainer.stage1.data import SliceShards, epoch_batches, train_batches
 
 
 def keys_of(batches) -> list[str]:

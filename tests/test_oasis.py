@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from common.shard_format import read_manifest
 from conftest import OASIS_SRC
 from data_tools.shard import shard_dataset
 from data_tools.verify import verify_shards
-from export.runtime.shard_format import read_manifest
-from trainer.data import SliceShards, epoch_batches
+from trainer.stage1.data import SliceShards, epoch_batches
 
 pytestmark = pytest.mark.skipif(not OASIS_SRC.is_dir(), reason=f"real OASIS data not found at {OASIS_SRC}")
 SUBJECTS_PER_SPLIT = {"train": 12, "validate": 3, "test": 3}  # a subset keeps CI fast; all 32 slices each

@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from export.runtime import sampling_rule
-from trainer.pixelcnn import GatedPixelCNN, PriorShape, draw, sample
+from common import sampling_rule
+from trainer.stage2.pixelcnn import GatedPixelCNN, sample
+from trainer.stage2.prior_contract import PriorShape, draw
 
 SHAPE = PriorShape(num_codes=16, height=9, width=8, num_conditions=4)
 

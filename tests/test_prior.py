@@ -16,20 +16,23 @@ import yaml
 from PIL import Image
 
 from conftest import DEMO_CONFIG, REPO, free_port, tiny
-from trainer import evaluate_prior
 from trainer.__main__ import main as cli
-from trainer.checkpoint import list_checkpoints, load_weights
-from trainer.codes import load_codes, read_codes_meta
-from trainer.config import PriorConfig, load_config
-from trainer.data import SliceShards, epoch_batches
-from trainer.encode import encode_splits
-from trainer.evaluate_prior import load_images, summary_table
-from trainer.generation_metrics import code_histogram_comparison
-from trainer.models import load_prior, load_vqvae
-from trainer.pixelcnn import GatedPixelCNN
-from trainer.structure_metrics import structure_metrics
-from trainer.train_prior import code_batches, train_prior
-from trainer.transformer_prior import TransformerPrior
+from trainer.run.checkpoint import list_checkpoints, load_weights
+from trainer.run.config_file import load_config
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage1.data import SliceShards, epoch_batches
+from trainer.stage1.load import load_vqvae
+from trainer.stage2 import evaluate as evaluate_prior
+from trainer.stage2.codes import load_codes, read_codes_meta
+from trainer.stage2.config import PriorConfig
+from trainer.stage2.encode import encode_splits
+from trainer.stage2.evaluate import load_images, summary_table
+from trainer.stage2.generation_metrics import code_histogram_comparison
+from trainer.stage2.load import load_prior
+from trainer.stage2.pixelcnn import GatedPixelCNN
+from trainer.stage2.structure_metrics import structure_metrics
+from trainer.stage2.train import code_batches, train_prior
+from trainer.stage2.transformer_prior import TransformerPrior
 from wandb_log import history
 
 PRIOR_CONFIG = REPO / "configs" / "prior_demo_cpu.yaml"
@@ -74,10 +77,11 @@ def tiny_prior(codes: Path, out: Path, *extra: str, kind: str = "pixelcnn") -> P
 def codes(demo_shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny VQ-VAE (16x16 grid, K = 32) trained for a few steps, and its codes of the demo splits."""
     root = tmp_path_factory.mktemp("prior")
-    from trainer.train_vqvae import train_vqvae
+    from trainer.stage1.train import train_vqvae
 
     checkpoint, _ = train_vqvae(
-        load_config(DEMO_CONFIG, tiny(demo_shards, root / "vqvae", "model.downsample=16")), show_progress=False
+        load_config(DEMO_CONFIG, tiny(demo_shards, root / "vqvae", "model.downsample=16"), cls=VQVAEConfig),
+        show_progress=False,
     )
     encode_splits(checkpoint, root / "codes", batch_size=16, show_progress=False)
     return root / "codes"

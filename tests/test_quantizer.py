@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import trainer.quantizer as quantizer
-from trainer.quantizer import VectorQuantizer, codebook_stats, naive_nearest_code, nearest_code
+import trainer.stage1.quantizer as quantizer
+from trainer.stage1.quantizer import VectorQuantizer, codebook_stats, naive_nearest_code, nearest_code
 
 
 def assert_nearest(z: torch.Tensor, codebook: torch.Tensor, indices: torch.Tensor) -> None:

@@ -19,7 +19,7 @@ from conftest import DEMO_CONFIG, DEMO_SRC, K, save_prior, save_vqvae, tiny
 from export.__main__ import main as export_cli
 from export.runtime.reconstruct import output_name
 from trainer.__main__ import main as trainer_cli
-from trainer.checkpoint import list_checkpoints, load_weights
+from trainer.run.checkpoint import list_checkpoints, load_weights
 
 PNGS = sorted((DEMO_SRC / "keras_png_slices_test").glob("*.png"))[:3]
 
@@ -336,7 +336,8 @@ def test_the_trainer_refuses_shards_of_another_image_size(demo_shards, models, t
 
 
 def test_decoding_an_oversized_png_from_a_shard_is_a_named_error():
-    from export.runtime.shard_format import DataError, decode_gray_png
+    from common.errors import DataError
+    from common.shard_format import decode_gray_png
 
     with pytest.raises(DataError, match="100000x100000"):
         decode_gray_png(png_declaring(100000, 100000), "shard.tar:case_001_slice_0")
@@ -439,7 +440,7 @@ def test_encode_never_reuses_a_split_file_codes_json_does_not_list(demo_shards, 
 
 
 def test_a_split_file_not_listed_in_codes_json_is_not_read(tmp_path):
-    from trainer.codes import load_codes
+    from trainer.stage2.codes import load_codes
 
     out = tmp_path / "codes"
     out.mkdir()
@@ -463,8 +464,8 @@ def test_a_png_that_is_not_an_image_is_named(models, tmp_path, capsys):
 
 
 def test_a_corrupt_shard_read_by_a_dataloader_worker_is_one_line(demo_shards, tmp_path):
-    from export.runtime.shard_format import DataError
-    from trainer.data import SliceShards, epoch_batches
+    from common.errors import DataError
+    from trainer.stage1.data import SliceShards, epoch_batches
 
     shards = copy_shards(demo_shards, tmp_path)
     name = json.loads((shards / "manifest.json").read_text())["splits"]["test"]["shards"][0]["name"]
@@ -495,7 +496,7 @@ def test_json_and_utf8_errors_name_the_file(models, tmp_path, capsys, damage):
         codes.mkdir()
         path = codes / "codes.json"
         path.write_bytes(b"\xfe\xff")
-        from trainer.codes import read_codes_meta
+        from trainer.stage2.codes import read_codes_meta
 
         with pytest.raises(ValueError, match="not valid UTF-8") as caught:
             read_codes_meta(codes)

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from common.ssim import ssim
 from conftest import DEMO_SRC, OASIS_SRC
-from export.runtime.ssim import ssim
-from trainer.image_metrics import SSIM_SETTINGS
+from trainer.stage1.image_metrics import SSIM_SETTINGS
 
 OASIS_TEST = OASIS_SRC / "keras_png_slices_test"
 

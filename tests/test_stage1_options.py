@@ -16,14 +16,16 @@ from conftest import DEMO_CONFIG, DEMO_SRC, REPO, slices, tiny
 from export.__main__ import main as export_cli
 from export.runtime.onnx_models import ExportedModels
 from export.runtime.sample import sample_codes
-from trainer.config import ConfigError, PriorConfig, load_config
-from trainer.encode import encode_splits
-from trainer.fsq import FiniteScalarQuantizer
-from trainer.image_metrics import SSIM_SETTINGS, reconstruction_loss, ssim_per_image
-from trainer.models import load_vqvae
-from trainer.quantizer import VectorQuantizer
-from trainer.train_prior import train_prior
-from trainer.train_vqvae import train_vqvae
+from trainer.run.config_file import ConfigError, load_config
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage1.fsq import FiniteScalarQuantizer
+from trainer.stage1.image_metrics import SSIM_SETTINGS, reconstruction_loss, ssim_per_image
+from trainer.stage1.load import load_vqvae
+from trainer.stage1.quantizer import VectorQuantizer
+from trainer.stage1.train import train_vqvae
+from trainer.stage2.config import PriorConfig
+from trainer.stage2.encode import encode_splits
+from trainer.stage2.train import train_prior
 
 PRIOR_CONFIG = REPO / "configs" / "prior_demo_cpu.yaml"
 DEMO_PNGS = sorted((DEMO_SRC / "keras_png_slices_test").glob("*.png"))[:4]
@@ -60,7 +62,7 @@ def test_separable_ssim_equals_torchmetrics_value_and_gradient():
 
 def test_ssim_weight_must_not_be_negative():
     with pytest.raises(ConfigError, match="loss.ssim_weight"):
-        load_config(DEMO_CONFIG, ["loss.ssim_weight=-0.1"])
+        load_config(DEMO_CONFIG, ["loss.ssim_weight=-0.1"], cls=VQVAEConfig)
 
 
 # --------------------------------------------------------------------------- codebook options
@@ -130,14 +132,16 @@ def test_fsq_passes_gradients_straight_through_to_the_encoder():
 )
 def test_bad_fsq_config_is_a_clear_error(override, message):
     with pytest.raises(ConfigError, match=message):
-        load_config(DEMO_CONFIG, ["quantizer.kind=fsq", "quantizer.num_codes=512", override])
+        load_config(DEMO_CONFIG, ["quantizer.kind=fsq", "quantizer.num_codes=512", override], cls=VQVAEConfig)
 
 
 def test_fsq_through_the_whole_chain(demo_shards: Path, tmp_path: Path):
     """Train an FSQ VQ-VAE, encode, train a prior on its codes, export ONNX, and sample and reconstruct
     in onnxruntime: the exported encoder and decoder agree with torch, and the sampler's codes decode."""
     fsq = ["quantizer.kind=fsq", "quantizer.levels=[4, 2, 4]", "model.downsample=16"]
-    checkpoint, _ = train_vqvae(load_config(DEMO_CONFIG, tiny(demo_shards, tmp_path / "vqvae", *fsq)), False, False)
+    checkpoint, _ = train_vqvae(
+        load_config(DEMO_CONFIG, tiny(demo_shards, tmp_path / "vqvae", *fsq), cls=VQVAEConfig), False, False
+    )
     vqvae, cfg = load_vqvae(checkpoint)
     assert cfg.quantizer.kind == "fsq" and isinstance(vqvae.quantizer, FiniteScalarQuantizer)
     meta = encode_splits(checkpoint, tmp_path / "codes", batch_size=16, show_progress=False)

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from conftest import OASIS_SRC
-from trainer.structure_metrics import structure_metrics, summarize, unit_images
+from trainer.stage2.structure_metrics import structure_metrics, summarize, unit_images
 
 SIZE = 128
 

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import trainer.train_vqvae as train_module
+import trainer.stage1.train as train_module
 from conftest import DEMO_CONFIG, REPO, free_port, tiny
 from trainer.__main__ import main as cli
-from trainer.checkpoint import list_checkpoints, load_training_state, load_weights
-from trainer.config import ConfigError, load_config
-from trainer.train_vqvae import train_vqvae
-from trainer.training_run import TrainingDiverged
+from trainer.run.checkpoint import list_checkpoints, load_training_state, load_weights
+from trainer.run.config_file import ConfigError, load_config
+from trainer.run.training_run import TrainingDiverged
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage1.train import train_vqvae
 from wandb_log import history
 
 
@@ -106,7 +107,9 @@ def test_wandb_offline_run_holds_the_logged_metrics(demo_shards: Path, tmp_path:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
     out = tmp_path / "run"
-    train_vqvae(load_config(DEMO_CONFIG, tiny(demo_shards, out, "wandb.enabled=true")), show_progress=False)
+    train_vqvae(
+        load_config(DEMO_CONFIG, tiny(demo_shards, out, "wandb.enabled=true"), cls=VQVAEConfig), show_progress=False
+    )
     rows = history(out)
     logged = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["_step"] for r in rows] == [r["step"] for r in logged]
@@ -129,7 +132,9 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(demo_shards:
 
     monkeypatch.setattr(train_module, "reconstruction_loss", poisoned)
     out = tmp_path / "run"
-    cfg = load_config(DEMO_CONFIG, tiny(demo_shards, out, "train.checkpoint_every=4", "train.eval_every=100"))
+    cfg = load_config(
+        DEMO_CONFIG, tiny(demo_shards, out, "train.checkpoint_every=4", "train.eval_every=100"), cls=VQVAEConfig
+    )
     with pytest.raises(TrainingDiverged, match=r"loss became nan by step 10.*step_0000008"):
         train_vqvae(cfg, show_progress=False)
     assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_0000004", "step_0000008"]
@@ -149,6 +154,7 @@ def test_evaluation_and_checkpoints_run_on_their_own_schedule(demo_shards: Path,
             "train.checkpoint_every=5",
             "train.keep_checkpoints=5",
         ),
+        cls=VQVAEConfig,
     )
     train_vqvae(cfg, show_progress=False)
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
@@ -177,7 +183,7 @@ def test_refuses_to_overwrite_a_run_without_resume(demo_shards: Path, tmp_path: 
 )
 def test_wrong_config_key_or_value_is_a_clear_error(override: str, message: str, capsys):
     with pytest.raises(ConfigError, match=str(DEMO_CONFIG).replace(".", r"\.")) as err:
-        load_config(DEMO_CONFIG, [override])
+        load_config(DEMO_CONFIG, [override], cls=VQVAEConfig)
     assert message in str(err.value)
     assert cli(["vqvae", "--config", str(DEMO_CONFIG), "--set", override]) == 2
     assert message in capsys.readouterr().err
@@ -185,7 +191,7 @@ def test_wrong_config_key_or_value_is_a_clear_error(override: str, message: str,
 
 def test_every_shipped_config_loads():
     for path in sorted((REPO / "configs").glob("vqvae_*.yaml")):
-        load_config(path)
+        load_config(path, cls=VQVAEConfig)
 
 
 def test_tiny_model_overfits_a_few_slices(tmp_path: Path):
@@ -193,7 +199,7 @@ def test_tiny_model_overfits_a_few_slices(tmp_path: Path):
     (about 35 s on one core of the 2-core CPU)."""
     from conftest import make_layout
     from data_tools.shard import shard_dataset
-    from trainer.evaluate import evaluate
+    from trainer.stage1.evaluate import evaluate
 
     src = make_layout(tmp_path / "src", {"train": ["001"], "validate": ["002"], "test": ["003"]}, slices=2)
     shard_dataset(src, tmp_path / "shards", show_progress=False)
@@ -212,6 +218,6 @@ def test_tiny_model_overfits_a_few_slices(tmp_path: Path):
         "train.checkpoint_every=150",
         "wandb.enabled=false",
     ]
-    train_vqvae(load_config(DEMO_CONFIG, overrides), show_progress=False)
+    train_vqvae(load_config(DEMO_CONFIG, overrides, cls=VQVAEConfig), show_progress=False)
     summary = evaluate(tmp_path / "run", "train", tmp_path / "eval", show_progress=False)
     assert summary["images"] == 2 and summary["ssim_min"] > 0.9, summary

@@ -12,13 +12,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from common.kv_cache import write_cache
+from common.sampling_rule import sampling_randomness
 from conftest import REPO
-from export.runtime.kv_cache import write_cache
-from export.runtime.sampling_rule import sampling_randomness
 from export.runtime.transformer_sampler import sample_codes
 from export.transformer_onnx import export_step
-from trainer.pixelcnn import PriorShape
-from trainer.transformer_prior import TransformerPrior, sample
+from trainer.stage2.prior_contract import PriorShape
+from trainer.stage2.transformer_prior import TransformerPrior, sample
 
 K, HEIGHT, WIDTH = 16, 5, 4
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from export.runtime import sampling_rule
-from export.runtime.kv_cache import write_cache
-from trainer.pixelcnn import PriorShape
-from trainer.pixelcnn import sample as pixelcnn_sample
-from trainer.transformer_prior import TransformerPrior, sample
+from common import sampling_rule
+from common.kv_cache import write_cache
+from trainer.stage2.pixelcnn import sample as pixelcnn_sample
+from trainer.stage2.prior_contract import PriorShape
+from trainer.stage2.transformer_prior import TransformerPrior, sample
 
 SHAPE = PriorShape(num_codes=16, height=6, width=5, num_conditions=4)
 
@@ -108,7 +108,7 @@ def test_temperature_and_top_k_are_honoured():
 
 
 def test_same_sampler_contract_as_the_pixelcnn():
-    """Same argument errors as trainer.pixelcnn.sample, and a progress update per row."""
+    """Same argument errors as trainer.stage2.pixelcnn.sample, and a progress update per row."""
     prior = tiny_prior().float()
     u = torch.rand(2, 6, 5)
     for kwargs, match in [({"temperature": 0}, "temperature"), ({"top_k": 17}, "top_k")]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from export.runtime.cli import missing_training_install, run_command_line
+from common.cli import missing_training_install, run_command_line
 
 try:  # every command here trains or runs a torch model: a runtime-only install gets one line
     import torch  # noqa: F401
@@ -15,12 +15,12 @@ except ImportError as err:
     sys.exit(missing_training_install("python -m trainer", err))
 
 COMMANDS = {
-    "vqvae": ("trainer.train_vqvae", "train the VQ-VAE (stage 1)"),
-    "evaluate": ("trainer.evaluate", "SSIM/PSNR, codebook usage and figures of a trained VQ-VAE on a split"),
-    "encode": ("trainer.encode", "encode every split with a frozen VQ-VAE into code grids (input of stage 2)"),
-    "prior": ("trainer.train_prior", "train the gated PixelCNN prior on code grids (stage 2)"),
-    "sample": ("trainer.sample", "generate brains: sample code grids from the prior and decode them"),
-    "evaluate-prior": ("trainer.evaluate_prior", "test bits per code and accuracy, and how real generated brains are"),
+    "vqvae": ("trainer.stage1.train", "train the VQ-VAE (stage 1)"),
+    "evaluate": ("trainer.stage1.evaluate", "SSIM/PSNR, codebook usage and figures of a trained VQ-VAE on a split"),
+    "encode": ("trainer.stage2.encode", "encode every split with a frozen VQ-VAE into code grids (input of stage 2)"),
+    "prior": ("trainer.stage2.train", "train the gated PixelCNN prior on code grids (stage 2)"),
+    "sample": ("trainer.stage2.sample", "generate brains: sample code grids from the prior and decode them"),
+    "evaluate-prior": ("trainer.stage2.evaluate", "test bits per code and accuracy, and how real generated brains are"),
 }
 
 

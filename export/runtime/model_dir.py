@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from export.runtime.digest import file_sha256
-from export.runtime.json_file import read_json_object
+from common.digest import file_sha256
+from common.json_file import read_json_object
 
 MODEL_JSON = "model.json"
 FORMAT_VERSION = 1

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from export.runtime.cli_types import non_negative_int
+from common.cli_types import non_negative_int
 from export.runtime.model_dir import (
     MODEL_JSON,
     PRIOR_PARTS,

@@ -28,14 +28,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from export.runtime.cli import add_batch_size_argument, add_force_argument, add_quiet_argument
-from export.runtime.figures import ReconstructionExamples, code_intensity, code_maps, reconstruction_grid
+from common.cli import add_batch_size_argument, add_force_argument, add_quiet_argument
+from common.figures.reconstruction import ReconstructionExamples, code_maps, reconstruction_grid
+from common.figures.style import code_intensity
+from common.output_dir import atomic_output_dir, check_output_dir
+from common.png_header import check_png_bytes, check_png_header
+from common.sample_files import save_code_map, save_image
+from common.shard_format import iter_shard, read_manifest
+from common.ssim import ssim
 from export.runtime.onnx_models import ExportedModels, add_threads_argument
-from export.runtime.output_dir import atomic_output_dir, check_output_dir
-from export.runtime.png_header import check_png_bytes, check_png_header
-from export.runtime.sample_files import save_code_map, save_image
-from export.runtime.shard_format import iter_shard, read_manifest
-from export.runtime.ssim import ssim
 
 SUMMARY = "summary.json"  # the marker of a reconstruction folder: --force replaces only a folder that has it
 DESCRIPTION = (

@@ -3,8 +3,8 @@
     python -m export sample --model-dir runs/prior_oasis32_cpu/onnx --n 16 --seed 0 --out samples/
 
 The loop is the torch sampler's exact fast path for the folder's prior kind: for the PixelCNN,
-trainer.pixelcnn.sample's (one `prior_row` call per row on a band of rows above it, one `prior_cell`
-call per cell on a window of columns, here); for the transformer, trainer.transformer_prior.sample's
+trainer.stage2.pixelcnn.sample's (one `prior_row` call per row on a band of rows above it, one `prior_cell`
+call per cell on a window of columns, here); for the transformer, trainer.stage2.transformer_prior.sample's
 (one `prior_step` call per cell with the key/value cache, export/runtime/transformer_sampler.py).
 The random numbers and the draw rule are export/runtime/sampling_rule.py's, so a seed gives the same
 code grids as `python -m trainer sample`. (The logits agree to float rounding, ~1e-7, so a draw could only differ
@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from export.runtime.cli import add_batch_size_argument, add_force_argument, add_quiet_argument, add_sampling_arguments
+from common.cli import add_batch_size_argument, add_force_argument, add_quiet_argument, add_sampling_arguments
+from common.output_dir import atomic_output_dir, check_output_dir
+from common.sample_files import SAMPLES_FILE, write_samples
+from common.sampling_rule import check_sampling_options, draw, sampling_randomness
 from export.runtime.onnx_models import ExportedModels, add_threads_argument
-from export.runtime.output_dir import atomic_output_dir, check_output_dir
-from export.runtime.sample_files import SAMPLES_FILE, write_samples
-from export.runtime.sampling_rule import check_sampling_options, draw, sampling_randomness
 from export.runtime.transformer_sampler import sample_codes as transformer_sample_codes
 
 DESCRIPTION = (
@@ -80,7 +80,7 @@ def generate(
     batch_size: int = 16,
     show_progress: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """(codes (n, H, W), conditions (n,) or None, images (n, S, S) in [0, 1]): trainer.sample.generate's
+    """(codes (n, H, W), conditions (n,) or None, images (n, S, S) in [0, 1]): trainer.stage2.sample.generate's
     results for the same arguments."""
     info = models.info
     if batch_size < 1:

@@ -1,6 +1,6 @@
 """Sample code grids from the transformer prior's exported step model with onnxruntime and numpy only.
 
-The loop is trainer.transformer_prior.sample's cached path: one `prior_step` call per cell, the
+The loop is trainer.stage2.transformer_prior.sample's cached path: one `prior_step` call per cell, the
 cache held here as numpy buffers that onnxruntime reads in place (grown a row at a time), the new
 keys and values written at the step's position. The uniform numbers and the draw rule are
 trainer/sampling_rule.py's, so a seed gives the same code grids as the PyTorch sampler (the logits
@@ -12,8 +12,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from export.runtime.kv_cache import cache_shapes, grow_cache, write_cache
-from export.runtime.sampling_rule import check_sampling_options, draw
+from common.kv_cache import cache_shapes, grow_cache, write_cache
+from common.sampling_rule import check_sampling_options, draw
 
 
 def sample_codes(

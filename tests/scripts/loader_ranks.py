@@ -5,7 +5,7 @@ import sys
 
 from accelerate import Accelerator
 
-from trainer.data import SliceShards, epoch_batches, train_batches
+from trainer.stage1.data import SliceShards, epoch_batches, train_batches
 
 shard_dir, out = sys.argv[1], sys.argv[2]
 accelerator = Accelerator(cpu=True)

@@ -9,9 +9,11 @@ import sys
 import torch
 from accelerate import PartialState
 
-from trainer.config import PriorConfig, VQVAEConfig, load_config
-from trainer.train_prior import train_prior
-from trainer.train_vqvae import train_vqvae
+from trainer.run.config_file import load_config
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage1.train import train_vqvae
+from trainer.stage2.config import PriorConfig
+from trainer.stage2.train import train_prior
 
 stage, config, out = sys.argv[1:4]
 train, cls = {"vqvae": (train_vqvae, VQVAEConfig), "prior": (train_prior, PriorConfig)}[stage]

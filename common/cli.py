@@ -1,0 +1,123 @@
+"""The command line every `python -m PACKAGE COMMAND` shares: how commands are found, the options
+several commands take (defined once, here), and how a user's mistake is reported.
+
+A command is a module with `DESCRIPTION` (its `--help` text), `add_arguments(parser)` and `run(args)` (which
+may return an exit code other than 0, as `data_tools verify` does for a bad shard set); the package's
+`__main__` lists the commands with a one-line help each. Only the module of the command asked for is imported,
+so `python -m export sample` never imports the torch that `python -m export onnx` needs. Torch-free, so the
+runtime's commands can use it; the training side's commands use it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+from common.cli_types import non_negative_int, positive_float, positive_int
+from common.errors import DataError
+from common.output_dir import OutputError
+
+# A user's mistake: exit 2 with one line naming the file and the problem, never a traceback.
+# (Config, checkpoint and model-folder errors are ValueErrors; an OSError, e.g. a full disk or a folder
+# that cannot be written, is reported by its message, which names the path.)
+USER_ERRORS = (DataError, OutputError, OSError, ValueError)
+TRAINING_INSTALL = "pip install torch==2.13.0 -e '.[train]'"
+
+
+def missing_training_install(what: str, err: ImportError) -> int:
+    """One line for a runtime-only install (`pip install .`) asked to train or shard: what to install,
+    instead of a ModuleNotFoundError traceback. Returns the exit code, 2."""
+    print(f"error: {what} needs the training extra ({err}); install it: {TRAINING_INSTALL}", file=sys.stderr)
+    return 2
+
+
+def run_command_line(
+    prog: str, description: str, commands: dict[str, tuple[str, str]], argv: list[str] | None = None
+) -> int:
+    """Parse `argv` for one of `commands` ({name: (module, one-line help)}), run it; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_line) in commands.items():
+        subparsers.add_parser(name, help=help_line, add_help=False)
+    chosen = parser.parse_known_args(argv)[0].command
+    try:
+        module = importlib.import_module(commands[chosen][0])
+    except ImportError as err:  # e.g. `onnx` on a runtime-only install: no torch, onnx or onnxscript
+        return missing_training_install(f"`{prog} {chosen}`", err)
+    command = subparsers.choices[chosen]
+    command.description = module.DESCRIPTION
+    command.add_argument("-h", "--help", action="help", help="show this help message and exit")
+    module.add_arguments(command)
+    try:
+        args = parser.parse_args(argv)  # a bad option: argparse names it and exits 2
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 2
+    try:
+        return module.run(args) or 0
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def add_checkpoint_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help=f"{what} checkpoint folder (step_NNNNNNN) or a run folder (its newest checkpoint)",
+    )
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
+
+
+def add_force_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out if this command wrote it (never a folder it did not write, nor an input)",
+    )
+
+
+def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_batch_size_argument(parser: argparse.ArgumentParser, default: int, what: str = "images per batch") -> None:
+    parser.add_argument("--batch-size", type=positive_int, default=default, help=f"{what} (default: %(default)s)")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, n: int = 16, slice_option: bool = True) -> None:
+    """The sampling options of `trainer sample`, `export sample` and `trainer evaluate-prior`."""
+    parser.add_argument("--n", type=positive_int, default=n, help="number of brains (default: %(default)s)")
+    parser.add_argument(
+        "--seed",
+        type=non_negative_int,
+        default=0,
+        help="random seed; the same seed gives the same brains, in either sampler (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--temperature",
+        type=positive_float,
+        default=1.0,
+        help="divide the logits by this (> 0); < 1 is more conservative (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=non_negative_int,
+        default=0,
+        help="sample only among the k most likely codes per cell; 0 = all (default: %(default)s)",
+    )
+    if slice_option:
+        parser.add_argument(
+            "--slice",
+            type=non_negative_int,
+            default=None,
+            help="slice position to generate (0..31 on OASIS) if the prior is conditional; "
+            "default: a random position per sample",
+        )

@@ -1,0 +1,39 @@
+"""A PNG's real bit depth and size, read from its IHDR chunk before any pixel is decoded.
+
+Pillow opens some 16-bit PNGs as 8-bit images (16-bit RGB, 16-bit gray+alpha), silently dropping the
+low byte, and allocates whatever size a PNG declares (a 100000 x 100000 "decompression bomb" is 10 GB
+of pixels from a file of a few bytes). The header is the first 33 bytes: checking it costs nothing.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+from common.errors import DataError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MAX_PIXELS = 4096 * 4096  # the slices are 256 x 256; a PNG this large is a mistake or an attack
+
+
+def check_png_header(path: Path) -> None:
+    """Refuse a 16-bit PNG or one that declares more than MAX_PIXELS; a file that is not a PNG at all is
+    left to the decoder, which says what it is."""
+    with open(path, "rb") as f:
+        check_png_bytes(f.read(33), str(path))
+
+
+def check_png_bytes(head: bytes, path: str) -> None:
+    """check_png_header on the first 33 bytes of a PNG read elsewhere (a shard member); `path` names it."""
+    if not head.startswith(PNG_SIGNATURE):
+        return
+    if len(head) < 33 or head[12:16] != b"IHDR":
+        raise DataError(f"{path}: truncated or corrupt PNG header")
+    width, height, bit_depth = struct.unpack(">IIB", head[16:25])
+    if bit_depth == 16:
+        raise DataError(f"{path}: 16-bit PNG (16-bit or float images are refused); convert it to 8-bit grayscale first")
+    if width * height > MAX_PIXELS:
+        raise DataError(
+            f"{path}: declares {width}x{height} pixels, more than the {MAX_PIXELS:,} a slice may have "
+            "(a decompression bomb?)"
+        )

@@ -1,0 +1,57 @@
+"""The sampling rule both samplers follow, in numpy only, so the onnxruntime sampler (export/) can use
+it without torch and give the same brains as the PyTorch sampler for the same seed.
+
+Every random number a sample uses is drawn up front from numpy's PCG64 seeded with (seed, sample
+number): first its slice condition (when the prior is conditional and no slice was asked for), then
+one uniform number per cell. So sample i of a seed is the same whatever the number of samples or
+the batch size. A cell's code is then a deterministic function of its logits and its number (inverse CDF of
+softmax(logits / temperature) over the top_k codes); `trainer.stage2.pixelcnn.draw` is the same rule in torch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def check_sampling_options(temperature: float, top_k: int, num_codes: int) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 <= top_k <= num_codes:
+        raise ValueError(f"top_k must be in 0..{num_codes} (0: no truncation), got {top_k}")
+
+
+def sampling_randomness(
+    n: int, height: int, width: int, num_conditions: int, seed: int, slice_index: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(uniforms float32 (n, height, width) in [0, 1), conditions int64 (n,) or None).
+
+    A conditional prior asked for no particular slice gets slices drawn uniformly, which samples
+    the marginal p(codes) because OASIS holds the same number of slices at every position."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if num_conditions and slice_index is not None and not 0 <= slice_index < num_conditions:
+        raise ValueError(f"slice must be in 0..{num_conditions - 1}, got {slice_index}")
+    if not num_conditions and slice_index is not None:
+        raise ValueError("this prior was trained without slice conditioning; do not ask for a slice")
+    uniforms = np.empty((n, height, width), dtype=np.float32)
+    conditions = np.full(n, -1 if slice_index is None else slice_index, dtype=np.int64)
+    for i in range(n):  # one generator per sample: sample i of a seed is the same whatever n is
+        rng = np.random.default_rng((seed, i))
+        if num_conditions and slice_index is None:
+            conditions[i] = rng.integers(0, num_conditions)
+        uniforms[i] = rng.random((height, width), dtype=np.float32)
+    return uniforms, (conditions if num_conditions else None)
+
+
+def draw(logits: np.ndarray, uniforms: np.ndarray, temperature: float = 1.0, top_k: int = 0) -> np.ndarray:
+    """Codes (B,) for logits (B, K) and one uniform number per row: see the module docstring."""
+    scaled = logits.astype(np.float64) / temperature
+    if top_k:
+        kth = np.sort(scaled, axis=-1)[:, -top_k][:, None]
+        scaled = np.where(scaled < kth, -np.inf, scaled)
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    probs = np.exp(scaled)
+    cdf = np.cumsum(probs / probs.sum(axis=-1, keepdims=True), axis=-1)
+    targets = uniforms.astype(np.float64) * cdf[:, -1]
+    codes = np.array([np.searchsorted(row, t, side="right") for row, t in zip(cdf, targets)])
+    return np.minimum(codes, logits.shape[-1] - 1)

@@ -1,0 +1,147 @@
+"""Checkpoints that are safe to load and never half-written.
+
+A checkpoint is a folder `step_0000250/` holding
+    model.safetensors   weights and buffers (the EMA codebook included): loading runs no code
+    state.pt            optimizer, scheduler, step, RNG states: plain tensors and numbers, loaded
+                        with torch.load(weights_only=True)
+    config.yaml         the config it was trained with
+    *.json              facts the config does not hold (stage 2: the grid, K and the VQ-VAE it models)
+It is written as `.step_0000250.tmp/` and renamed when complete, so a crash mid-write leaves
+the previous checkpoints intact; only the newest `keep` are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from trainer.run.config_file import build
+
+STEP_DIR = re.compile(r"^step_(\d{7})$")
+
+
+def rng_state() -> dict:
+    """torch's RNGs. Data order and quantizer restarts use their own seeded generators, and
+    nothing draws from Python's or numpy's global RNG, so these are all a step can touch."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    model: torch.nn.Module,
+    training_state: dict,
+    config: dict,
+    keep: int,
+    extra_json: dict[str, dict] | None = None,
+) -> Path:
+    """Write checkpoint `step` atomically under `directory`, then prune to the newest `keep`."""
+    final = directory / f"step_{step:07d}"
+    tmp = directory / f".step_{step:07d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(weights, tmp / "model.safetensors")
+    torch.save({**training_state, "step": step, "rng": rng_state()}, tmp / "state.pt")
+    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    for name, content in (extra_json or {}).items():
+        (tmp / name).write_text(json.dumps(content, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in list_checkpoints(directory)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders are never listed)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, truncated or not ours; the message names it."""
+
+
+def weights_are_finite(model: torch.nn.Module) -> bool:
+    """Whether every weight and buffer is finite: a checkpoint of NaN weights is never worth writing."""
+    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+
+
+def load_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    path = checkpoint / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no model weights (is {checkpoint} a checkpoint folder?)")
+    try:
+        return load_file(path)
+    except Exception as err:  # safetensors raises its own error types for a truncated or foreign file
+        raise CheckpointError(f"{path}: not a readable safetensors file ({err}); truncated or foreign?") from None
+
+
+def load_training_state(checkpoint: Path) -> dict:
+    path = checkpoint / "state.pt"
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:  # truncated zip, foreign pickle refused by weights_only, missing file
+        raise CheckpointError(f"{path}: cannot load the training state ({str(err).splitlines()[0]})") from None
+
+
+def load_checkpoint_config(checkpoint: Path) -> dict:
+    path = checkpoint / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint's config ({str(err).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a YAML mapping")
+    return config
+
+
+PRIOR_INFO = "prior.json"  # in a stage-2 checkpoint: grid, K, conditions, and the VQ-VAE whose codes it models
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint folder, or a run folder (its newest checkpoint)."""
+    if (path / "model.safetensors").is_file():
+        return path
+    found = list_checkpoints(path / "checkpoints")
+    if not found:
+        raise FileNotFoundError(f"{path}: neither a checkpoint folder nor a run folder with checkpoints/")
+    return found[-1]
+
+
+def load_state(model: nn.Module, checkpoint: Path) -> None:
+    """Load a checkpoint's weights into `model`; weights of another architecture are an error naming it."""
+    try:
+        model.load_state_dict(load_weights(checkpoint))
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{checkpoint / 'model.safetensors'}: weights of another model ({str(err).splitlines()[0]})"
+        ) from None
+
+
+def build_checked(cls: type, checkpoint: Path):
+    """The config of `cls` from a checkpoint's config.yaml; another stage's config is an error naming it."""
+    try:
+        return build(cls, load_checkpoint_config(checkpoint), "")
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{checkpoint}: not a {cls.__name__[:-6]} checkpoint ({err})") from None

@@ -1,0 +1,232 @@
+"""What both training stages share around their loop: the Accelerator, resuming, the metrics log,
+wandb (also for the one-shot commands: `log_to_wandb`), the window of metrics summed between two
+reports, divergence checks and checkpoints. The loops themselves (train_vqvae.py, train_prior.py) stay
+plain PyTorch and read top to bottom; this module only keeps them from repeating each other.
+
+Gradient accumulation is Accelerate's own: each micro-step runs inside `accelerator.accumulate(model)`
+(no gradient all-reduce but on the last one; `accelerator.backward` divides the loss by `grad_accum`),
+and the optimizer steps once per `grad_accum` micro-steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+
+from common.output_dir import OutputError
+from trainer.run.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_training_state,
+    load_weights,
+    save_checkpoint,
+    set_rng_state,
+    weights_are_finite,
+)
+from trainer.run.config_file import config_to_dict
+from trainer.run.launcher import _launcher_cmdline, process_report, requested_processes
+from trainer.run.metrics_file import read_metrics
+from trainer.run.train_config import TrainConfig, WandbConfig
+from trainer.run.wandb_logging import quiet_wandb, wandb_location, wandb_mode
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights became NaN or Inf; the message names the step and the last good checkpoint.
+    A ValueError, so the command line ends with that one line and exit 2: the config's values (learning
+    rate, clipping) are what to change."""
+
+
+def is_due(step: int, every: int, last: int) -> bool:
+    return step % every == 0 or step == last
+
+
+class TrainingRun:
+    """One run folder: `checkpoints/`, `metrics.jsonl`, `figures/` and (when enabled) wandb's files."""
+
+    def __init__(self, out_dir: str, train: TrainConfig, wandb: WandbConfig, resume: bool):
+        self.out = Path(out_dir)
+        self.checkpoints = self.out / "checkpoints"
+        self.metrics_file = self.out / "metrics.jsonl"
+        self.train, self.wandb, self.resume = train, wandb, resume
+        if self.out.exists() and not self.out.is_dir():
+            raise OutputError(f"{self.out}: out_dir exists and is not a folder")
+        if list_checkpoints(self.checkpoints) and not resume:
+            raise FileExistsError(
+                f"{self.checkpoints} already holds checkpoints: pass --resume to continue that "
+                f"run, or choose another out_dir"
+            )
+        self.accelerator = Accelerator(
+            # Without cpu=True, Accelerate on a CUDA-less machine ignores torchrun's ranks and every
+            # process trains alone; with it, the processes form one gloo job.
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=train.mixed_precision,
+            gradient_accumulation_steps=train.grad_accum,
+            log_with="wandb" if wandb.enabled else None,
+            project_dir=str(self.out),
+            # Stage 1's buffers are kept identical by the quantizer's own all-reduce; DDP's broadcast
+            # of rank 0's buffers at every forward would only cost bandwidth.
+            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        )
+        if self.accelerator.is_main_process:
+            requested = requested_processes(_launcher_cmdline(), dict(os.environ))
+            for line in process_report(self.accelerator.num_processes, self.accelerator.device, requested):
+                print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
+        self.window: torch.Tensor | None = None  # metrics summed over the micro-steps since the last report
+        self.window_steps, self.window_start = 0, time.perf_counter()
+        # The gradients of 1x1 convolutions come back with other strides on their size-1 axes than
+        # the weights have; DDP then copies them (a few KiB) and warns at every backward.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+
+    def start(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, config: Any
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
+        """Restore the newest checkpoint when resuming, wrap model and optimizer for the devices
+        (compiling first if asked), open the logs. Returns (wrapped model, optimizer, start step)."""
+        accelerator, start_step, kept_rows = self.accelerator, 0, []
+        if self.resume:
+            start_step = self.restore(model, optimizer, scheduler)
+            if self.metrics_file.is_file() and start_step:  # drop rows logged after the checkpoint we resume from
+                rows, torn = read_metrics(self.metrics_file)
+                if torn:
+                    accelerator.print(f"{self.metrics_file}: dropped its torn last line (left by a crash)")
+                kept_rows = [json.dumps(r) for r in rows if r["step"] <= start_step]
+
+        trained = torch.compile(model) if self.train.compile else model
+        with warnings.catch_warnings():  # torch renames broadcast_buffers; Accelerate cannot pass the new name yet
+            warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+            trained, optimizer = accelerator.prepare(trained, optimizer)
+        if accelerator.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics_file.write_text("".join(r + "\n" for r in kept_rows))
+        if self.wandb.enabled:
+            quiet_wandb()
+            accelerator.init_trackers(
+                self.wandb.project,
+                config=config_to_dict(config),
+                init_kwargs={
+                    "wandb": {"mode": wandb_mode(self.wandb.mode), "dir": str(self.out), "name": self.out.name}
+                },
+            )
+        self.window_start = time.perf_counter()
+        return trained, optimizer, start_step
+
+    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+        """Load the newest checkpoint that loads (saying which, and why a newer one was passed over);
+        returns its step, or 0, saying so, when there is none: --resume on a new run starts it fresh."""
+        found = list_checkpoints(self.checkpoints)
+        if not found:
+            self.accelerator.print(f"--resume: no checkpoint in {self.checkpoints}; starting a fresh run")
+            return 0
+        for checkpoint in reversed(found):
+            try:
+                weights, state = load_weights(checkpoint), load_training_state(checkpoint)
+                model.load_state_dict(weights)
+            except (CheckpointError, RuntimeError) as err:
+                self.accelerator.print(f"cannot resume from {checkpoint}: {err}; trying an older checkpoint")
+                continue
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+            self.accelerator.print(f"resuming from {checkpoint} (step {state['step']})")
+            return state["step"]
+        raise CheckpointError(
+            f"{self.checkpoints}: no checkpoint loads (see above); remove them or choose another out_dir"
+        )
+
+    def add_metrics(self, *values: torch.Tensor) -> None:
+        """Add one micro-step's metrics (the loss first) to the window, on the device: no host sync."""
+        stacked = torch.stack(values).detach()
+        self.window = stacked if self.window is None else self.window + stacked
+
+    def optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+        """After the last micro-step: clip gradients (if configured), step, advance the schedule, clear
+        the gradients."""
+        if self.train.grad_clip:
+            self.accelerator.clip_grad_norm_(model.parameters(), self.train.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.window_steps += 1
+
+    def reports_at(self, step: int) -> bool:
+        """Whether `step` logs, evaluates or checkpoints (the only steps that sync with the host)."""
+        tc = self.train
+        return any(is_due(step, every, tc.max_steps) for every in (tc.log_every, tc.eval_every, tc.checkpoint_every))
+
+    def take_window(self, step: int) -> tuple[list[float], int, float]:
+        """(per-micro-step means of the window's metrics over all ranks, optimizer steps and seconds it
+        spans), then empty it (its clock restarts after `log`, so evaluation time is not training time).
+        One host sync; stops the run on NaN/Inf in the loss."""
+        means = (self.accelerator.reduce(self.window, "mean") / (self.window_steps * self.train.grad_accum)).tolist()
+        if not all(map(math.isfinite, means)):
+            last = list_checkpoints(self.checkpoints)
+            raise TrainingDiverged(
+                f"loss became {means[0]} by step {step}; stopping. Last good checkpoint: "
+                f"{last[-1] if last else 'none'} (lower train.lr, or keep train.grad_clip on)"
+            )
+        taken = (means, self.window_steps, time.perf_counter() - self.window_start)
+        self.window, self.window_steps = None, 0
+        return taken
+
+    def log(self, record: dict, images: dict[str, Path] | None = None) -> None:
+        """Append a metrics row (main process) and send it, with any figures, to the trackers; the
+        next window's clock starts here."""
+        step = record["step"]
+        if self.wandb.enabled and images and self.accelerator.is_main_process:
+            import wandb
+
+            self.accelerator.get_tracker("wandb", unwrap=True).log(
+                {name: wandb.Image(str(path)) for name, path in images.items()}, step=step
+            )
+        self.accelerator.log(record, step=step)
+        if self.accelerator.is_main_process:
+            with self.metrics_file.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.window_start = time.perf_counter()
+
+    def save(
+        self,
+        step: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        config: Any,
+        extra_json: dict[str, dict] | None = None,
+    ) -> None:
+        """Write checkpoint `step`, unless its weights are not finite: then stop, naming the newest
+        checkpoint, which is good because every checkpoint passed this check (the loss of a step is
+        computed before its update, so a finite loss does not mean finite weights)."""
+        if not weights_are_finite(model):  # every rank: the weights are the same, so all stop together
+            last = list_checkpoints(self.checkpoints)
+            raise TrainingDiverged(
+                f"weights became NaN/Inf by step {step}; stopping without saving them. Last good checkpoint: "
+                f"{last[-1] if last else 'none'} (lower train.lr, or keep train.grad_clip on)"
+            )
+        if self.accelerator.is_main_process:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            save_checkpoint(
+                self.checkpoints, step, model, state, config_to_dict(config), self.train.keep_checkpoints, extra_json
+            )
+        self.accelerator.wait_for_everyone()
+
+    def finish(self) -> Path:
+        location = (
+            wandb_location(self.accelerator.get_tracker("wandb", unwrap=True))
+            if self.wandb.enabled and self.accelerator.is_main_process
+            else None
+        )
+        self.accelerator.end_training()
+        if location:
+            print(location, file=sys.stderr)
+        final = list_checkpoints(self.checkpoints)[-1]
+        self.accelerator.print(f"final checkpoint: {final}")
+        return final

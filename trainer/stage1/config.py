@@ -1,0 +1,110 @@
+"""Stage 1's config: the VQ-VAE, its quantizer, its loss and the shards it trains on (configs/vqvae_*.yaml)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from trainer.run.config_file import check_sections, require
+from trainer.run.train_config import TrainConfig, WandbConfig
+
+
+@dataclass
+class DataConfig:
+    shards: str = "runs/demo/shards"  # folder written by `python -m data_tools shard`
+    batch_size: int = 16  # per process, per micro-step
+    num_workers: int = 0  # DataLoader workers per process
+    shuffle_buffer: int = 256
+    eval_split: str = "validate"  # split used for validation during training
+    in_memory: str = "auto"  # decode the train split once into memory: "always", "never" (stream the
+    # shards) or "auto" (when it fits memory_budget_mb; OASIS train: 500 MiB)
+    memory_budget_mb: int = 4096
+    in_memory_on: str = "device"  # "device": on the training device (no copy per step); "host": CPU RAM
+
+    def check(self) -> None:
+        require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        require(self.in_memory in ("auto", "always", "never"), "data.in_memory", "must be auto, always or never")
+        require(self.memory_budget_mb >= 0, "data.memory_budget_mb", "must be >= 0")
+        require(self.in_memory_on in ("device", "host"), "data.in_memory_on", "must be device or host")
+        require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        require(self.eval_split in ("train", "validate", "test"), "data.eval_split", "must be train, validate or test")
+
+
+@dataclass
+class ModelConfig:
+    downsample: int = 4  # 4: 256x256 -> 64x64 code grid; 8: -> 32x32
+    channels: int = 64  # width after the last downsampling conv
+    res_blocks: int = 2
+    res_channels: int = 32
+    code_dim: int = 64  # D, the size of the encoder's output and the decoder's input per cell
+
+    def check(self) -> None:
+        require(self.downsample in (2, 4, 8, 16), "model.downsample", "must be 2, 4, 8 or 16")
+        require(
+            self.channels >= 2 and self.res_channels >= 1 and self.code_dim >= 1,
+            "model",
+            "channels must be >= 2, res_channels and code_dim >= 1",
+        )
+        require(self.res_blocks >= 0, "model.res_blocks", "must be >= 0")
+
+
+@dataclass
+class QuantizerConfig:
+    kind: str = (
+        "vq"  # "vq": a learned codebook (trainer/quantizer.py); "fsq": finite scalar quantisation (trainer/fsq.py)
+    )
+    num_codes: int = 512  # K; for fsq it must equal the product of `levels`
+    beta: float = 0.25  # commitment weight (vq)
+    update: str = "ema"  # "ema" (moving averages + dead-code restarts) or "loss" (paper's codebook loss) (vq)
+    decay: float = 0.99  # (vq, ema)
+    dead_code_threshold: float = 1.0  # (vq, ema)
+    compile: bool = True  # torch.compile the nearest-code kernel (vq)
+    codebook_dim: int = 0  # (vq) codes of this size behind 1x1 projections from and to model.code_dim (0: code_dim)
+    cosine: bool = False  # (vq) l2-normalised codes and inputs: nearest code by cosine similarity
+    levels: list[int] = field(default_factory=lambda: [8, 8, 8])  # (fsq) values per channel; 8 x 8 x 8 = 512 codes
+
+    def check(self) -> None:
+        require(self.kind in ("vq", "fsq"), "quantizer.kind", "must be 'vq' or 'fsq'")
+        require(self.num_codes >= 2, "quantizer.num_codes", "must be >= 2")
+        require(self.codebook_dim >= 0, "quantizer.codebook_dim", "must be >= 0 (0: model.code_dim)")
+        if self.kind == "fsq":
+            require(
+                len(self.levels) >= 1 and all(level >= 2 for level in self.levels),
+                "quantizer.levels",
+                "must be a non-empty list of integers >= 2",
+            )
+            require(
+                math.prod(self.levels) == self.num_codes,
+                "quantizer.num_codes",
+                f"must equal the product of quantizer.levels {self.levels} ({math.prod(self.levels)}) for fsq",
+            )
+        require(self.beta >= 0, "quantizer.beta", "must be >= 0")
+        require(self.update in ("ema", "loss"), "quantizer.update", "must be 'ema' or 'loss'")
+        require(0 <= self.decay < 1, "quantizer.decay", "must be in [0, 1)")
+        require(self.dead_code_threshold >= 0, "quantizer.dead_code_threshold", "must be >= 0")
+
+
+@dataclass
+class LossConfig:
+    """Stage 1's reconstruction loss: MSE + ssim_weight * (1 - SSIM) (SSIM as everywhere: Gaussian 11, sigma
+    1.5, data range 1), a structure term against MSE's blur (Zhao et al., "Loss functions for image restoration")."""
+
+    ssim_weight: float = 0.0
+
+    def check(self) -> None:
+        require(self.ssim_weight >= 0, "loss.ssim_weight", "must be >= 0")
+
+
+@dataclass
+class VQVAEConfig:
+    out_dir: str = "runs/vqvae"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def check(self) -> None:
+        check_sections(self)

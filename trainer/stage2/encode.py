@@ -1,0 +1,134 @@
+"""`python -m trainer encode`: code grids, the frozen VQ-VAE's encoding of every slice, computed once
+for stage 2.
+
+    python -m trainer encode --checkpoint runs/oasis32 --out runs/oasis32/codes
+
+writes, per split, `{split}.npz` and `codes.json` (the format: trainer/codes.py). Each split file is
+written to a temporary name and renamed when complete; rerunning skips the splits already encoded
+by the same checkpoint, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from common.cli import add_batch_size_argument, add_checkpoint_argument, add_device_argument, add_quiet_argument
+from common.digest import file_sha256
+from common.json_file import read_json_object
+from common.output_dir import check_output_dir, write_file_atomically
+from common.shard_format import read_manifest
+from trainer.run.checkpoint import resolve_checkpoint
+from trainer.stage1.data import SliceShards, epoch_batches
+from trainer.stage1.load import load_vqvae
+from trainer.stage2.codes import CODES_META, SPLITS
+
+DESCRIPTION = (
+    "Run the VQ-VAE's encoder once over every split of the shards and write {split}.npz (codes, slice "
+    "positions, subjects, keys) and codes.json. Splits already encoded by the same checkpoint are "
+    "skipped, so an interrupted run resumes."
+)
+
+
+def encode_splits(
+    checkpoint: Path,
+    out: Path,
+    shards: str | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    force: bool = False,
+    show_progress: bool = True,
+) -> dict:
+    """Encode every split of the shards with the VQ-VAE checkpoint; returns the codes.json contents."""
+    out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
+    # The folder is filled split by split (so that a run resumes): never an input, nor a folder of other files.
+    check_output_dir(out, marker=CODES_META, force=True, inputs=[checkpoint])
+    model, cfg = load_vqvae(checkpoint, device)
+    shards = shards or cfg.data.shards
+    check_output_dir(out, marker=CODES_META, force=True, inputs=[checkpoint, Path(shards)])
+    splits = [s for s in SPLITS if s in read_manifest(shards)["splits"]]
+    sha = file_sha256(checkpoint / "model.safetensors")
+    out.mkdir(parents=True, exist_ok=True)
+    meta_path = out / CODES_META
+    # --force starts over without reading codes.json, so a damaged one can be replaced
+    meta = read_json_object(meta_path) if meta_path.is_file() and not force else {}
+    if meta.get("checkpoint_sha256") != sha or not isinstance(meta.get("splits"), dict):
+        meta = {"splits": {}}  # another model's codes (or --force): start over, and never reuse their files
+        for split in SPLITS:
+            (out / f"{split}.npz").unlink(missing_ok=True)
+    side = 256 // cfg.model.downsample
+    meta.update(
+        {
+            "vqvae_checkpoint": str(checkpoint),
+            "checkpoint_sha256": sha,
+            "shards": str(shards),
+            "num_codes": cfg.quantizer.num_codes,
+            "code_dim": cfg.model.code_dim,
+            "height": side,
+            "width": side,
+        }
+    )
+
+    for split in splits:
+        target = out / f"{split}.npz"
+        if split in meta["splits"] and target.is_file():
+            continue
+        dataset = SliceShards(shards, split)
+        codes, slices, subjects, keys = [], [], [], []
+        with tqdm(total=len(dataset), desc=f"encode {split}", unit="img", disable=not show_progress) as bar:
+            for batch in epoch_batches(dataset, batch_size):
+                codes.append(model.encode(batch.images.to(device)).to("cpu", torch.int32).numpy().astype(np.uint16))
+                slices += [m["slice"] for m in batch.meta]
+                subjects += [m["subject"] for m in batch.meta]
+                keys += batch.keys
+                bar.update(len(batch.keys))
+        tmp = out / f".{split}.tmp.npz"
+        np.savez(
+            tmp,
+            codes=np.concatenate(codes),
+            slices=np.asarray(slices, np.int16),
+            subjects=np.asarray(subjects, str),
+            keys=np.asarray(keys, str),
+        )
+        os.replace(tmp, target)
+        meta["splits"][split] = len(keys)
+        if split == "train":
+            meta["num_slices"] = int(max(slices)) + 1
+        write_file_atomically(meta_path, json.dumps(meta, indent=1).encode())
+    return meta
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_checkpoint_argument(parser, "VQ-VAE")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the code files")
+    parser.add_argument("--shards", help="shard folder (default: the one in the checkpoint's config)")
+    add_batch_size_argument(parser, 64)
+    add_device_argument(parser)
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="re-encode every split without reading the codes.json there (a damaged one is replaced)",
+    )
+    add_quiet_argument(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    meta = encode_splits(
+        args.checkpoint,
+        args.out,
+        shards=args.shards,
+        batch_size=args.batch_size,
+        device=args.device,
+        force=args.force,
+        show_progress=not args.quiet,
+    )
+    print(
+        f"codes {meta['height']}x{meta['width']} (K = {meta['num_codes']}) in {args.out}: "
+        + ", ".join(f"{split} {count}" for split, count in meta["splits"].items())
+    )
