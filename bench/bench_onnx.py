@@ -1,7 +1,7 @@
 """Benchmark: onnxruntime vs PyTorch on the CPU, side by side in one run: sampling and reconstruction.
 
 Sampling a batch of --batch code grids, --grid x --grid, K = 512, with a prior of the PriorModelConfig
-defaults (trainer/config.py) conditioned on 32 slice positions. Random weights: the work per sample
+defaults (trainer/stage2/config.py) conditioned on 32 slice positions. Random weights: the work per sample
 does not depend on them.
   * onnxruntime: export/runtime/sample.py's sampler (what `python -m export sample` runs), exact and fast:
     one prior_row call per row, one prior_cell call per cell, on windows covering the receptive field;

@@ -56,7 +56,7 @@ def worker(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     model = VQVAE(cfg.model, cfg.quantizer).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    with warnings.catch_warnings():  # as in trainer/training_run.py
+    with warnings.catch_warnings():  # as in trainer/run/training_run.py
         warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
         trained, optimizer = accelerator.prepare(model, optimizer)
     ddp_seconds: list[float] = []

@@ -1,6 +1,6 @@
 """Codebook perplexity: the one definition, shared by the torch side and the torch-free runtime.
 
-It takes the array module as an argument (`xp`: numpy by default, torch from trainer/quantizer.py), so
+It takes the array module as an argument (`xp`: numpy by default, torch from trainer/stage1/quantizer.py), so
 that the quantizer can compute it on the device, inside a compiled graph and without a host sync, while
 figures and reports compute it in numpy; this module itself never imports torch.
 """

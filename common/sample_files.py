@@ -1,5 +1,5 @@
 """The files a batch of generated (or reconstructed) brains is written as, shared by the PyTorch
-sampler (trainer/sample.py) and the onnxruntime one (export/runtime/sample.py): numpy and pillow only, no torch.
+sampler (trainer/stage2/sample.py) and the onnxruntime one (export/runtime/sample.py): numpy and pillow only, no torch.
 
     codes/NNN.png    code maps as 16-bit PNGs, indices scaled to fill 0..65535
     images/NNN.png   the decoded brains, 8-bit grayscale

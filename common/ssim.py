@@ -1,7 +1,7 @@
 """SSIM in numpy, so the torch-free runtime (`python -m export reconstruct`) reports the number that
 `trainer evaluate` reports with torchmetrics: Gaussian window 11, sigma 1.5, data range 1, K1 0.01,
 K2 0.03, images padded by reflection (5 pixels) so that every pixel has a window, variances clamped
-at 0, the mean over all pixels: torchmetrics' recipe, step by step (tests/test_reconstruct_figures.py
+at 0, the mean over all pixels: torchmetrics' recipe, step by step (tests/test_ssim.py
 compares the two).
 """
 

@@ -7,7 +7,7 @@ model.json's "prior_kind" says which prior the folder holds. The transformer is 
 The gated PixelCNN is exported as `prior_row` (GatedPixelCNN.row_context) and `prior_cell` (cell_logits), not
 as the whole network run once per cell, nor as a network that caches activations between cells:
   * bounded windows: a cell's logits depend only on `context_rows` rows above it and
-    `context_columns` cells to its left (trainer/pixelcnn.py), so both models take windows that
+    `context_columns` cells to its left (trainer/stage2/pixelcnn.py), so both models take windows that
     cover exactly that receptive field, and the cost per cell is independent of the grid size;
   * the sampler's only state is the code grid: nothing to carry between calls, so the onnxruntime
     loop (export/runtime/sample.py) is the same few lines as trainer.stage2.pixelcnn.sample;
@@ -32,6 +32,7 @@ from common.cli import add_checkpoint_argument, add_force_argument
 from common.cli_types import positive_int
 from common.digest import file_sha256
 from common.output_dir import atomic_output_dir
+from common.shard_format import IMAGE_SIZE
 from export.onnx_graph import export_part
 from export.runtime.model_dir import DEFAULT_OPSET, FORMAT_VERSION, MODEL_JSON
 from export.transformer_onnx import export_step
@@ -41,7 +42,6 @@ from trainer.stage2.load import load_paired_vqvae, load_prior
 from trainer.stage2.pixelcnn import GatedPixelCNN
 from trainer.stage2.transformer_prior import TransformerPrior
 
-IMAGE_SIZE = 256
 DESCRIPTION = (
     "Write encoder.onnx, decoder.onnx, the prior's models (PixelCNN: prior_row.onnx and prior_cell.onnx, "
     "the two halves of the exact fast sampler; transformer: prior_step.onnx, one step with the key/value "
@@ -92,16 +92,10 @@ class PriorCellGraph(nn.Module):
 
 
 @torch.no_grad()
-def export_models(
-    prior: GatedPixelCNN | TransformerPrior,
-    vqvae: VQVAE,
-    out: Path,
-    opset: int = DEFAULT_OPSET,
-    source: dict | None = None,
-) -> dict:
-    """Write the VQ-VAE's two models, the prior's (by its kind) and model.json into the folder `out`;
-    returns model.json's contents. `source` records where the weights came from (checkpoints and their sha256)."""
-    shape, height, width = prior.shape, prior.shape.height, prior.shape.width
+def model_fields(prior: GatedPixelCNN | TransformerPrior, vqvae: VQVAE) -> dict:
+    """What the runtime must know about the models before it runs them (model.json's semantic fields, also
+    written into every graph): the prior's kind and sizes, the grid, K, the code width, the conditions."""
+    shape = prior.shape
     if isinstance(prior, TransformerPrior):
         kind, details = "transformer", {}
     else:
@@ -114,16 +108,29 @@ def export_models(
                 "channels": prior.embed.embedding_dim,
             },
         )
-    fields = {
+    return {
         "prior_kind": kind,
         "image_size": IMAGE_SIZE,
-        "height": height,
-        "width": width,
+        "height": shape.height,
+        "width": shape.width,
         "num_codes": shape.num_codes,
         "code_dim": vqvae.quantizer.code_dim,
         "num_conditions": shape.num_conditions,
         **details,
     }
+
+
+def export_models(
+    prior: GatedPixelCNN | TransformerPrior,
+    vqvae: VQVAE,
+    out: Path,
+    opset: int = DEFAULT_OPSET,
+    source: dict | None = None,
+) -> dict:
+    """Write the VQ-VAE's two models, the prior's (by its kind) and model.json into the folder `out`;
+    returns model.json's contents. `source` records where the weights came from (checkpoints and their sha256)."""
+    fields = model_fields(prior, vqvae)
+    kind, height, width = fields["prior_kind"], fields["height"], fields["width"]
     batch = Dim("batch")
     images = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
     codes = torch.zeros(2, height, width, dtype=torch.long)

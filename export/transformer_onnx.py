@@ -4,7 +4,7 @@
                      key_0 (B, kv_heads, head_dim, cells), value_0 (B, kv_heads, cells, head_dim), key_1, ...
                      -> logits (B, K), new_key_0 (B, kv_heads, head_dim), new_value_0, new_key_1, ...
 
-TransformerPrior.step exported as it is (trainer/transformer_prior.py says why its cache has this
+TransformerPrior.step exported as it is (trainer/stage2/transformer_prior.py says why its cache has this
 layout): only the batch and the cache length (cells, at most H * W) vary; the sampler
 (export/runtime/transformer_sampler.py) owns the cache buffers, passes them in, and writes each step's new
 keys and values at the step's position. One tensor per layer and kind, not one for the whole cache,

@@ -1,4 +1,4 @@
-"""Tests for export/runtime/figures.py: every figure lands as a readable PNG sized by its layout, loss curves
+"""Tests for common/figures/: every figure lands as a readable PNG sized by its layout, loss curves
 cope with partial rows, and the perplexity in the codebook title is exact."""
 
 import math
@@ -43,7 +43,7 @@ def open_png(path) -> Image.Image:
 
 
 def texts(path) -> list[str]:
-    """The titles and axis labels drawn on a figure (figures.py stores them in the PNG's Description)."""
+    """The titles and axis labels drawn on a figure (common/figures/style.py stores them in the PNG's Description)."""
     return Image.open(path).text["Description"].splitlines()
 
 

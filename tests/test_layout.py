@@ -72,3 +72,25 @@ def test_no_merge_leftovers_are_tracked_and_they_are_ignored():
     assert [name for name in tracked("*") if re.search(r"\.(orig|rej)$", name)] == []
     ignored = (REPO / ".gitignore").read_text().split()
     assert "*.orig" in ignored and "*.rej" in ignored
+
+
+@pytest.mark.parametrize(
+    "package",
+    [
+        "common",
+        "common/figures",
+        "data_tools",
+        "trainer/run",
+        "trainer/stage1",
+        "trainer/stage2",
+        "export",
+        "export/runtime",
+    ],
+)
+def test_each_package_docstring_names_all_its_modules(package):
+    """The package docstring is where a newcomer looks for what lives where: it must not fall behind."""
+    folder = REPO / package
+    text = (folder / "__init__.py").read_text()
+    modules = [p.stem for p in folder.glob("*.py") if not p.stem.startswith("__")]
+    modules += [p.name + "/" for p in folder.iterdir() if (p / "__init__.py").is_file()]
+    assert [name for name in modules if not re.search(rf"^\s*{re.escape(name)}\s", text, re.M)] == []

@@ -1,4 +1,4 @@
-"""Tests for trainer/quantizer.py: nearest-code search, straight-through gradients, EMA
+"""Tests for trainer/stage1/quantizer.py: nearest-code search, straight-through gradients, EMA
 arithmetic, dead-code restarts and multi-process consistency (CPU, gloo)."""
 
 import contextlib

@@ -1,4 +1,4 @@
-"""The torch-free SSIM (export/runtime/ssim.py, used by `export reconstruct`) gives torchmetrics' number
+"""The torch-free SSIM (common/ssim.py, used by `export reconstruct`) gives torchmetrics' number
 (`trainer evaluate`'s) on real slices: the embedded demo brains and, where present, OASIS test slices."""
 
 import numpy as np

@@ -18,7 +18,7 @@ COMMANDS = {
     "vqvae": ("trainer.stage1.train", "train the VQ-VAE (stage 1)"),
     "evaluate": ("trainer.stage1.evaluate", "SSIM/PSNR, codebook usage and figures of a trained VQ-VAE on a split"),
     "encode": ("trainer.stage2.encode", "encode every split with a frozen VQ-VAE into code grids (input of stage 2)"),
-    "prior": ("trainer.stage2.train", "train the gated PixelCNN prior on code grids (stage 2)"),
+    "prior": ("trainer.stage2.train", "train the prior (transformer or gated PixelCNN) on code grids (stage 2)"),
     "sample": ("trainer.stage2.sample", "generate brains: sample code grids from the prior and decode them"),
     "evaluate-prior": ("trainer.stage2.evaluate", "test bits per code and accuracy, and how real generated brains are"),
 }

@@ -78,7 +78,7 @@ def code_histograms(real: np.ndarray, generated: np.ndarray, path: Path, title: 
 
 
 def structure_histograms(real: dict[str, np.ndarray], generated: dict[str, np.ndarray], path: Path) -> Path:
-    """Structure metrics (trainer/structure_metrics.py, per slice) of real and generated slices side by side:
+    """Structure metrics (trainer/stage2/structure_metrics.py, per slice) of real and generated slices side by side:
     the distribution of the mirror-IoU symmetry, and how many components the brain mask has."""
     path = Path(path)
     with saved_figure(path, figsize=(9, 3.5)) as fig:

@@ -6,7 +6,7 @@ The loop is the torch sampler's exact fast path for the folder's prior kind: for
 trainer.stage2.pixelcnn.sample's (one `prior_row` call per row on a band of rows above it, one `prior_cell`
 call per cell on a window of columns, here); for the transformer, trainer.stage2.transformer_prior.sample's
 (one `prior_step` call per cell with the key/value cache, export/runtime/transformer_sampler.py).
-The random numbers and the draw rule are export/runtime/sampling_rule.py's, so a seed gives the same
+The random numbers and the draw rule are common/sampling_rule.py's, so a seed gives the same
 code grids as `python -m trainer sample`. (The logits agree to float rounding, ~1e-7, so a draw could only differ
 if a uniform number fell that close to a step of the CDF.) The outputs are the same files too.
 """

@@ -3,7 +3,7 @@
 The loop is trainer.stage2.transformer_prior.sample's cached path: one `prior_step` call per cell, the
 cache held here as numpy buffers that onnxruntime reads in place (grown a row at a time), the new
 keys and values written at the step's position. The uniform numbers and the draw rule are
-trainer/sampling_rule.py's, so a seed gives the same code grids as the PyTorch sampler (the logits
+common/sampling_rule.py's, so a seed gives the same code grids as the PyTorch sampler (the logits
 agree to float rounding).
 """
 

@@ -1,7 +1,8 @@
-"""What both training stages share around their loop: the Accelerator, resuming, the metrics log,
-wandb (also for the one-shot commands: `log_to_wandb`), the window of metrics summed between two
-reports, divergence checks and checkpoints. The loops themselves (train_vqvae.py, train_prior.py) stay
-plain PyTorch and read top to bottom; this module only keeps them from repeating each other.
+"""What both training stages share around their loop: the Accelerator, resuming, the window of metrics summed
+between two reports, divergence checks and checkpoints. The metrics log, wandb, the LR schedule and the
+launcher check are modules of their own beside this one. The loops themselves (stage1/train.py,
+stage2/train.py) stay plain PyTorch and read top to bottom; this module only keeps them from repeating each
+other.
 
 Gradient accumulation is Accelerate's own: each micro-step runs inside `accelerator.accumulate(model)`
 (no gradient all-reduce but on the last one; `accelerator.backward` divides the loss by `grad_accum`),

@@ -50,9 +50,7 @@ class ModelConfig:
 
 @dataclass
 class QuantizerConfig:
-    kind: str = (
-        "vq"  # "vq": a learned codebook (trainer/quantizer.py); "fsq": finite scalar quantisation (trainer/fsq.py)
-    )
+    kind: str = "vq"  # "vq": a learned codebook (stage1/quantizer.py); "fsq": finite scalars (stage1/fsq.py)
     num_codes: int = 512  # K; for fsq it must equal the product of `levels`
     beta: float = 0.25  # commitment weight (vq)
     update: str = "ema"  # "ema" (moving averages + dead-code restarts) or "loss" (paper's codebook loss) (vq)

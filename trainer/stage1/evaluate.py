@@ -3,7 +3,7 @@ codebook usage, figures.
 
     python -m trainer evaluate --checkpoint runs/oasis64 --split test --out runs/oasis64/eval_test
 
-The SSIM and PSNR settings are trainer/image_metrics.py's (the ones validation uses during training).
+The SSIM and PSNR settings are trainer/stage1/image_metrics.py's (the ones validation uses during training).
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ from common.output_dir import atomic_output_dir, check_output_dir
 from trainer.run.checkpoint import resolve_checkpoint
 from trainer.run.metrics_file import read_metrics
 from trainer.run.wandb_logging import log_to_wandb
+from trainer.stage1.config import VQVAEConfig
 from trainer.stage1.data import SliceShards, epoch_batches
 from trainer.stage1.image_metrics import SSIM_SETTINGS, reconstruction_metrics
 from trainer.stage1.load import load_vqvae, numpy_decoder
 from trainer.stage1.quantizer import codebook_stats
+from trainer.stage1.vqvae import VQVAE
 
 SUMMARY = "summary.json"  # the marker of an evaluation folder: --force replaces only a folder that has it
 DESCRIPTION = (
@@ -93,38 +95,51 @@ def evaluate(
         "ssim_settings": SSIM_SETTINGS,
     }
     with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)]) as tmp:
-        with (tmp / "per_image.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_per_image_csv(tmp / "per_image.csv", rows)
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
-        keys, originals, recons, codes, ssims = examples.arrays()
-        code_values = code_intensity(numpy_decoder(model), cfg.quantizer.num_codes, tuple(codes.shape[1:]))
-        reconstruction_grid(
-            originals,
-            recons,
-            ssims,
-            keys,
-            tmp / "reconstructions.png",
-            examples.title(f"VQ-VAE on the {split} split"),
-            columns=4,
-        )
-        code_maps(
-            originals,
-            codes,
-            keys,
-            tmp / "code_maps.png",
-            code_values,
-            examples.title(f"VQ-VAE codes of the {split} split"),
-            columns=4,
-        )
-        codebook_usage(counts.numpy(), tmp / "codebook_usage.png", f"{split} split")
-        metrics_file = Path(cfg.out_dir) / "metrics.jsonl"
-        if metrics_file.is_file():
-            loss_curves(read_metrics(metrics_file)[0], tmp / "loss_curves.png")
+        write_figures(tmp, examples, counts, model, cfg, split)
     if log_wandb:
         log_to_wandb(summary, out, cfg.wandb.project, cfg.wandb.mode, f"evaluate-{split}", prefix=split)
     return summary
+
+
+def write_per_image_csv(path: Path, rows: list[dict]) -> None:
+    """One row per image (key, subject, slice, SSIM, PSNR), to find the slices behind a poor mean."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_figures(
+    folder: Path, examples: ReconstructionExamples, counts: torch.Tensor, model: VQVAE, cfg: VQVAEConfig, split: str
+) -> None:
+    """reconstructions.png, code_maps.png and codebook_usage.png, and loss_curves.png when the run's
+    metrics.jsonl is still beside it: what the numbers in summary.json look like."""
+    keys, originals, recons, codes, ssims = examples.arrays()
+    code_values = code_intensity(numpy_decoder(model), cfg.quantizer.num_codes, tuple(codes.shape[1:]))
+    reconstruction_grid(
+        originals,
+        recons,
+        ssims,
+        keys,
+        folder / "reconstructions.png",
+        examples.title(f"VQ-VAE on the {split} split"),
+        columns=4,
+    )
+    code_maps(
+        originals,
+        codes,
+        keys,
+        folder / "code_maps.png",
+        code_values,
+        examples.title(f"VQ-VAE codes of the {split} split"),
+        columns=4,
+    )
+    codebook_usage(counts.numpy(), folder / "codebook_usage.png", f"{split} split")
+    metrics_file = Path(cfg.out_dir) / "metrics.jsonl"
+    if metrics_file.is_file():
+        loss_curves(read_metrics(metrics_file)[0], folder / "loss_curves.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

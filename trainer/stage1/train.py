@@ -11,6 +11,7 @@ ranks take the same number of steps. Host syncs happen once per `log_every` step
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -73,17 +74,9 @@ def validate(model: VQVAE, cfg: VQVAEConfig, accelerator: Accelerator) -> tuple[
     }, first
 
 
-def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = True) -> tuple[Path, VQVAE]:
-    """Train stage 1; returns the final checkpoint folder and the trained model (this process's copy)."""
-    tc = cfg.train
-    run = TrainingRun(cfg.out_dir, tc, cfg.wandb, resume)
-    accelerator, out = run.accelerator, run.out
-    set_seed(cfg.seed)
-    model = build_vqvae(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(tc))
-    trained, optimizer, start_step = run.start(model, optimizer, scheduler, cfg)
-
+def training_batches(cfg: VQVAEConfig, accelerator: Accelerator, start_sample: int) -> Iterator:
+    """This rank's endless stream of training batches from sample `start_sample` on (resuming mid-epoch):
+    held in memory when the split fits, else streamed from the shards."""
     dataset = SliceShards(
         cfg.data.shards,
         "train",
@@ -93,11 +86,27 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
         seed=cfg.seed,
         shuffle_buffer=cfg.data.shuffle_buffer,
     )
+    source = training_source(dataset, cfg.data, accelerator.device)
+    return train_batches(source, cfg.data.batch_size, start_sample=start_sample, num_workers=cfg.data.num_workers)
+
+
+def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = True) -> tuple[Path, VQVAE]:
+    """Train stage 1; returns the final checkpoint folder and the trained model (this process's copy).
+
+    Longer than 60 lines on purpose: like nanoGPT's loop it reads top to bottom (setup, the step, what a report
+    step adds), and the order of the random draws and of the collectives every rank must make is in plain view.
+    """
+    tc = cfg.train
+    run = TrainingRun(cfg.out_dir, tc, cfg.wandb, resume)
+    accelerator, out = run.accelerator, run.out
+    set_seed(cfg.seed)
+    model = build_vqvae(cfg)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(tc))
+    trained, optimizer, start_step = run.start(model, optimizer, scheduler, cfg)
+
     samples_per_step = cfg.data.batch_size * tc.grad_accum
-    source = training_source(dataset, cfg.data, accelerator.device)  # in memory when it fits, else the stream
-    batches = train_batches(
-        source, cfg.data.batch_size, start_sample=start_step * samples_per_step, num_workers=cfg.data.num_workers
-    )
+    batches = training_batches(cfg, accelerator, start_sample=start_step * samples_per_step)
 
     progress = tqdm(
         range(start_step, tc.max_steps),

@@ -1,5 +1,5 @@
 """The code files: the frozen VQ-VAE's encoding of every slice, written once by `python -m trainer encode`
-(trainer/encode.py) and read by stage 2.
+(trainer/stage2/encode.py) and read by stage 2.
 
 Per split, `{split}.npz` holds
     codes     uint16 (N, H, W)   code indices

@@ -21,7 +21,7 @@ class CodesConfig:
 
 @dataclass
 class TransformerConfig:
-    """The transformer prior (trainer/transformer_prior.py): every cell attends to every earlier cell."""
+    """The transformer prior (trainer/stage2/transformer_prior.py): every cell attends to every earlier cell."""
 
     layers: int = 4
     width: int = 128
@@ -46,7 +46,7 @@ class PriorModelConfig:
     """`kind` picks the prior; the gated PixelCNN's keys sit directly under `model` (as before `kind` existed,
     so older configs and checkpoints load as a PixelCNN), the transformer's under `model.transformer`."""
 
-    kind: str = "pixelcnn"  # "pixelcnn" (trainer/pixelcnn.py) or "transformer" (trainer/transformer_prior.py)
+    kind: str = "pixelcnn"  # "pixelcnn" (stage2/pixelcnn.py) or "transformer" (stage2/transformer_prior.py)
     channels: int = 128
     layers: int = 12  # gated layers: one type A, then type B
     kernel: int = 3  # odd; the first layer uses first_kernel

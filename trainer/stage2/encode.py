@@ -3,7 +3,7 @@ for stage 2.
 
     python -m trainer encode --checkpoint runs/oasis32 --out runs/oasis32/codes
 
-writes, per split, `{split}.npz` and `codes.json` (the format: trainer/codes.py). Each split file is
+writes, per split, `{split}.npz` and `codes.json` (the format: trainer/stage2/codes.py). Each split file is
 written to a temporary name and renamed when complete; rerunning skips the splits already encoded
 by the same checkpoint, so an interrupted run resumes where it stopped.
 """
@@ -23,10 +23,11 @@ from common.cli import add_batch_size_argument, add_checkpoint_argument, add_dev
 from common.digest import file_sha256
 from common.json_file import read_json_object
 from common.output_dir import check_output_dir, write_file_atomically
-from common.shard_format import read_manifest
+from common.shard_format import IMAGE_SIZE, read_manifest
 from trainer.run.checkpoint import resolve_checkpoint
 from trainer.stage1.data import SliceShards, epoch_batches
 from trainer.stage1.load import load_vqvae
+from trainer.stage1.vqvae import VQVAE
 from trainer.stage2.codes import CODES_META, SPLITS
 
 DESCRIPTION = (
@@ -56,13 +57,8 @@ def encode_splits(
     sha = file_sha256(checkpoint / "model.safetensors")
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / CODES_META
-    # --force starts over without reading codes.json, so a damaged one can be replaced
-    meta = read_json_object(meta_path) if meta_path.is_file() and not force else {}
-    if meta.get("checkpoint_sha256") != sha or not isinstance(meta.get("splits"), dict):
-        meta = {"splits": {}}  # another model's codes (or --force): start over, and never reuse their files
-        for split in SPLITS:
-            (out / f"{split}.npz").unlink(missing_ok=True)
-    side = 256 // cfg.model.downsample
+    meta = resumable_meta(out, meta_path, sha, force)
+    side = IMAGE_SIZE // cfg.model.downsample
     meta.update(
         {
             "vqvae_checkpoint": str(checkpoint),
@@ -79,15 +75,7 @@ def encode_splits(
         target = out / f"{split}.npz"
         if split in meta["splits"] and target.is_file():
             continue
-        dataset = SliceShards(shards, split)
-        codes, slices, subjects, keys = [], [], [], []
-        with tqdm(total=len(dataset), desc=f"encode {split}", unit="img", disable=not show_progress) as bar:
-            for batch in epoch_batches(dataset, batch_size):
-                codes.append(model.encode(batch.images.to(device)).to("cpu", torch.int32).numpy().astype(np.uint16))
-                slices += [m["slice"] for m in batch.meta]
-                subjects += [m["subject"] for m in batch.meta]
-                keys += batch.keys
-                bar.update(len(batch.keys))
+        codes, slices, subjects, keys = encode_split(model, shards, split, batch_size, device, show_progress)
         tmp = out / f".{split}.tmp.npz"
         np.savez(
             tmp,
@@ -102,6 +90,34 @@ def encode_splits(
             meta["num_slices"] = int(max(slices)) + 1
         write_file_atomically(meta_path, json.dumps(meta, indent=1).encode())
     return meta
+
+
+def resumable_meta(out: Path, meta_path: Path, sha: str, force: bool) -> dict:
+    """codes.json as an earlier run of the same checkpoint left it, so that its splits are skipped; otherwise an
+    empty one, and the split files beside it are deleted so that another model's codes are never reused."""
+    # --force starts over without reading codes.json, so a damaged one can be replaced
+    meta = read_json_object(meta_path) if meta_path.is_file() and not force else {}
+    if meta.get("checkpoint_sha256") != sha or not isinstance(meta.get("splits"), dict):
+        meta = {"splits": {}}  # another model's codes (or --force): start over, and never reuse their files
+        for split in SPLITS:
+            (out / f"{split}.npz").unlink(missing_ok=True)
+    return meta
+
+
+def encode_split(
+    model: VQVAE, shards: str, split: str, batch_size: int, device: str, show_progress: bool
+) -> tuple[list[np.ndarray], list[int], list[str], list[str]]:
+    """One split's code grids (uint16 batches, compact for stage 2), slice positions, subjects and keys."""
+    dataset = SliceShards(shards, split)
+    codes, slices, subjects, keys = [], [], [], []
+    with tqdm(total=len(dataset), desc=f"encode {split}", unit="img", disable=not show_progress) as bar:
+        for batch in epoch_batches(dataset, batch_size):
+            codes.append(model.encode(batch.images.to(device)).to("cpu", torch.int32).numpy().astype(np.uint16))
+            slices += [m["slice"] for m in batch.meta]
+            subjects += [m["subject"] for m in batch.meta]
+            keys += batch.keys
+            bar.update(len(batch.keys))
+    return codes, slices, subjects, keys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

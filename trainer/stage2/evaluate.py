@@ -5,14 +5,14 @@ codes and the realism of its brains.
 
 1. Test bits per code and top-1 accuracy (teacher forcing on the test split's code grids).
 2. Generated brains (`--n` of them, fast sampler, seed `--seed`) against real test slices, with no
-   downloaded weights (trainer/generation_metrics.py says why each is meaningful):
+   downloaded weights (trainer/stage2/generation_metrics.py says why each is meaningful):
    a. memorisation: SSIM of each image to its nearest training slice, generated vs real test;
    b. diversity: mean pairwise MS-SSIM, generated vs real test;
    c. Fréchet distance in the frozen VQ-VAE encoder's feature space. The decoder cannot make every
       detail of a real scan, so two references bound it: the test slices' own reconstructions (the
       floor a perfect prior would reach) and a disjoint set of real training slices;
    d. the histogram of codes in generated grids vs the encoder's grids of the test slices;
-   e. structure (trainer/structure_metrics.py), because a Fréchet distance does not say what is wrong:
+   e. structure (trainer/stage2/structure_metrics.py), because a Fréchet distance does not say what is wrong:
       the share of slices whose brain mask is one connected component, the symmetry (mirror IoU of the
       mask about the anatomical midline, which runs horizontally on these PNGs) and the share whose mask
       touches the image edge, generated vs real. Each generated slice in nearest_train.png is titled
@@ -44,9 +44,12 @@ from common.output_dir import atomic_output_dir, check_output_dir
 from common.sample_files import write_samples
 from trainer.run.checkpoint import resolve_checkpoint
 from trainer.run.wandb_logging import log_to_wandb
+from trainer.stage1.config import VQVAEConfig
 from trainer.stage1.data import SliceShards, epoch_batches
 from trainer.stage1.load import numpy_decoder
+from trainer.stage1.vqvae import VQVAE
 from trainer.stage2.codes import load_code_tensors
+from trainer.stage2.config import PriorConfig
 from trainer.stage2.generate import generate
 from trainer.stage2.generation_metrics import (
     code_histogram_comparison,
@@ -56,8 +59,10 @@ from trainer.stage2.generation_metrics import (
     nearest_ssim,
 )
 from trainer.stage2.load import load_paired_vqvae, load_prior
+from trainer.stage2.pixelcnn import GatedPixelCNN
 from trainer.stage2.prior_loss import likelihood_metrics, likelihood_sums
 from trainer.stage2.structure_metrics import structure_metrics, summarize
+from trainer.stage2.transformer_prior import TransformerPrior
 
 SUMMARY = "summary.json"  # the marker of an evaluation folder: --force replaces only a folder that has it
 DESCRIPTION = (
@@ -101,11 +106,7 @@ def evaluate_generation(
 ) -> dict:
     """Measure, then write summary.json, the figures and the samples into `out` (whole or not at all)."""
     out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
-    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint])
-    prior, cfg, info = load_prior(checkpoint, device)
-    vqvae, vq_cfg, vqvae_path, _ = load_paired_vqvae(info, None, device)
-    inputs = [checkpoint, vqvae_path, *[Path(p) for p in (info.get("codes_dir"), vq_cfg.data.shards) if p]]
-    check_output_dir(out, marker=SUMMARY, force=force, inputs=inputs)
+    prior, cfg, info, vqvae, vq_cfg, inputs = load_models(checkpoint, out, device, force)
     summary: dict = {
         "checkpoint": str(checkpoint),
         "split": split,
@@ -119,64 +120,20 @@ def evaluate_generation(
     likelihood = likelihood_metrics(likelihood_sums(prior, codes, conditions, batch_size))
     summary.update({f"{split}_{k}": v for k, v in likelihood.items()})
 
-    started = time.perf_counter()
-    generated_codes, generated_conditions, generated = generate(
-        prior, vqvae, n, seed, temperature, top_k, batch_size=batch_size, show_progress=show_progress
+    generated_codes, generated_conditions, generated, summary["sampling_seconds"] = sample_brains(
+        prior, vqvae, n, seed, temperature, top_k, batch_size, show_progress
     )
-    summary["sampling_seconds"] = time.perf_counter() - started
-    generated = torch.from_numpy(generated)[:, None]
+    real, reconstructions, train_images = real_images(vqvae, vq_cfg.data.shards, split, batch_size, device)
 
-    shards = vq_cfg.data.shards
-    real = uint8_to_unit(load_images(shards, split))
-    train = load_images(shards, "train")  # uint8: 0.5 GB for OASIS; as floats only once, below
-    with torch.no_grad():
-        reconstructions = torch.cat(
-            [vqvae(real[i : i + batch_size].to(device))[0].clamp(0, 1).cpu() for i in range(0, len(real), batch_size)]
-        )
-
-    # (a) memorisation
-    train_images = uint8_to_unit(train)
-    gen_ssim, gen_nearest = nearest_ssim(generated, train_images)
-    real_ssim, _ = nearest_ssim(real, train_images)
-    summary.update(
-        {
-            "nearest_train_ssim_generated": float(gen_ssim.mean()),
-            "nearest_train_ssim_generated_max": float(gen_ssim.max()),
-            "nearest_train_ssim_real": float(real_ssim.mean()),
-            "nearest_train_ssim_real_max": float(real_ssim.max()),
-        }
-    )
-    # (b) diversity
-    summary.update(
-        {
-            "ms_ssim_generated": mean_pairwise_ms_ssim(generated, max_pairs, seed),
-            "ms_ssim_real": mean_pairwise_ms_ssim(real, max_pairs, seed),
-        }
-    )
-    # (c) Fréchet distance in the encoder's feature space
-    real_features = encoder_features(vqvae, real)
-    references = {
-        "generated": generated,
-        "reconstructed": reconstructions,
-        "train": train_images[torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: len(real)]],
-    }
-    for name, images in references.items():
-        summary[f"frechet_{name}_vs_{split}"] = frechet_distance(encoder_features(vqvae, images), real_features)
-    # (d) code histograms
+    memorisation, gen_ssim, gen_nearest = memorisation_metrics(generated, real, train_images)
+    summary.update(memorisation)
+    summary.update(diversity_metrics(generated, real, max_pairs, seed))
+    summary.update(frechet_metrics(vqvae, real, generated, reconstructions, train_images, split, seed))
     histograms = code_histogram_comparison(codes.numpy(), generated_codes, prior.shape.num_codes)
-    summary.update(
-        {
-            "codes_used_real": histograms["codes_used_a"],
-            "codes_used_generated": histograms["codes_used_b"],
-            "code_total_variation": histograms["total_variation"],
-            "code_jensen_shannon_bits": histograms["jensen_shannon_bits"],
-        }
-    )
-    # (e) structure
+    summary.update(code_histogram_summary(histograms))
     structure = {"generated": structure_metrics(generated.numpy()), "real": structure_metrics(real.numpy())}
     summary.update(structure_summary(structure))
 
-    shown = min(32, n)
     with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=inputs) as tmp:
         write_samples(
             tmp / "samples",
@@ -186,25 +143,143 @@ def evaluate_generation(
             prior.shape.num_codes,
             numpy_decoder(vqvae),
         )
-        nearest_neighbours(
-            generated[:shown, 0].numpy(),
-            train_images[gen_nearest[:shown], 0].numpy(),
-            gen_ssim[:shown],
-            tmp / "nearest_train.png",
-            f"Memorisation check: generated slices, nearest training slices ({shown} of {n})",
-            titles=[structure_title(structure["generated"], i) for i in range(shown)],
-        )
-        structure_histograms(structure["real"], structure["generated"], tmp / "structure_histograms.png")
-        code_histograms(
-            np.asarray(histograms["counts_a"]),
-            np.asarray(histograms["counts_b"]),
-            tmp / "code_histograms.png",
-            f"Code frequencies: {split} split vs {n} prior samples",
-        )
+        write_figures(tmp, generated, train_images, gen_nearest, gen_ssim, structure, histograms, split, n)
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
     if log_wandb:
         log_to_wandb(summary, out, cfg.wandb.project, cfg.wandb.mode, f"evaluate-prior-{split}", prefix=split)
     return summary
+
+
+def load_models(
+    checkpoint: Path, out: Path, device: str, force: bool
+) -> tuple[GatedPixelCNN | TransformerPrior, PriorConfig, dict, VQVAE, VQVAEConfig, list[Path]]:
+    """The prior and its paired VQ-VAE with their configs, and every input `out` must not be: `out` is checked
+    before anything loads, so a wrong --out fails at once, and again once the VQ-VAE, codes and shards are known."""
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint])
+    prior, cfg, info = load_prior(checkpoint, device)
+    vqvae, vq_cfg, vqvae_path, _ = load_paired_vqvae(info, None, device)
+    inputs = [checkpoint, vqvae_path, *[Path(p) for p in (info.get("codes_dir"), vq_cfg.data.shards) if p]]
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=inputs)
+    return prior, cfg, info, vqvae, vq_cfg, inputs
+
+
+def sample_brains(
+    prior: GatedPixelCNN | TransformerPrior,
+    vqvae: VQVAE,
+    n: int,
+    seed: int,
+    temperature: float,
+    top_k: int,
+    batch_size: int,
+    show_progress: bool,
+) -> tuple[np.ndarray, np.ndarray | None, torch.Tensor, float]:
+    """`n` brains from the fast sampler, timed because its speed is reported beside its quality: their codes,
+    conditions, images as (n, 1, 256, 256) floats, and the seconds sampling took."""
+    started = time.perf_counter()
+    codes, conditions, images = generate(
+        prior, vqvae, n, seed, temperature, top_k, batch_size=batch_size, show_progress=show_progress
+    )
+    seconds = time.perf_counter() - started
+    return codes, conditions, torch.from_numpy(images)[:, None], seconds
+
+
+def real_images(
+    vqvae: VQVAE, shards: str, split: str, batch_size: int, device: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the generated slices are measured against, as floats in [0, 1]: the split's real slices, their
+    reconstructions by the VQ-VAE (what a perfect prior could reach at best) and every training slice."""
+    real = uint8_to_unit(load_images(shards, split))
+    train = load_images(shards, "train")  # uint8: 0.5 GB for OASIS; as floats only once, on return
+    with torch.no_grad():
+        reconstructions = torch.cat(
+            [vqvae(real[i : i + batch_size].to(device))[0].clamp(0, 1).cpu() for i in range(0, len(real), batch_size)]
+        )
+    return real, reconstructions, uint8_to_unit(train)
+
+
+def memorisation_metrics(
+    generated: torch.Tensor, real: torch.Tensor, train_images: torch.Tensor
+) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """(a) SSIM to the nearest training slice, generated beside real: only generated far above real means copies.
+    Also each generated slice's SSIM and nearest training slice, which nearest_train.png shows."""
+    gen_ssim, gen_nearest = nearest_ssim(generated, train_images)
+    real_ssim, _ = nearest_ssim(real, train_images)
+    metrics = {
+        "nearest_train_ssim_generated": float(gen_ssim.mean()),
+        "nearest_train_ssim_generated_max": float(gen_ssim.max()),
+        "nearest_train_ssim_real": float(real_ssim.mean()),
+        "nearest_train_ssim_real_max": float(real_ssim.max()),
+    }
+    return metrics, gen_ssim, gen_nearest
+
+
+def diversity_metrics(generated: torch.Tensor, real: torch.Tensor, max_pairs: int, seed: int) -> dict[str, float]:
+    """(b) Mean pairwise MS-SSIM of each set: the real slices' value is the variety the prior should match."""
+    return {
+        "ms_ssim_generated": mean_pairwise_ms_ssim(generated, max_pairs, seed),
+        "ms_ssim_real": mean_pairwise_ms_ssim(real, max_pairs, seed),
+    }
+
+
+def frechet_metrics(
+    vqvae: VQVAE,
+    real: torch.Tensor,
+    generated: torch.Tensor,
+    reconstructions: torch.Tensor,
+    train_images: torch.Tensor,
+    split: str,
+    seed: int,
+) -> dict[str, float]:
+    """(c) Fréchet distance to the real slices in the encoder's feature space: of the generated slices, and of the
+    two references that bound it, the reconstructions (the floor) and as many real training slices."""
+    real_features = encoder_features(vqvae, real)
+    train_subset = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(seed))[: len(real)]
+    references = {"generated": generated, "reconstructed": reconstructions, "train": train_images[train_subset]}
+    return {
+        f"frechet_{name}_vs_{split}": frechet_distance(encoder_features(vqvae, images), real_features)
+        for name, images in references.items()
+    }
+
+
+def code_histogram_summary(histograms: dict) -> dict:
+    """(d) summary.json's code histogram entries, named for the sets that code_histogram_comparison calls a and b."""
+    return {
+        "codes_used_real": histograms["codes_used_a"],
+        "codes_used_generated": histograms["codes_used_b"],
+        "code_total_variation": histograms["total_variation"],
+        "code_jensen_shannon_bits": histograms["jensen_shannon_bits"],
+    }
+
+
+def write_figures(
+    folder: Path,
+    generated: torch.Tensor,
+    train_images: torch.Tensor,
+    gen_nearest: np.ndarray,
+    gen_ssim: np.ndarray,
+    structure: dict[str, dict[str, np.ndarray]],
+    histograms: dict,
+    split: str,
+    n: int,
+) -> None:
+    """nearest_train.png (at most 32 generated slices, each titled with its structure, beside its nearest
+    training slice), structure_histograms.png and code_histograms.png, so the numbers can be seen."""
+    shown = min(32, n)
+    nearest_neighbours(
+        generated[:shown, 0].numpy(),
+        train_images[gen_nearest[:shown], 0].numpy(),
+        gen_ssim[:shown],
+        folder / "nearest_train.png",
+        f"Memorisation check: generated slices, nearest training slices ({shown} of {n})",
+        titles=[structure_title(structure["generated"], i) for i in range(shown)],
+    )
+    structure_histograms(structure["real"], structure["generated"], folder / "structure_histograms.png")
+    code_histograms(
+        np.asarray(histograms["counts_a"]),
+        np.asarray(histograms["counts_b"]),
+        folder / "code_histograms.png",
+        f"Code frequencies: {split} split vs {n} prior samples",
+    )
 
 
 def structure_summary(structure: dict[str, dict[str, np.ndarray]]) -> dict:

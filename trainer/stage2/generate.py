@@ -1,5 +1,5 @@
 """Brains from a prior with PyTorch: sample code grids with the prior's exact fast sampler, decode them
-with the VQ-VAE. The random numbers come from the shared sampling rule (export/runtime/sampling_rule.py),
+with the VQ-VAE. The random numbers come from the shared sampling rule (common/sampling_rule.py),
 so a seed gives the same brains here, in `python -m trainer sample`, during training, in
 `evaluate-prior` and in the onnxruntime sampler.
 """

@@ -31,7 +31,7 @@ class PriorShape:
 def draw(logits: Tensor, uniforms: Tensor, temperature: float = 1.0, top_k: int = 0) -> Tensor:
     """Codes (B,) from logits (B, K) and one uniform number per row: inverse-CDF sampling from
     softmax(logits / temperature) over the top_k most likely codes (0: all). The rule of
-    export/runtime/sampling_rule.py, in torch so that it runs where the logits are."""
+    common/sampling_rule.py, in torch so that it runs where the logits are."""
     scaled = logits.double() / temperature
     if top_k:
         kth = scaled.topk(min(top_k, scaled.shape[-1]), dim=-1).values[:, -1:]

@@ -4,7 +4,7 @@
 
 writes `codes/NNN.png` (code maps, indices scaled to 16-bit), `images/NNN.png` (decoded brains),
 `generated.png` (each code map beside its brain) and `samples.npz` (the code grids and conditions).
-The random numbers come from numpy (export/runtime/sampling_rule.py), so a seed gives the same brains on any
+The random numbers come from numpy (common/sampling_rule.py), so a seed gives the same brains on any
 machine and in the onnxruntime sampler; `--naive` runs the slow reference sampler instead (for checks and timing).
 """
 

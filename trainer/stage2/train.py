@@ -5,7 +5,7 @@ grids. A plain PyTorch loop; Accelerate wraps the model and optimizer (devices, 
     python -m trainer prior --config configs/prior_oasis_32.yaml                 # one process
     bash launch.sh stage2 configs/prior_oasis_32.yaml                            # N GPUs
 
-The loss (trainer/prior_loss.py) is the cross-entropy of every cell's code given the cells before it
+The loss (trainer/stage2/prior_loss.py) is the cross-entropy of every cell's code given the cells before it
 (teacher forcing), reported as bits per code; top-1 accuracy is how often the most likely code is the true one.
 The code grids are small (8,000 OASIS slices at 32x32 are 16 MB), so they live on the device and
 each epoch is a seeded permutation split between ranks: no loader, and resuming is exact.
@@ -62,8 +62,9 @@ def code_batches(
         epoch, offset = epoch + 1, 0
 
 
-def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = True) -> tuple[Path, torch.nn.Module]:
-    """Train stage 2; returns the final checkpoint folder and the trained prior."""
+def prior_shape(cfg: PriorConfig) -> tuple[PriorShape, dict]:
+    """The grid the prior models, from the codes' codes.json, and the prior.json saved with every checkpoint
+    (the grid, and the VQ-VAE whose codes these are)."""
     meta = read_codes_meta(cfg.codes.dir)
     shape = PriorShape(
         meta["num_codes"], meta["height"], meta["width"], meta["num_slices"] if cfg.model.condition_on_slice else 0
@@ -74,6 +75,54 @@ def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = Tr
         "vqvae_sha256": meta["checkpoint_sha256"],
         "codes_dir": str(cfg.codes.dir),
     }
+    return shape, info
+
+
+class SampleFigure:
+    """Prior samples decoded into a figure while training. The VQ-VAE is loaded on first use, so only the
+    process that draws (the main one) ever loads it."""
+
+    def __init__(self, info: dict, shape: PriorShape, device: torch.device, path: Path, count: int):
+        self.info, self.shape, self.device, self.path, self.count = info, shape, device, path, count
+        self.vqvae = self.code_values = None
+
+    def draw(self, prior: torch.nn.Module, step: int) -> Path:
+        if self.vqvae is None:
+            self.vqvae, _ = load_vqvae(Path(self.info["vqvae_checkpoint"]), self.device)
+            grid = (self.shape.height, self.shape.width)
+            self.code_values = code_intensity(numpy_decoder(self.vqvae), self.shape.num_codes, grid)
+        prior.eval()
+        grids, _, decoded = generate(prior, self.vqvae, self.count, seed=step, show_progress=False)
+        prior.train()
+        title = f"Prior samples at step {step} (seed {step})"
+        return generated_grid(grids, decoded, self.path, self.code_values, title)
+
+
+def validation_metrics(
+    prior: torch.nn.Module, codes: torch.Tensor, conditions: torch.Tensor | None, cfg: PriorConfig, accelerator
+) -> dict:
+    """Bits per code and accuracy on `eval_batches` batches of the eval split per rank, all ranks together."""
+    sums = likelihood_sums(
+        prior,
+        codes,
+        conditions,
+        cfg.codes.batch_size,
+        accelerator.process_index,
+        accelerator.num_processes,
+        cfg.train.eval_batches,
+        accelerator.autocast,
+    )
+    metrics = likelihood_metrics(accelerator.reduce(sums, "sum"))
+    return {f"val_{key}": value for key, value in metrics.items()}
+
+
+def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = True) -> tuple[Path, torch.nn.Module]:
+    """Train stage 2; returns the final checkpoint folder and the trained prior.
+
+    Longer than 60 lines on purpose: like nanoGPT's loop it reads top to bottom (setup, the step, what a report
+    step adds), and the order of the random draws and of the collectives every rank must make is in plain view.
+    """
+    shape, info = prior_shape(cfg)
     tc = cfg.train
     run = TrainingRun(cfg.out_dir, tc, cfg.wandb, resume)
     accelerator = run.accelerator
@@ -87,17 +136,13 @@ def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = Tr
     eval_codes, eval_conditions = load_code_tensors(cfg.codes.dir, cfg.codes.eval_split, shape)
     codes = codes.to(accelerator.device)
     conditions = conditions.to(accelerator.device) if conditions is not None else None
-    batches = code_batches(
-        len(codes),
-        cfg.codes.batch_size,
-        accelerator.process_index,
-        accelerator.num_processes,
-        cfg.seed,
-        start_batch=start_step * tc.grad_accum,
+    ranks = accelerator.process_index, accelerator.num_processes
+    batches = code_batches(len(codes), cfg.codes.batch_size, *ranks, cfg.seed, start_batch=start_step * tc.grad_accum)
+    samples = SampleFigure(
+        info, shape, accelerator.device, run.out / "figures" / "samples_latest.png", cfg.sample_count
     )
-    vqvae = None  # loaded on first use, only where sample grids are drawn
 
-    samples_per_step = cfg.codes.batch_size * tc.grad_accum * accelerator.num_processes
+    codes_per_step = cfg.codes.batch_size * tc.grad_accum * accelerator.num_processes * shape.height * shape.width
     progress = tqdm(
         range(start_step, tc.max_steps),
         initial=start_step,
@@ -126,39 +171,14 @@ def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = Tr
                 "bits_per_code": means[0] / LN2,
                 "accuracy": means[1],
                 "lr": scheduler.get_last_lr()[0],
-                "codes_per_s": window_steps * samples_per_step * shape.height * shape.width / seconds,
+                "codes_per_s": window_steps * codes_per_step / seconds,
             }
             if is_due(done, tc.eval_every, tc.max_steps):
-                sums = likelihood_sums(
-                    prior,
-                    eval_codes,
-                    eval_conditions,
-                    cfg.codes.batch_size,
-                    accelerator.process_index,
-                    accelerator.num_processes,
-                    tc.eval_batches,
-                    accelerator.autocast,
-                )
-                metrics = likelihood_metrics(accelerator.reduce(sums, "sum"))
-                record.update({f"val_{key}": value for key, value in metrics.items()})
-            images = {}
-            if accelerator.is_main_process and (
-                done == tc.max_steps or (cfg.sample_every and done % cfg.sample_every == 0)
-            ):
-                if vqvae is None:
-                    vqvae, _ = load_vqvae(Path(meta["vqvae_checkpoint"]), accelerator.device)
-                    code_values = code_intensity(numpy_decoder(vqvae), shape.num_codes, (shape.height, shape.width))
-                prior.eval()
-                grids, _, decoded = generate(prior, vqvae, cfg.sample_count, seed=done, show_progress=False)
-                prior.train()
-                images["samples"] = generated_grid(
-                    grids,
-                    decoded,
-                    run.out / "figures" / "samples_latest.png",
-                    code_values,
-                    f"Prior samples at step {done} (seed {done})",
-                )
-            run.log(record, images)
+                record.update(validation_metrics(prior, eval_codes, eval_conditions, cfg, accelerator))
+            sample_due = done == tc.max_steps or (cfg.sample_every and done % cfg.sample_every == 0)
+            run.log(
+                record, {"samples": samples.draw(prior, done)} if accelerator.is_main_process and sample_due else {}
+            )
             if accelerator.is_main_process:
                 progress.set_postfix(
                     bits=f"{record['bits_per_code']:.3f}",

@@ -22,7 +22,7 @@ while every query head stays. kv_heads = heads is ordinary multi-head attention.
 
 Exact cached sampling (`step`): the cache holds, per layer, the keys (B, kv_heads, head_dim, cells)
 stored transposed and the values (B, kv_heads, cells, head_dim) of the cells sampled so far and some
-zeroed room after them (export/runtime/kv_cache.py: the samplers grow it a grid row at a time). A step gets
+zeroed room after them (common/kv_cache.py: the samplers grow it a grid row at a time). A step gets
 the position t, attends to the cached cells < t (the rest is masked) and to its own token's key and
 value, and returns those for the caller to write at t. Why this layout: in the ONNX step model
 (export/transformer_onnx.py) nothing is concatenated or copied (onnxruntime reads the sampler's
@@ -163,7 +163,7 @@ class TransformerPrior(nn.Module):
     def empty_cache(
         self, batch: int, dtype: torch.dtype = torch.float32, device=None, cells: int | None = None
     ) -> list[Tensor]:
-        """Zeroed cache for `step` (export/runtime/kv_cache.py), room for `cells` cells (default: the whole grid)."""
+        """Zeroed cache for `step` (common/kv_cache.py), room for `cells` cells (default: the whole grid)."""
         attention = self.blocks[0].attention
         cells = self.shape.height * self.shape.width if cells is None else cells
         shapes = cache_shapes(len(self.blocks), attention.kv_heads, attention.head_dim, batch, cells)

@@ -1,0 +1,21 @@
+"""The base layer, under every other package: file formats and helpers that need no torch, so that the
+shard writer, the training side and the onnxruntime runtime all read and write the same things.
+
+    errors          DataError: bad input data, named with its problem
+    shard_format    the on-disk shard format: tar members, manifest, pixel statistics, IMAGE_SIZE
+    png_header      a PNG's bit depth and size from its header, before any pixel is decoded
+    digest          sha256 of files (shards, checkpoints, ONNX files)
+    json_file       reading a JSON object file with one-line errors
+    output_dir      atomic output folders and files; what --force may replace
+    cli             the command-line conventions every command shares, and the shared options
+    cli_types       argparse types for numbers with bounds
+    sampling_rule   the random numbers and the draw rule both samplers follow (numpy)
+    kv_cache        the transformer prior's key/value cache layout (torch or numpy arrays)
+    sample_files    the files a batch of generated brains is written as
+    code_usage      codebook perplexity (one definition, numpy or torch)
+    ssim            SSIM in numpy, torchmetrics' recipe
+    figures/        every figure, one module per stage (see figures/__init__.py)
+
+Nothing here imports torch or another package of the project (tests/test_runtime_boundary.py and
+tests/test_layout.py check it); every other package imports from here.
+"""
