@@ -60,12 +60,14 @@ config_value() {
 import sys
 from functools import reduce
 
-from trainer import config
+from trainer.run.config_file import ConfigError, load_config
+from trainer.stage1.config import VQVAEConfig
+from trainer.stage2.config import PriorConfig
 
 path, cls, key = sys.argv[1:]
 try:
-    loaded = config.load_config(path, cls=getattr(config, cls))
-except config.ConfigError as err:
+    loaded = load_config(path, cls={"VQVAEConfig": VQVAEConfig, "PriorConfig": PriorConfig}[cls])
+except ConfigError as err:
     print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
 print(reduce(getattr, key.split("."), loaded))
