@@ -1,11 +1,16 @@
 """The slicing options that `data_tools shard --nifti` and `export reconstruct --nifti` share (defined once, so a
-volume is cut the same way on the way in and on the way back), and the plan they give for one volume."""
+volume is cut the same way on the way in and on the way back), the plan they give for one volume, and
+`cut_volume`: a volume cut into model inputs with the way back into its space (CutVolume.write)."""
 
 from __future__ import annotations
 
 import argparse
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from common.cli_types import number
@@ -18,6 +23,9 @@ from common.nifti_volume import (
     Window,
     foreground,
     intensity_window,
+    normalised_slice,
+    put_back,
+    read_volume,
     slice_range,
 )
 
@@ -101,3 +109,42 @@ def add_slicing_arguments(parser: argparse.ArgumentParser) -> None:
         help="per-volume intensity window: these percentiles of the foreground voxels map to 0 and 1 "
         f"(default: {PERCENTILES[0]},{PERCENTILES[1]})",
     )
+
+
+@dataclass
+class CutVolume:
+    """A volume cut into model inputs, and the way back: what `export reconstruct` (and a later `export anomaly`)
+    needs to run 256x256 slices through a model and write the results into the input's space."""
+
+    volume: Volume
+    window: Window
+    axis: int
+    indices: dict[str, int]  # sample name -> canonical slice index
+
+    @property
+    def subject(self) -> str:
+        name = self.volume.path.name
+        stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else self.volume.path.stem
+        return re.sub(r"[^A-Za-z0-9-]", "-", stem).strip("-") or "volume"
+
+    def slices(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, 256x256 uint8) of every kept slice, in order."""
+        for name, index in self.indices.items():
+            yield name, normalised_slice(self.volume, self.window, self.axis, index)[0]
+
+    def write(self, results: dict[str, np.ndarray], path: Path, intensities: bool = True) -> Path:
+        """Results ({name: 256x256 in [0, 1]}) as a volume in the input's space (shape, affine and header as read),
+        mapped back to the input's units through the window unless `intensities` is False (maps, masks)."""
+        slices = {self.indices[name]: image for name, image in results.items()}
+        nib.save(put_back(self.volume, slices, self.axis, self.window if intensities else None), str(path))
+        return path
+
+
+def cut_volume(path: Path, slicing: Slicing) -> CutVolume:
+    """Read and check a volume, and choose its slices: every slice of the kept span (no binning: the output
+    volume is filled over the whole span)."""
+    volume = read_volume(Path(path))
+    window, start, stop = slicing.plan(volume)
+    cut = CutVolume(volume, window, AXES[slicing.axis], {})
+    cut.indices = {f"case_{cut.subject}_slice_{k}": k for k in range(start, stop)}
+    return cut

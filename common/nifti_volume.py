@@ -91,9 +91,9 @@ def load_image(path: Path, what: str = "image") -> nib.Nifti1Image:
     except FileNotFoundError:
         raise DataError(f"{path}: {what} file does not exist") from None
     except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError) as err:
-        raise DataError(f"{path}: not a NIfTI file ({err})") from None
+        raise DataError(f"{path}: not a NIfTI file ({' '.join(str(err).split())})") from None
     except (EOFError, zlib.error, gzip.BadGzipFile, OSError, ValueError) as err:
-        raise DataError(f"{path}: truncated or corrupt NIfTI file ({err})") from None
+        raise DataError(f"{path}: truncated or corrupt NIfTI file ({' '.join(str(err).split())})") from None
     return image
 
 

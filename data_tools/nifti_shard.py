@@ -118,7 +118,7 @@ class SplitStats:
     """One split's writer and running statistics, giving its manifest entry at the end."""
 
     def __init__(self, out: Path, split: str, volumes: int, positions: int, samples_per_shard: int, max_bytes: int):
-        planned = shard_sizes(volumes * (positions or 1), samples_per_shard)
+        planned = shard_sizes(volumes * positions, samples_per_shard) if positions else [samples_per_shard]
         self.writer = ShardSetWriter(out, split, planned, max_bytes)
         self.histogram = np.zeros(256, dtype=np.int64)
         self.subjects: set[str] = set()

@@ -271,7 +271,11 @@ def run(args: argparse.Namespace) -> None:
             force=args.force,
             show_progress=not args.quiet,
         )
-        return print_summary(manifest, args.out, time.perf_counter() - start)
+        print_summary(manifest, args.out, time.perf_counter() - start)
+        for volume in manifest["nifti"]["volumes"]:
+            if volume["squeezed_4d"]:
+                print(f"note: {volume['source']} is 4D with one volume; read as 3D")
+        return
     manifest = shard_dataset(
         args.src,
         args.out,
