@@ -233,7 +233,7 @@ def normalised_slice(volume: Volume, window: Window, axis: int, index: int) -> t
     """One slice as the models see it: 256x256 uint8, per-volume window, OASIS orientation."""
     raw = plane(volume.data, axis, index)
     geometry = square_geometry(raw.shape, plane_spacing(volume, axis))
-    scaled = (raw - window.lo) / (window.hi - window.lo)
+    scaled = np.clip((raw - window.lo) / (window.hi - window.lo), 0, 1)
     return to_uint8(to_square(scaled, geometry)), geometry
 
 
