@@ -170,6 +170,31 @@ def reconstruct(
         return summary
 
 
+def draw_figures(models: ExportedModels, examples: ReconstructionExamples, out: Path, source: str) -> Path:
+    """The reconstruction grid and the code maps of the examples kept; returns the grid's path."""
+    num_codes = models.info["num_codes"]
+    keys, originals, recons, grids, scores = examples.arrays()
+    figure = reconstruction_grid(
+        originals,
+        np.clip(recons, 0, 1),
+        scores,
+        keys,
+        out / "reconstructions.png",
+        examples.title(f"ONNX VQ-VAE on {source}"),
+        columns=4,
+    )
+    code_maps(
+        originals,
+        grids,
+        keys,
+        out / "code_maps.png",
+        code_intensity(models.decode, num_codes, grids.shape[1:]),
+        examples.title(f"ONNX VQ-VAE codes of {source}"),
+        columns=4,
+    )
+    return figure
+
+
 def write_reconstructions(
     models: ExportedModels,
     slices: Iterator[tuple[str, np.ndarray]],
@@ -213,25 +238,7 @@ def write_reconstructions(
     mse = np.concatenate(errors).astype(np.float64)
     similarity = np.concatenate(similarities)
     np.savez(out / "codes.npz", codes=codes, names=np.asarray(names, str))
-    keys, originals, recons, grids, scores = examples.arrays()
-    figure = reconstruction_grid(
-        originals,
-        np.clip(recons, 0, 1),
-        scores,
-        keys,
-        out / "reconstructions.png",
-        examples.title(f"ONNX VQ-VAE on {source}"),
-        columns=4,
-    )
-    code_maps(
-        originals,
-        grids,
-        keys,
-        out / "code_maps.png",
-        code_intensity(models.decode, num_codes, grids.shape[1:]),
-        examples.title(f"ONNX VQ-VAE codes of {source}"),
-        columns=4,
-    )
+    figure = draw_figures(models, examples, out, source)
     summary = {
         **about,
         "images": len(names),
