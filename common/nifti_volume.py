@@ -243,13 +243,16 @@ def label_slice(labels: Volume, axis: int, index: int, geometry: Geometry) -> np
 
 def put_back(volume: Volume, slices: dict[int, np.ndarray], axis: int, window: Window | None) -> nib.Nifti1Image:
     """256x256 slices in [0, 1] ({canonical index: slice}) written into the input's voxel grid (same shape, affine
-    and header), mapped back through the window to the input's units; slices not given are 0."""
+    and header), mapped back through the window to the input's units (0 to the volume's minimum, usually its
+    background, rather than to the window's low end, so the result overlays without a grey box); slices not given
+    are 0."""
     canonical = np.zeros(volume.data.shape, np.float32)
     for index, image in slices.items():
         raw = plane(volume.data, axis, index)
         values = from_square(image, square_geometry(raw.shape, plane_spacing(volume, axis)))
-        if window is not None:
-            values = window.lo + values * (window.hi - window.lo)
+        if window is not None:  # what the input's 8-bit slice held as 0 (at or below lo) goes back to the minimum
+            scaled = window.lo + values * (window.hi - window.lo)
+            values = np.where(values < 0.5 / 255, float(volume.data.min()), scaled)
         np.moveaxis(canonical, axis, 0)[index] = values
     back = orientations.ornt_transform(
         orientations.axcodes2ornt("RAS"), orientations.io_orientation(volume.image.affine)
