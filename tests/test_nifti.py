@@ -290,3 +290,21 @@ def test_a_table_may_point_outside_its_folder(tmp_path):
     sources = [v["source"] for v in manifest["nifti"]["volumes"]]
     assert sources[0] == "a.nii.gz" and sources[1].endswith("outside/b.nii.gz")
     assert json.loads((tmp_path / "shards" / "manifest.json").read_text())["nifti"]["options"]["positions"] == 32
+
+
+@pytest.mark.parametrize(
+    "axis, marker_index, row_col", [("sagittal", 40 - 15, (48 - 20, 32 + 8)), ("coronal", 48 - 20, (40 - 15, 32 + 8))]
+)
+def test_other_axes_take_the_remaining_canonical_axes_as_rows_and_columns(tmp_path, axis, marker_index, row_col):
+    """Sagittal: rows posterior -> anterior, columns inferior -> superior; coronal: rows left -> right, columns
+    inferior -> superior; the marker lands where those rules put it (in mm on the 1 mm grid, before resizing)."""
+    path = phantom(tmp_path / "v.nii.gz", *grid("LPS"))
+    volume = cut_volume(path, Slicing(axis=axis, min_foreground=0.0, percentiles=(0.0, 100.0)))
+    slices = {volume.indices[name]: pixels for name, pixels in volume.slices()}
+    index, row, col = marker_position(slices)
+    assert index == pytest.approx(marker_index, abs=1)
+    raw_shape = {"sagittal": (97, 65), "coronal": (81, 65)}[axis]
+    geometry = square_geometry(raw_shape, (1.0, 1.0))
+    scale = geometry.height / raw_shape[0]
+    assert row == pytest.approx(geometry.top + (row_col[0] + 0.5) * scale, abs=3)
+    assert col == pytest.approx(geometry.left + (row_col[1] + 0.5) * scale, abs=3)
