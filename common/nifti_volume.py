@@ -38,8 +38,8 @@ from nibabel import orientations
 from PIL import Image
 
 from common.errors import DataError
+from common.shard_format import IMAGE_SIZE
 
-SIZE = 256
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # canonical RAS axis index of each slicing direction
 FOREGROUND_FRACTION = 0.1  # of the 99th percentile
 MIN_FOREGROUND = 0.5
@@ -197,7 +197,7 @@ class Geometry:
     left: int
 
 
-def square_geometry(shape: tuple[int, int], spacing: tuple[float, float], size: int = SIZE) -> Geometry:
+def square_geometry(shape: tuple[int, int], spacing: tuple[float, float], size: int = IMAGE_SIZE) -> Geometry:
     """Square pixels, the longer physical side to `size`, centred."""
     extent = (shape[0] * spacing[0], shape[1] * spacing[1])
     scale = size / max(extent)
@@ -212,7 +212,7 @@ def resize(image: np.ndarray, height: int, width: int, nearest: bool = False) ->
     return np.asarray(Image.fromarray(image.astype(np.float32), "F").resize((width, height), method))
 
 
-def to_square(image: np.ndarray, geometry: Geometry, nearest: bool = False, size: int = SIZE) -> np.ndarray:
+def to_square(image: np.ndarray, geometry: Geometry, nearest: bool = False, size: int = IMAGE_SIZE) -> np.ndarray:
     out = np.zeros((size, size), np.float32)
     resized = resize(image, geometry.height, geometry.width, nearest)
     out[geometry.top : geometry.top + geometry.height, geometry.left : geometry.left + geometry.width] = resized
