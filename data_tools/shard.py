@@ -17,43 +17,31 @@ an earlier shard folder, never the input.
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import math
 import os
 import time
-from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from common.cli_types import integer, number, positive_int
-from common.digest import file_sha256
 from common.errors import DataError
+from common.nifti_options import Slicing
 from common.output_dir import atomic_output_dir
 from common.png_header import check_png_header
-from common.shard_format import FORMAT_VERSION, IMAGE_SIZE, MANIFEST, pixel_stats, sample_record
+from common.shard_format import FORMAT_VERSION, IMAGE_SIZE, MANIFEST, pixel_stats
 from data_tools.layout import SPLITS, SliceFile, find_layout_root, list_problems, scan_layout, split_folders
+from data_tools.nifti_shard import add_nifti_arguments, shard_volumes
+from data_tools.shard_writer import EncodedSlice, ShardSetWriter, encode_png, shard_sizes, subject_order
 
 DESCRIPTION = (
     "Shard a keras_png_slices_data folder (keras_png_slices_{train,validate,test}, optional "
-    "keras_png_slices_seg_{split}) into {split}-NNNNNN.tar shards and manifest.json. "
-    "Output is written to a temporary folder and renamed into place only if every file is good."
+    "keras_png_slices_seg_{split}), or NIfTI volumes (--nifti SRC), into {split}-NNNNNN.tar shards and "
+    "manifest.json. Output is written to a temporary folder and renamed into place only if every file is good."
 )
-TAR_MTIME = 0.0  # fixed tar header time: same input -> byte-identical shards
-
-
-@dataclass
-class EncodedSlice:
-    key: str
-    png: bytes
-    mask_png: bytes | None
-    metadata: dict
-    histogram: np.ndarray  # 256 pixel counts of the stored image
 
 
 def read_gray8(path: Path, size: int, is_mask: bool = False) -> tuple[np.ndarray, tuple[int, int]]:
@@ -81,12 +69,6 @@ def read_gray8(path: Path, size: int, is_mask: bool = False) -> tuple[np.ndarray
     return np.asarray(img, dtype=np.uint8), original_size
 
 
-def encode_png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=6)
-    return buffer.getvalue()
-
-
 def encode_slice(job: tuple[SliceFile, int]) -> EncodedSlice | DataError:
     """Worker: read, check and re-encode one slice (errors are returned, so all get reported)."""
     item, size = job
@@ -108,58 +90,6 @@ def encode_slice(job: tuple[SliceFile, int]) -> EncodedSlice | DataError:
     }
     histogram = np.bincount(pixels.ravel(), minlength=256)
     return EncodedSlice(item.key, encode_png(pixels), mask_png, metadata, histogram)
-
-
-def shard_sizes(num_samples: int, samples_per_shard: int) -> list[int]:
-    """Split evenly (sizes differ by at most one), so DataLoader workers get equal work."""
-    num_shards = max(1, math.ceil(num_samples / samples_per_shard))
-    base, extra = divmod(num_samples, num_shards)
-    return [base + (i < extra) for i in range(num_shards)]
-
-
-class ShardSetWriter:
-    """Writes one split's samples into `{split}-000000.tar`, ... closing a shard at its planned
-    count, or earlier if the next sample would push it past `max_shard_bytes`."""
-
-    def __init__(self, out_dir: Path, split: str, planned_sizes: list[int], max_shard_bytes: int):
-        self.out_dir, self.split = out_dir, split
-        self.planned_sizes, self.max_shard_bytes = planned_sizes, max_shard_bytes
-        self.finished: list[dict] = []
-        self.tar: wds.TarWriter | None = None
-        self.path: Path | None = None
-        self.count = self.bytes = 0
-
-    def write(self, encoded: EncodedSlice) -> None:
-        record = sample_record(encoded.key, encoded.png, encoded.metadata, encoded.mask_png)
-        size = sum(len(v) for k, v in record.items() if k != "__key__") + 512 * len(record)  # + tar headers
-        if self.tar is not None:
-            planned = self.planned_sizes[min(len(self.finished), len(self.planned_sizes) - 1)]
-            if self.count >= planned or self.bytes + size > self.max_shard_bytes:
-                self._close()
-        if self.tar is None:
-            self.path = self.out_dir / f"{self.split}-{len(self.finished):06d}.tar"
-            self.tar = wds.TarWriter(str(self.path), encoder=False, mtime=TAR_MTIME)
-            self.count = self.bytes = 0
-        self.tar.write(record)
-        self.count += 1
-        self.bytes += size
-
-    def _close(self) -> None:
-        self.tar.close()
-        self.tar = None
-        self.finished.append(
-            {
-                "name": self.path.name,
-                "num_samples": self.count,
-                "bytes": self.path.stat().st_size,
-                "sha256": file_sha256(self.path),
-            }
-        )
-
-    def finish(self) -> list[dict]:
-        if self.tar is not None:
-            self._close()
-        return self.finished
 
 
 def write_split(
@@ -195,7 +125,7 @@ def write_split(
     return {
         "num_samples": len(slices),
         "num_subjects": len({s.subject for s in slices}),
-        "subjects": sorted({s.subject for s in slices}, key=lambda s: (int(s), s)),
+        "subjects": sorted({s.subject for s in slices}, key=subject_order),
         "has_masks": slices[0].mask is not None,
         "resized": resized,
         "pixel_stats": pixel_stats(histogram),
@@ -259,8 +189,13 @@ def image_size(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--src", type=Path, required=True, help="the keras_png_slices_data folder (or a folder containing it)"
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--src", type=Path, help="the keras_png_slices_data folder (or a folder containing it)")
+    source.add_argument(
+        "--nifti",
+        metavar="SRC",
+        help="instead of --src: NIfTI volumes, as a folder (searched recursively for .nii/.nii.gz), a glob, "
+        "or a CSV/TSV with a path column and optional subject, split and labels columns",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder for shards and manifest.json")
     parser.add_argument(
@@ -301,6 +236,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="replace an existing output folder written by `shard` (never any other folder)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_nifti_arguments(parser.add_argument_group("NIfTI volumes (--nifti)"))
 
 
 def print_summary(manifest: dict, out: Path, seconds: float) -> None:
@@ -321,6 +257,25 @@ def print_summary(manifest: dict, out: Path, seconds: float) -> None:
 
 def run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
+    if args.nifti is not None:
+        manifest = shard_volumes(
+            args.nifti,
+            args.out,
+            slicing=Slicing.from_args(args),
+            count=args.positions,
+            ratios=args.split_ratios,
+            seed=args.seed,
+            samples_per_shard=args.samples_per_shard,
+            max_shard_mb=args.max_shard_mb,
+            workers=args.workers,
+            force=args.force,
+            show_progress=not args.quiet,
+        )
+        print_summary(manifest, args.out, time.perf_counter() - start)
+        for volume in manifest["nifti"]["volumes"]:
+            if volume["squeezed_4d"]:
+                print(f"note: {volume['source']} is 4D with one volume; read as 3D")
+        return
     manifest = shard_dataset(
         args.src,
         args.out,
