@@ -138,14 +138,14 @@ def test_prior_resume_refuses_codes_re_encoded_by_another_vqvae(pair, demo_shard
 # ---- a code file and its codes.json ------------------------------------------------------------------
 
 
-def code_folder(tmp_path: Path, codes: np.ndarray, **meta) -> Path:
+def code_folder(tmp_path: Path, codes: np.ndarray, slices: np.ndarray | None = None, **meta) -> Path:
     out = tmp_path / "codes"
     out.mkdir()
     n = len(codes)
     np.savez(
         out / "train.npz",
         codes=codes,
-        slices=np.zeros(n, np.int16),
+        slices=np.zeros(n, np.int16) if slices is None else slices,
         subjects=np.asarray(["1"] * n),
         keys=np.asarray([f"case_1_slice_{i}" for i in range(n)]),
     )
@@ -162,6 +162,8 @@ def code_folder(tmp_path: Path, codes: np.ndarray, **meta) -> Path:
         (np.zeros((2, GRID, GRID), np.uint16), {"splits": {"train": 3}}, "2 grids, but codes.json says 3"),
         (np.zeros((2, GRID * GRID), np.uint16), {}, "expected (N, H, W) code grids"),
         (np.zeros((2, GRID, GRID), np.float32), {}, "not integer codes"),
+        (np.zeros((2, GRID, GRID), np.uint16), {"slices": np.asarray([0, -1], np.int16)}, "slice -1"),
+        (np.zeros((2, GRID, GRID), np.uint16), {"slices": np.asarray([0.5, 1.0])}, "not integer slice positions"),
     ],
 )
 def test_a_code_file_that_disagrees_with_codes_json_is_named(tmp_path, codes, meta, message):

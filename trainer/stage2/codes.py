@@ -124,6 +124,11 @@ def check_code_set(path: Path, code_set: CodeSet, grid: tuple[int, int, int], co
     if codes.size and (int(codes.min()) < 0 or int(codes.max()) >= k):
         bad = int(codes.max()) if int(codes.max()) >= k else int(codes.min())
         raise ValueError(f"{path}: code {bad} is beyond the K = {k} codes of {CODES_META}; {redo}")
+    slices = code_set.slices
+    if slices.ndim != 1 or not np.issubdtype(slices.dtype, np.integer):
+        raise ValueError(f"{path}: slices of type {slices.dtype}, not integer slice positions; {redo}")
+    if slices.size and int(slices.min()) < 0:
+        raise ValueError(f"{path}: slice {int(slices.min())} is not a slice position (>= 0); {redo}")
     lengths = {len(codes), len(code_set.slices), len(code_set.subjects), len(code_set.keys)}
     if lengths != {count}:
         raise ValueError(
