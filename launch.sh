@@ -74,12 +74,40 @@ print(reduce(getattr, key.split("."), loaded))
 PY
 }
 
+# holds A B: folder A is folder B or holds it. overlaps A B: either holds the other. (Absolute paths.)
+holds() { [[ "$2" == "$1" || "$2" == "$1"/* ]]; }
+overlaps() { holds "$1" "$2" || holds "$2" "$1"; }
+
+# check_all_folders VQVAE_CONFIG PRIOR_CONFIG VQVAE_OUT SHARDS PRIOR_OUT CODES: the folders `all` writes must not
+# collide. Checked before any work: stage 2 would refuse its out_dir, and encode its codes.dir, only after stage 1.
+check_all_folders() {
+    local vqvae_config=$1 prior_config=$2 vq shards prior codes problem=""
+    vq=$(realpath -m -- "$3") shards=$(realpath -m -- "$4") prior=$(realpath -m -- "$5") codes=$(realpath -m -- "$6")
+    if [[ "$prior" == "$vq" ]] || overlaps "$prior" "$vq/checkpoints" || overlaps "$vq" "$prior/checkpoints"; then
+        problem="out_dir $5 collides with stage 1's out_dir $3 ($vqvae_config): both write checkpoints/ there"
+    elif compgen -G "$prior/checkpoints/step_*" > /dev/null; then
+        problem="out_dir $5 already holds checkpoints; resume it with launch.sh stage2 $prior_config --resume"
+    elif holds "$codes" "$vq" || overlaps "$codes" "$vq/checkpoints"; then
+        problem="codes.dir $6 collides with stage 1's out_dir $3 ($vqvae_config): encode never writes over a checkpoint"
+    elif holds "$codes" "$prior" || overlaps "$codes" "$prior/checkpoints"; then
+        problem="codes.dir $6 collides with the prior's out_dir $5: keep the codes and the prior's run apart"
+    elif overlaps "$codes" "$shards"; then
+        problem="codes.dir $6 collides with the shards $4 that stage 1 trains on ($vqvae_config)"
+    fi
+    if [[ -n "$problem" ]]; then
+        echo "error: $prior_config: $problem" >&2
+        exit 2
+    fi
+}
+
 all() {
     local vqvae_config=${1:?usage: launch.sh all VQVAE_CONFIG PRIOR_CONFIG} prior_config=${2:?usage: launch.sh all VQVAE_CONFIG PRIOR_CONFIG}
     local device=cpu; (( $(gpu_count) > 0 )) && device=cuda
-    local checkpoint codes   # read before stage 1, so that a bad config fails in a second, not after training
+    local checkpoint codes   # read and checked before stage 1, so that a bad config fails in seconds, not after training
     checkpoint=$(config_value "$vqvae_config" VQVAEConfig out_dir)
     codes=$(config_value "$prior_config" PriorConfig codes.dir)
+    check_all_folders "$vqvae_config" "$prior_config" "$checkpoint" "$(config_value "$vqvae_config" VQVAEConfig data.shards)" \
+        "$(config_value "$prior_config" PriorConfig out_dir)" "$codes"
     stage1 "$vqvae_config"
     python -m trainer encode --checkpoint "$checkpoint" --out "$codes" --device "$device"
     stage2 "$prior_config"

@@ -12,6 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+NEW = "new_"  # the step model's output for a cache tensor is named NEW + its input's name
+
+
+def cache_names(layers: int) -> list[str]:
+    """The step model's cache inputs, in the order of `cache_shapes`: key_0, value_0, key_1, ... Both the exporter
+    and the onnxruntime sampler name them from here, so the sampler binds them by name."""
+    return [f"{kind}_{n}" for n in range(layers) for kind in ("key", "value")]
+
 
 def cache_shapes(layers: int, kv_heads: int, head_dim: int, batch: int, cells: int) -> list[tuple[int, ...]]:
     keys, values = (batch, kv_heads, head_dim, cells), (batch, kv_heads, cells, head_dim)

@@ -205,9 +205,9 @@ def export_checkpoint(
     prior, _, info = load_prior(checkpoint)
     vqvae, _, vqvae_path, vqvae_sha256 = load_paired_vqvae(info, vqvae_checkpoint)
     source = {
-        "prior_checkpoint": str(checkpoint),
+        "prior_checkpoint": str(checkpoint.resolve()),  # absolute: model.json says where from, read anywhere
         "prior_sha256": file_sha256(checkpoint / "model.safetensors"),
-        "vqvae_checkpoint": str(vqvae_path),
+        "vqvae_checkpoint": str(vqvae_path.resolve()),
         "vqvae_sha256": vqvae_sha256,
     }
     # --force replaces an earlier export only: never the checkpoints' folders (nor one holding them)

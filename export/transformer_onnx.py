@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
+from common.kv_cache import NEW, cache_names
 from export.onnx_graph import export_graph
 from export.runtime.model_dir import DEFAULT_OPSET
 from trainer.stage2.transformer_prior import TransformerPrior
@@ -40,10 +41,10 @@ class PriorStep(nn.Module):
 
 def step_names(layers: int, conditional: bool) -> tuple[list[str], list[str]]:
     """Input and output names of prior_step, in order."""
-    cache = [f"{kind}_{n}" for n in range(layers) for kind in ("key", "value")]
+    cache = cache_names(layers)
     return (
         ["previous", "position"] + ["condition"] * conditional + cache,
-        ["logits"] + [f"new_{name}" for name in cache],
+        ["logits"] + [NEW + name for name in cache],
     )
 
 

@@ -1,5 +1,10 @@
 """The exported models of a model folder (export/runtime/model_dir.py), run by onnxruntime on the CPU:
-what the runtime's sampler and reconstructor call instead of the torch modules."""
+what the runtime's sampler and reconstructor call instead of the torch modules.
+
+model.json is checked against each graph itself, not trusted: its input and output names (in order), the
+types of the inputs the runtime feeds, the static axes (grid, K) and the transformer's cache sizes (layers,
+kv_heads, head_dim) are read from the loaded graph. An edited model.json would otherwise give wrong cells with
+exit 0 (reordered outputs) or onnxruntime tracebacks (edited sizes)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from common.cli_types import non_negative_int
+from common.kv_cache import cache_names
 from export.runtime.model_dir import (
     MODEL_JSON,
     PRIOR_PARTS,
@@ -41,23 +47,21 @@ class ExportedModels:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # the graphs are chains: nothing to run side by side
         self.sessions = {
-            part: ort.InferenceSession(
-                str(self.directory / self.info["models"][part]["file"]), options, providers=["CPUExecutionProvider"]
-            )
-            for part in parts
+            part: open_session(self.directory / self.info["models"][part]["file"], options) for part in parts
         }
         for part, session in self.sessions.items():
             self.check_graph(part, session)
 
     def check_graph(self, part: str, session: ort.InferenceSession) -> None:
-        """model.json must describe this graph: the fields recorded in it at export, and the static
-        axes the runtime relies on (grid and K), read from the graph itself."""
+        """model.json must describe this graph: the fields recorded in it at export, its inputs and outputs
+        (names in order, the input types the runtime feeds), and the static axes the runtime relies on (grid
+        and K; the transformer's cache sizes), read from the graph itself."""
         path, info = self.directory / MODEL_JSON, self.info
         check_graph_metadata(path, info, part, session.get_modelmeta().custom_metadata_map)
         spec = info["models"][part]
-        names = [i.name for i in session.get_inputs()] + [o.name for o in session.get_outputs()]
-        if names[: len(spec["inputs"])] != spec["inputs"] or spec["outputs"][0] not in names:
-            raise ModelDirError(f"{path}: models.{part} inputs/outputs are not the graph's ({', '.join(names)})")
+        check_names_and_types(path, part, spec, session)
+        if part == "prior_step":
+            check_cache_sizes(path, spec, session.get_inputs())
         static = {
             "decoder": (session.get_inputs()[0].shape[1:], [info["height"], info["width"]], "height/width"),
             "prior_cell": (session.get_outputs()[0].shape[1:], [info["num_codes"]], "num_codes"),
@@ -84,6 +88,58 @@ class ExportedModels:
 
     def cell_logits(self, row: np.ndarray, context: np.ndarray, conditions: np.ndarray | None) -> np.ndarray:
         return self.run("prior_cell", row, context, *([] if conditions is None else [conditions]))
+
+
+def open_session(path: Path, options: ort.SessionOptions) -> ort.InferenceSession:
+    """An onnxruntime session of one model file; a file onnxruntime cannot load (truncated, not ONNX) is a
+    ModelDirError naming it, whatever its recorded sha256 says."""
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's errors (InvalidProtobuf, Fail, ...) derive from Exception only
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ModelDirError(f"{path}: onnxruntime cannot load it ({reason}); re-export the model") from None
+
+
+def fed_type(name: str) -> str:
+    """The type the runtime feeds an input: float32 images, PixelCNN context and transformer cache; int64 codes,
+    positions and conditions."""
+    floats = name in ("images", "context") or name.split("_")[0] in ("key", "value")
+    return "tensor(float)" if floats else "tensor(int64)"
+
+
+def check_names_and_types(path: Path, part: str, spec: dict, session: ort.InferenceSession) -> None:
+    """model.json's inputs and outputs of `part` must be the graph's, in its order, and each input of the type
+    the runtime feeds; the message names model.json's field."""
+    graph = {"inputs": session.get_inputs(), "outputs": session.get_outputs()}
+    for field, arguments in graph.items():
+        names = [argument.name for argument in arguments]
+        if spec[field] != names:
+            raise ModelDirError(
+                f"{path}: models.{part}.{field} is {spec[field]}, but {spec['file']} has {names}; "
+                "model.json was edited: re-export the model"
+            )
+    for argument in graph["inputs"]:
+        if argument.type != fed_type(argument.name):
+            raise ModelDirError(
+                f"{path}: models.{part}.inputs: {spec['file']} takes {argument.name} as {argument.type}, "
+                f"not the {fed_type(argument.name)} the runtime feeds; re-export the model"
+            )
+
+
+def check_cache_sizes(path: Path, spec: dict, inputs: list) -> None:
+    """prior_step's cache sizes in model.json (the sampler allocates the cache from them) must be the graph's:
+    its number of key inputs, and the static axes of the first one (B, kv_heads, head_dim, cells)."""
+    keys = [argument for argument in inputs if argument.name.startswith("key_")]
+    graph = {"layers": len(keys), "kv_heads": keys[0].shape[1] if keys else None}
+    graph["head_dim"] = keys[0].shape[2] if keys else None
+    for field, value in graph.items():
+        if spec[field] != value:
+            raise ModelDirError(
+                f"{path}: models.prior_step.{field} is {spec[field]!r}, but {spec['file']} has {value!r}; "
+                "model.json was edited: re-export the model"
+            )
+    if keys and spec["inputs"][-len(keys) * 2 :] != cache_names(len(keys)):
+        raise ModelDirError(f"{path}: models.prior_step.inputs do not end with the cache {cache_names(len(keys))}")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from common.kv_cache import cache_shapes, grow_cache, write_cache
+from common.kv_cache import NEW, cache_names, cache_shapes, grow_cache, write_cache
 from common.sampling_rule import check_sampling_options, draw
 
 
@@ -27,7 +27,8 @@ def sample_codes(
     progress=None,
 ) -> np.ndarray:
     """Code grids (B, H, W) int64 in raster order from one uniform number per cell (B, H, W).
-    `spec` is prior_step's model.json entry (export/transformer_onnx.py), `info` gives num_codes."""
+    `spec` is prior_step's model.json entry (export/transformer_onnx.py), checked against the graph
+    (export/runtime/onnx_models.py), `info` gives num_codes. Inputs and outputs are bound by name."""
     check_sampling_options(temperature, top_k, info["num_codes"])
     batch, height, width = uniforms.shape
     codes = np.zeros((batch, height * width), dtype=np.int64)
@@ -36,7 +37,8 @@ def sample_codes(
         for shape in cache_shapes(spec["layers"], spec["kv_heads"], spec["head_dim"], batch, 0)
     ]
     fixed = {} if conditions is None else {"condition": conditions.astype(np.int64, copy=False)}
-    cache_names = spec["inputs"][-len(cache) :]
+    names = cache_names(spec["layers"])
+    fetches = ["logits"] + [NEW + name for name in names]
     for t in range(height * width):
         if t % width == 0:  # one more row of room: attention runs over the rows sampled so far
             cache = grow_cache(cache, t + width, lambda shape: np.zeros(shape, dtype=np.float32))
@@ -44,9 +46,9 @@ def sample_codes(
             "previous": codes[:, max(t - 1, 0)],
             "position": np.array([t], dtype=np.int64),
             **fixed,
-            **dict(zip(cache_names, cache)),
+            **dict(zip(names, cache)),
         }
-        logits, *new = session.run(spec["outputs"], feeds)
+        logits, *new = session.run(fetches, feeds)
         write_cache(cache, new, t)
         codes[:, t] = draw(logits, uniforms[:, t // width, t % width], temperature, top_k)
         if progress is not None and t % width == width - 1:

@@ -4,6 +4,7 @@ config_file     strict YAML configs: unknown keys and wrong types refused, `--se
 train_config    the config sections both stages have: optimisation schedule, wandb
 checkpoint      checkpoint folders: atomic writes, safetensors weights, resolving a run folder
 training_run    TrainingRun: the Accelerator, resuming, the metrics window, divergence stop, saving
+resume_check    what a resumed run must share with its checkpoint: the model its config builds, its facts
 metrics_file    the metrics log (metrics.jsonl) read back
 lr_schedule     warm-up, then cosine decay
 wandb_logging   wandb, offline by default, for training and one-shot commands

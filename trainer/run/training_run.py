@@ -36,6 +36,7 @@ from trainer.run.checkpoint import (
 from trainer.run.config_file import config_to_dict
 from trainer.run.launcher import _launcher_cmdline, process_report, requested_processes
 from trainer.run.metrics_file import read_metrics
+from trainer.run.resume_check import check_resumable
 from trainer.run.train_config import TrainConfig, WandbConfig
 from trainer.run.wandb_logging import quiet_wandb, wandb_location, wandb_mode
 
@@ -88,13 +89,19 @@ class TrainingRun:
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
 
     def start(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, config: Any
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        config: Any,
+        facts: dict[str, tuple[Path, dict]] | None = None,
     ) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
-        """Restore the newest checkpoint when resuming, wrap model and optimizer for the devices
-        (compiling first if asked), open the logs. Returns (wrapped model, optimizer, start step)."""
+        """Restore the newest checkpoint when resuming (`config` and `facts` must describe its model:
+        trainer/run/resume_check.py), wrap model and optimizer for the devices (compiling first if asked), open
+        the logs. Returns (wrapped model, optimizer, start step)."""
         accelerator, start_step, kept_rows = self.accelerator, 0, []
         if self.resume:
-            start_step = self.restore(model, optimizer, scheduler)
+            start_step = self.restore(model, optimizer, scheduler, config, facts or {})
             if self.metrics_file.is_file() and start_step:  # drop rows logged after the checkpoint we resume from
                 rows, torn = read_metrics(self.metrics_file)
                 if torn:
@@ -120,9 +127,18 @@ class TrainingRun:
         self.window_start = time.perf_counter()
         return trained, optimizer, start_step
 
-    def restore(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+    def restore(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        config: Any,
+        facts: dict[str, tuple[Path, dict]],
+    ) -> int:
         """Load the newest checkpoint that loads (saying which, and why a newer one was passed over);
-        returns its step, or 0, saying so, when there is none: --resume on a new run starts it fresh."""
+        returns its step, or 0, saying so, when there is none: --resume on a new run starts it fresh.
+        A run whose config or facts describe another model stops, naming what differs (ResumeMismatch),
+        before any weights load: its checkpoints are not broken, and none is passed over."""
         found = list_checkpoints(self.checkpoints)
         if not found:
             self.accelerator.print(f"--resume: no checkpoint in {self.checkpoints}; starting a fresh run")
@@ -130,6 +146,7 @@ class TrainingRun:
         for checkpoint in reversed(found):
             try:
                 weights, state = load_weights(checkpoint), load_training_state(checkpoint)
+                changed = check_resumable(checkpoint, config, facts)
                 model.load_state_dict(weights)
             except (CheckpointError, RuntimeError) as err:
                 self.accelerator.print(f"cannot resume from {checkpoint}: {err}; trying an older checkpoint")
@@ -138,6 +155,8 @@ class TrainingRun:
             scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
             self.accelerator.print(f"resuming from {checkpoint} (step {state['step']})")
+            if changed:
+                self.accelerator.print(f"--resume with changed {', '.join(changed)}")
             return state["step"]
         raise CheckpointError(
             f"{self.checkpoints}: no checkpoint loads (see above); remove them or choose another out_dir"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from trainer.run.config_file import check_sections, require
 from trainer.run.train_config import TrainConfig, WandbConfig
@@ -95,6 +96,8 @@ class LossConfig:
 
 @dataclass
 class VQVAEConfig:
+    # the sections that build the model: a resumed run must not change them (trainer/run/resume_check.py)
+    MODEL_SECTIONS: ClassVar[tuple[str, ...]] = ("model", "quantizer")
     out_dir: str = "runs/vqvae"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from trainer.run.config_file import check_sections, require
 from trainer.run.train_config import TrainConfig, WandbConfig
@@ -69,6 +70,8 @@ class PriorModelConfig:
 class PriorConfig:
     """Stage 2. The grid, K and the VQ-VAE come from the codes folder, not from here."""
 
+    # the sections that build the model: a resumed run must not change them (trainer/run/resume_check.py)
+    MODEL_SECTIONS: ClassVar[tuple[str, ...]] = ("model",)
     out_dir: str = "runs/prior"
     seed: int = 0
     codes: CodesConfig = field(default_factory=CodesConfig)

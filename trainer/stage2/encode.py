@@ -5,7 +5,9 @@ for stage 2.
 
 writes, per split, `{split}.npz` and `codes.json` (the format: trainer/stage2/codes.py). Each split file is
 written to a temporary name and renamed when complete; rerunning skips the splits already encoded
-by the same checkpoint, so an interrupted run resumes where it stopped.
+by the same checkpoint from the same shards, so an interrupted run resumes where it stopped. What the codes were
+made from is recorded (the weights' sha256, the sha256 of the shards' manifest.json, absolute paths) and compared
+at every rerun: codes of another checkpoint or of other shards are deleted and every split encoded again.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from common.cli import add_batch_size_argument, add_checkpoint_argument, add_dev
 from common.digest import file_sha256
 from common.json_file import read_json_object
 from common.output_dir import check_output_dir, write_file_atomically
-from common.shard_format import IMAGE_SIZE, read_manifest
+from common.shard_format import IMAGE_SIZE, MANIFEST, read_manifest
 from trainer.run.checkpoint import resolve_checkpoint
 from trainer.stage1.data import SliceShards, epoch_batches
 from trainer.stage1.load import load_vqvae
@@ -32,8 +34,9 @@ from trainer.stage2.codes import CODES_META, SPLITS
 
 DESCRIPTION = (
     "Run the VQ-VAE's encoder once over every split of the shards and write {split}.npz (codes, slice "
-    "positions, subjects, keys) and codes.json. Splits already encoded by the same checkpoint are "
-    "skipped, so an interrupted run resumes."
+    "positions, subjects, keys) and codes.json. Splits already encoded by the same checkpoint from the same "
+    "shards (the sha256 of their manifest.json) are skipped, so an interrupted run resumes; codes of another "
+    "checkpoint or of other shards are deleted and every split is encoded again."
 )
 
 
@@ -47,23 +50,27 @@ def encode_splits(
     show_progress: bool = True,
 ) -> dict:
     """Encode every split of the shards with the VQ-VAE checkpoint; returns the codes.json contents."""
-    out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
+    out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint)).resolve()
     # The folder is filled split by split (so that a run resumes): never an input, nor a folder of other files.
     check_output_dir(out, marker=CODES_META, force=True, inputs=[checkpoint])
     model, cfg = load_vqvae(checkpoint, device)
     shards = shards or cfg.data.shards
     check_output_dir(out, marker=CODES_META, force=True, inputs=[checkpoint, Path(shards)])
     splits = [s for s in SPLITS if s in read_manifest(shards)["splits"]]
-    sha = file_sha256(checkpoint / "model.safetensors")
+    source = {
+        "checkpoint_sha256": file_sha256(checkpoint / "model.safetensors"),
+        "shards_manifest_sha256": file_sha256(Path(shards) / MANIFEST),
+    }
     out.mkdir(parents=True, exist_ok=True)
     meta_path = out / CODES_META
-    meta = resumable_meta(out, meta_path, sha, force)
+    meta = resumable_meta(out, meta_path, source, force)
     side = IMAGE_SIZE // cfg.model.downsample
     meta.update(
         {
+            # absolute, so that a prior trained on these codes finds its VQ-VAE from any folder
             "vqvae_checkpoint": str(checkpoint),
-            "checkpoint_sha256": sha,
-            "shards": str(shards),
+            **source,
+            "shards": str(Path(shards).resolve()),
             "num_codes": cfg.quantizer.num_codes,
             "code_dim": cfg.model.code_dim,
             "height": side,
@@ -92,13 +99,14 @@ def encode_splits(
     return meta
 
 
-def resumable_meta(out: Path, meta_path: Path, sha: str, force: bool) -> dict:
-    """codes.json as an earlier run of the same checkpoint left it, so that its splits are skipped; otherwise an
-    empty one, and the split files beside it are deleted so that another model's codes are never reused."""
+def resumable_meta(out: Path, meta_path: Path, source: dict, force: bool) -> dict:
+    """codes.json as an earlier run from the same `source` (checkpoint and shards, by sha256) left it, so that its
+    splits are skipped; otherwise an empty one, and the split files beside it are deleted so that codes of
+    another model or of other shards are never reused (a codes.json that predates the shards' sha256 is redone)."""
     # --force starts over without reading codes.json, so a damaged one can be replaced
     meta = read_json_object(meta_path) if meta_path.is_file() and not force else {}
-    if meta.get("checkpoint_sha256") != sha or not isinstance(meta.get("splits"), dict):
-        meta = {"splits": {}}  # another model's codes (or --force): start over, and never reuse their files
+    if any(meta.get(key) != value for key, value in source.items()) or not isinstance(meta.get("splits"), dict):
+        meta = {"splits": {}}  # another source's codes (or --force): start over, and never reuse their files
         for split in SPLITS:
             (out / f"{split}.npz").unlink(missing_ok=True)
     return meta
@@ -129,7 +137,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="re-encode every split without reading the codes.json there (a damaged one is replaced)",
+        help="re-encode every split without reading the codes.json there (a damaged one is replaced); without it, "
+        "splits of the same checkpoint and shards are kept and codes of others are re-encoded",
     )
     add_quiet_argument(parser)
 

@@ -42,13 +42,12 @@ from common.cli_types import positive_int
 from common.figures.generation import code_histograms, nearest_neighbours, structure_histograms
 from common.output_dir import atomic_output_dir, check_output_dir
 from common.sample_files import write_samples
-from trainer.run.checkpoint import resolve_checkpoint
+from trainer.run.checkpoint import PRIOR_INFO, resolve_checkpoint
 from trainer.run.wandb_logging import log_to_wandb
-from trainer.stage1.config import VQVAEConfig
 from trainer.stage1.data import SliceShards, epoch_batches
 from trainer.stage1.load import numpy_decoder
 from trainer.stage1.vqvae import VQVAE
-from trainer.stage2.codes import load_code_tensors
+from trainer.stage2.codes import check_codes_vqvae, codes_shards, load_code_tensors
 from trainer.stage2.config import PriorConfig
 from trainer.stage2.generate import generate
 from trainer.stage2.generation_metrics import (
@@ -106,7 +105,7 @@ def evaluate_generation(
 ) -> dict:
     """Measure, then write summary.json, the figures and the samples into `out` (whole or not at all)."""
     out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
-    prior, cfg, info, vqvae, vq_cfg, inputs = load_models(checkpoint, out, device, force)
+    prior, cfg, info, vqvae, shards, inputs = load_models(checkpoint, out, device, force)
     summary: dict = {
         "checkpoint": str(checkpoint),
         "split": split,
@@ -123,7 +122,7 @@ def evaluate_generation(
     generated_codes, generated_conditions, generated, summary["sampling_seconds"] = sample_brains(
         prior, vqvae, n, seed, temperature, top_k, batch_size, show_progress
     )
-    real, reconstructions, train_images = real_images(vqvae, vq_cfg.data.shards, split, batch_size, device)
+    real, reconstructions, train_images = real_images(vqvae, shards, split, batch_size, device)
 
     memorisation, gen_ssim, gen_nearest = memorisation_metrics(generated, real, train_images)
     summary.update(memorisation)
@@ -152,15 +151,18 @@ def evaluate_generation(
 
 def load_models(
     checkpoint: Path, out: Path, device: str, force: bool
-) -> tuple[GatedPixelCNN | TransformerPrior, PriorConfig, dict, VQVAE, VQVAEConfig, list[Path]]:
-    """The prior and its paired VQ-VAE with their configs, and every input `out` must not be: `out` is checked
-    before anything loads, so a wrong --out fails at once, and again once the VQ-VAE, codes and shards are known."""
+) -> tuple[GatedPixelCNN | TransformerPrior, PriorConfig, dict, VQVAE, str, list[Path]]:
+    """The prior with its config and prior.json, its paired VQ-VAE, the shards its codes were made from, and every
+    input `out` must not be: `out` is checked before anything loads, so a wrong --out fails at once, and again
+    once the VQ-VAE, codes and shards are known. The codes must be those of the prior's VQ-VAE."""
     check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint])
     prior, cfg, info = load_prior(checkpoint, device)
     vqvae, vq_cfg, vqvae_path, _ = load_paired_vqvae(info, None, device)
-    inputs = [checkpoint, vqvae_path, *[Path(p) for p in (info.get("codes_dir"), vq_cfg.data.shards) if p]]
+    check_codes_vqvae(info["codes_dir"], info.get("vqvae_sha256"), checkpoint / PRIOR_INFO)
+    shards = codes_shards(info["codes_dir"], vq_cfg.data.shards)
+    inputs = [checkpoint, vqvae_path, *[Path(p) for p in (info.get("codes_dir"), shards) if p]]
     check_output_dir(out, marker=SUMMARY, force=force, inputs=inputs)
-    return prior, cfg, info, vqvae, vq_cfg, inputs
+    return prior, cfg, info, vqvae, shards, inputs
 
 
 def sample_brains(

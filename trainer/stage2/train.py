@@ -29,7 +29,7 @@ from trainer.run.lr_schedule import lr_schedule
 from trainer.run.options import add_training_arguments
 from trainer.run.training_run import TrainingRun, is_due
 from trainer.stage1.load import load_vqvae, numpy_decoder
-from trainer.stage2.codes import load_code_tensors, read_codes_meta
+from trainer.stage2.codes import CODES_META, load_code_tensors, read_codes_meta
 from trainer.stage2.config import PriorConfig
 from trainer.stage2.generate import generate
 from trainer.stage2.load import build_prior
@@ -62,18 +62,22 @@ def code_batches(
         epoch, offset = epoch + 1, 0
 
 
+PAIRING_KEYS = ("num_codes", "height", "width", "num_conditions", "vqvae_sha256")  # what a resume must keep
+
+
 def prior_shape(cfg: PriorConfig) -> tuple[PriorShape, dict]:
     """The grid the prior models, from the codes' codes.json, and the prior.json saved with every checkpoint
-    (the grid, and the VQ-VAE whose codes these are)."""
+    (the grid, and the VQ-VAE whose codes these are). Its paths are absolute, so that `sample` and `export onnx`
+    find them from any folder (a relative one in an older codes.json is read from the current folder, as before)."""
     meta = read_codes_meta(cfg.codes.dir)
     shape = PriorShape(
         meta["num_codes"], meta["height"], meta["width"], meta["num_slices"] if cfg.model.condition_on_slice else 0
     )
     info = {
         **vars(shape),
-        "vqvae_checkpoint": meta["vqvae_checkpoint"],
+        "vqvae_checkpoint": str(Path(meta["vqvae_checkpoint"]).resolve()),
         "vqvae_sha256": meta["checkpoint_sha256"],
-        "codes_dir": str(cfg.codes.dir),
+        "codes_dir": str(Path(cfg.codes.dir).resolve()),
     }
     return shape, info
 
@@ -130,7 +134,9 @@ def train_prior(cfg: PriorConfig, resume: bool = False, show_progress: bool = Tr
     prior = build_prior(cfg, shape)
     optimizer = torch.optim.AdamW(prior.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(tc))
-    trained, optimizer, start_step = run.start(prior, optimizer, scheduler, cfg)
+    # a resumed run must model the codes its checkpoint was trained on: same grid, K, conditions and VQ-VAE
+    pairing = (Path(cfg.codes.dir) / CODES_META, {key: info[key] for key in PAIRING_KEYS})
+    trained, optimizer, start_step = run.start(prior, optimizer, scheduler, cfg, facts={PRIOR_INFO: pairing})
 
     codes, conditions = load_code_tensors(cfg.codes.dir, "train", shape)
     eval_codes, eval_conditions = load_code_tensors(cfg.codes.dir, cfg.codes.eval_split, shape)
