@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import sys
 
-from common.cli import run_command_line
+from common.cli import missing_training_install, run_command_line
+
+try:  # the shard writer needs webdataset (the training extra): a runtime-only install gets one line
+    import webdataset  # noqa: F401
+except ImportError as err:
+    sys.exit(missing_training_install("python -m data_tools", err))
 
 COMMANDS = {
     "shard": ("data_tools.shard", "write the OASIS PNG layout as WebDataset shards + manifest"),
