@@ -70,6 +70,14 @@ def export_graph(
     return {"file": path.name, "sha256": file_sha256(path), "inputs": inputs, "outputs": outputs}
 
 
+def check_opset(path: Path, opset: int) -> None:
+    """The exporter converts below its own opset with onnx's version converter, which fails for some operators
+    (it then keeps its own opset and says so only in a log line): refuse a graph not at the opset asked for."""
+    written = [o.version for o in onnx.load(str(path)).opset_import if o.domain in ("", "ai.onnx")]
+    if written != [opset]:
+        raise ValueError(f"{path}: the exporter wrote opset {', '.join(map(str, written))}, not the {opset} asked for")
+
+
 def export_part(
     module: nn.Module,
     inputs: dict[str, Tensor],
