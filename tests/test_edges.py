@@ -110,14 +110,12 @@ def test_export_writes_every_graph_at_the_opset_asked_for(models):
         assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [18], entry["file"]
 
 
-def test_a_graph_at_another_opset_is_named(models, tmp_path):
-    path = tmp_path / "decoder.onnx"
-    graph = onnx.load(str(models["onnx"] / "decoder.onnx"))
-    graph.opset_import[0].version = 18
-    onnx.save(graph, str(path))
-    check_opset(path, 18)
+def test_a_graph_at_another_opset_is_named(models):
+    path = models["onnx"] / "decoder.onnx"
+    graph = onnx.load(str(path))
+    check_opset(graph, path, 18)
     with pytest.raises(ValueError, match=f"{path}: the exporter wrote opset 18, not the 19 asked for"):
-        check_opset(path, 19)
+        check_opset(graph, path, 19)
 
 
 CORES = usable_cores()
@@ -128,13 +126,25 @@ CORES = usable_cores()
     [
         (trainer_cli, ["sample", "--n", str(10**12)], f"argument --n: must be an integer from 1 to {MAX_SAMPLES}"),
         (trainer_cli, ["sample", "--batch-size", str(10**9)], f"from 1 to {MAX_BATCH}"),
-        (trainer_cli, ["sample", "--seed", str(MAX_SEED + 1)], f"argument --seed: must be an integer from 0 to {MAX_SEED}"),
-        (trainer_cli, ["sample", "--top-k", str(10**30)], f"argument --top-k: must be an integer from 0 to {MAX_CODES}"),
+        (
+            trainer_cli,
+            ["sample", "--seed", str(MAX_SEED + 1)],
+            f"argument --seed: must be an integer from 0 to {MAX_SEED}",
+        ),
+        (
+            trainer_cli,
+            ["sample", "--top-k", str(10**30)],
+            f"argument --top-k: must be an integer from 0 to {MAX_CODES}",
+        ),
         (trainer_cli, ["sample", "--temperature", "1e400"], "argument --temperature: must be a finite number > 0"),
         (trainer_cli, ["sample", "--temperature", "1e-400"], "argument --temperature: must be a finite number > 0"),
         (trainer_cli, ["evaluate-prior", "--n", "1"], "argument --n: must be an integer from 2 to"),
         (trainer_cli, ["evaluate-prior", "--max-pairs", str(10**12)], f"from 1 to {MAX_PAIRS}"),
-        (trainer_cli, ["encode", "--batch-size", str(10**9)], f"argument --batch-size: must be an integer from 1 to {MAX_BATCH}"),
+        (
+            trainer_cli,
+            ["encode", "--batch-size", str(10**9)],
+            f"argument --batch-size: must be an integer from 1 to {MAX_BATCH}",
+        ),
         (trainer_cli, ["evaluate", "--batch-size", str(10**9)], f"from 1 to {MAX_BATCH}"),
         (export_cli, ["sample", "--n", str(10**12)], f"argument --n: must be an integer from 1 to {MAX_SAMPLES}"),
         (export_cli, ["sample", "--threads", "100000"], f"argument --threads: must be an integer from 0 to {CORES}"),
