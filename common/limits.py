@@ -28,6 +28,9 @@ MAX_SEED = 2**32 - 1
 # below what overflows a weight allocation.
 MAX_WIDTH = 8192
 MAX_LAYERS = 256
+# DataLoader workers per training process (data.num_workers). A fixed bound, not the cores of the machine that
+# reads the config: a checkpoint's config is checked again wherever it is evaluated.
+MAX_LOADER_WORKERS = 64
 
 
 def usable_cores() -> int:

@@ -13,7 +13,16 @@ import pytest
 import torch
 
 from common import sampling_rule
-from common.limits import MAX_BATCH, MAX_CODES, MAX_PAIRS, MAX_PREVIEW, MAX_SAMPLES, MAX_SEED, usable_cores
+from common.limits import (
+    MAX_BATCH,
+    MAX_CODES,
+    MAX_LOADER_WORKERS,
+    MAX_PAIRS,
+    MAX_PREVIEW,
+    MAX_SAMPLES,
+    MAX_SEED,
+    usable_cores,
+)
 from conftest import REPO, save_prior, save_vqvae
 from data_tools.__main__ import main as data_cli
 from export.__main__ import main as export_cli
@@ -188,14 +197,14 @@ FSQ = ["quantizer.kind=fsq", "quantizer.compile=false"]
         (["seed=-1"], f"seed: must be an integer from 0 to {MAX_SEED}"),
         ([f"seed={MAX_SEED + 1}"], f"seed: must be an integer from 0 to {MAX_SEED}"),
         (["data.shuffle_buffer=0"], "data.shuffle_buffer: must be >= 1"),
-        ([f"data.batch_size={10**9}"], f"data.batch_size: must be from 1 to {MAX_BATCH}"),
-        (["data.num_workers=100000"], f"data.num_workers: must be from 0 to {4 * usable_cores()}"),
+        ([f"data.batch_size={10**9}"], f"data.batch_size: must be an integer from 1 to {MAX_BATCH}"),
+        (["data.num_workers=100000"], f"data.num_workers: must be an integer from 0 to {MAX_LOADER_WORKERS}"),
         (
             [*FSQ, "quantizer.levels=[256,256,2]", "quantizer.num_codes=131072"],
             f"quantizer.levels: their product (131072) must be at most {MAX_CODES}",
         ),
-        ([f"quantizer.num_codes={MAX_CODES + 1}"], f"quantizer.num_codes: must be from 2 to {MAX_CODES}"),
-        (["quantizer.codebook_dim=100000"], "quantizer.codebook_dim: must be from 0 to"),
+        ([f"quantizer.num_codes={MAX_CODES + 1}"], f"quantizer.num_codes: must be an integer from 2 to {MAX_CODES}"),
+        (["quantizer.codebook_dim=100000"], "quantizer.codebook_dim: must be an integer from 0 to"),
         (["train.lr=.inf"], "train.lr: must be a finite number"),
         (["train.lr=.nan"], "train.lr: must be a finite number"),
         (["loss.ssim_weight=-.inf"], "loss.ssim_weight: must be a finite number"),
@@ -203,8 +212,8 @@ FSQ = ["quantizer.kind=fsq", "quantizer.compile=false"]
         (["train.warmup_steps=-1"], "train.warmup_steps: must be >= 0"),
         (["train.grad_clip=-1"], "train.grad_clip: must be >= 0"),
         (["train.weight_decay=-1"], "train.weight_decay: must be >= 0"),
-        (["model.channels=1000000000"], "model.channels: must be from 2 to"),
-        (["model.res_blocks=100000"], "model.res_blocks: must be from 0 to"),
+        (["model.channels=1000000000"], "model.channels: must be an integer from 2 to"),
+        (["model.res_blocks=100000"], "model.res_blocks: must be an integer from 0 to"),
     ],
 )
 def test_a_stage1_config_value_outside_its_domain_names_file_and_key(overrides, problem):
@@ -217,11 +226,11 @@ def test_a_stage1_config_value_outside_its_domain_names_file_and_key(overrides, 
     "overrides, problem",
     [
         (["seed=-1"], f"seed: must be an integer from 0 to {MAX_SEED}"),
-        ([f"codes.batch_size={10**9}"], f"codes.batch_size: must be from 1 to {MAX_BATCH}"),
-        ([f"sample_count={10**9}"], f"sample_count: must be from 1 to {MAX_SAMPLES}"),
-        (["model.head_channels=1000000000"], "model.head_channels: must be from 1 to"),
-        (["model.layers=100000"], "model.layers: must be from 1 to"),
-        (["model.transformer.width=1000000000"], "model.transformer.width: must be from 1 to"),
+        ([f"codes.batch_size={10**9}"], f"codes.batch_size: must be an integer from 1 to {MAX_BATCH}"),
+        ([f"sample_count={10**9}"], f"sample_count: must be an integer from 1 to {MAX_SAMPLES}"),
+        (["model.head_channels=1000000000"], "model.head_channels: must be an integer from 1 to"),
+        (["model.layers=100000"], "model.layers: must be an integer from 1 to"),
+        (["model.transformer.width=1000000000"], "model.transformer.width: must be an integer from 1 to"),
         (["train.lr=.inf"], "train.lr: must be a finite number"),
     ],
 )
@@ -237,3 +246,15 @@ def test_training_with_a_negative_seed_is_one_line_naming_file_and_key(tmp_path,
     err = capsys.readouterr().err
     assert err.strip() == f"error: {VQVAE_DEMO}: seed: must be an integer from 0 to {MAX_SEED}, got -1", err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_whose_codes_would_not_fit_uint16_is_refused_before_encoding(tmp_path, capsys):
+    checkpoint = save_vqvae(tmp_path, seed=0)
+    config = checkpoint / "config.yaml"
+    text = config.read_text().replace("kind: vq", "kind: fsq").replace("num_codes: 32", "num_codes: 131072")
+    config.write_text(text.replace("- 8\n  - 8\n  - 8\n", "- 256\n  - 256\n  - 2\n"))
+    argv = ["encode", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "codes"), "--quiet"]
+    assert trainer_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: quantizer.levels: their product (131072) must be at most {MAX_CODES}" in err, err
+    assert not (tmp_path / "codes" / "train.npz").exists()
