@@ -5,6 +5,7 @@ checked at start-up, naming the file and the key."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -258,3 +259,55 @@ def test_a_checkpoint_whose_codes_would_not_fit_uint16_is_refused_before_encodin
     err = capsys.readouterr().err
     assert f"{config}: quantizer.levels: their product (131072) must be at most {MAX_CODES}" in err, err
     assert not (tmp_path / "codes" / "train.npz").exists()
+
+
+# ---- class 8's fixes as pure functions (wired into shard and reconstruct later: tests/test_edges_pending.py) ----
+
+
+@pytest.mark.parametrize("names", [["short"], ["case_0901_slice_31"] * 3, ["x" * 150, "y"]])
+def test_shard_sizes_count_a_stream_written_tar_exactly(tmp_path, names):
+    import webdataset as wds
+
+    from common.shard_format import sample_record
+    from data_tools.shard_sizes import closed_shard_bytes, record_bytes
+
+    rng = np.random.default_rng(0)
+    records = [
+        sample_record(f"{name}_{i}", rng.bytes(int(rng.integers(1, 70_000))), {"i": i}, rng.bytes(i * 700) or None)
+        for i, name in enumerate(names)
+    ]
+    path = tmp_path / "shard.tar"
+    writer = wds.TarWriter(str(path), encoder=False, mtime=0.0)
+    for record in records:
+        writer.write(record)
+    writer.close()
+    assert path.stat().st_size == closed_shard_bytes(sum(record_bytes(record, 0.0) for record in records))
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("jpeg", "a JPEG image, not a PNG"),
+        ("gif", "a GIF image, not a PNG"),
+        ("text", "not an image (no PNG signature)"),
+        ("empty", "not an image (no PNG signature)"),
+    ],
+)
+def test_a_file_named_png_that_is_not_one_is_named(tmp_path, content, problem):
+    from PIL import Image
+
+    from common.errors import DataError
+    from common.png_header import check_png_signature
+
+    path = tmp_path / "case_001_slice_0.nii.png"
+    if content in ("jpeg", "gif"):
+        Image.new("L", (8, 8)).save(path, format=content.upper())
+    else:
+        path.write_bytes(b"hello" if content == "text" else b"")
+    with pytest.raises(DataError, match=re.escape(f"{path}: {problem}")):
+        check_png_signature(path, str(path))
+    with pytest.raises(DataError, match=re.escape(f"member: {problem}")):
+        check_png_signature(path.read_bytes(), "member")
+    Image.new("L", (8, 8)).save(path, format="PNG")
+    check_png_signature(path, str(path))
+    check_png_signature(path.read_bytes(), str(path))
