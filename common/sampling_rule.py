@@ -21,6 +21,8 @@ import math
 
 import numpy as np
 
+from common.limits import MAX_SAMPLES
+
 
 def check_sampling_options(temperature: float, top_k: int, num_codes: int) -> None:
     if not (math.isfinite(temperature) and temperature > 0):
@@ -36,8 +38,8 @@ def sampling_randomness(
 
     A conditional prior asked for no particular slice gets slices drawn uniformly, which samples
     the marginal p(codes) because OASIS holds the same number of slices at every position."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if not 1 <= n <= MAX_SAMPLES:  # the uniforms alone would not fit in memory far beyond
+        raise ValueError(f"n must be 1 to {MAX_SAMPLES}, got {n}")
     if num_conditions and slice_index is not None and not 0 <= slice_index < num_conditions:
         raise ValueError(f"slice must be in 0..{num_conditions - 1}, got {slice_index}")
     if not num_conditions and slice_index is not None:

@@ -83,6 +83,11 @@ def test_the_sampling_rule_refuses_a_temperature_outside_its_domain(temperature)
         sampling_rule.check_sampling_options(float(temperature), 0, 16)
 
 
+def test_the_sampling_rule_refuses_more_samples_than_its_bound():
+    with pytest.raises(ValueError, match=f"n must be 1 to {MAX_SAMPLES}, got {10**12}"):
+        sampling_rule.sampling_randomness(10**12, 32, 32, 0, seed=0)
+
+
 # ---- the commands, end to end on tiny models -----------------------------------------------------------
 
 
