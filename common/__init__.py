@@ -11,6 +11,7 @@ nifti_options   the slicing options shard --nifti and reconstruct --nifti share;
     output_dir      atomic output folders and files; what --force may replace
     cli             the command-line conventions every command shares, and the shared options
     cli_types       argparse types for numbers with bounds
+    limits          the documented bounds of counts, seeds, threads and K, and why each
     sampling_rule   the random numbers and the draw rule both samplers follow (numpy)
     kv_cache        the transformer prior's key/value cache layout (torch or numpy arrays)
     sample_files    the files a batch of generated brains is written as

@@ -15,8 +15,9 @@ import importlib
 import sys
 from pathlib import Path
 
-from common.cli_types import non_negative_int, positive_float, positive_int
+from common.cli_types import integer, non_negative_int, positive_float
 from common.errors import DataError
+from common.limits import MAX_BATCH, MAX_CODES, MAX_SAMPLES, MAX_SEED
 from common.output_dir import OutputError
 
 # A user's mistake: exit 2 with one line naming the file and the problem, never a traceback.
@@ -89,27 +90,41 @@ def add_quiet_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def add_batch_size_argument(parser: argparse.ArgumentParser, default: int, what: str = "images per batch") -> None:
-    parser.add_argument("--batch-size", type=positive_int, default=default, help=f"{what} (default: %(default)s)")
+    parser.add_argument(
+        "--batch-size",
+        type=integer(1, MAX_BATCH),
+        default=default,
+        help=f"{what}, 1 to {MAX_BATCH} (default: %(default)s)",
+    )
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, n: int = 16, slice_option: bool = True) -> None:
-    """The sampling options of `trainer sample`, `export sample` and `trainer evaluate-prior`."""
-    parser.add_argument("--n", type=positive_int, default=n, help="number of brains (default: %(default)s)")
+def add_sampling_arguments(
+    parser: argparse.ArgumentParser, n: int = 16, slice_option: bool = True, min_n: int = 1, why_min: str = ""
+) -> None:
+    """The sampling options of `trainer sample`, `export sample` and `trainer evaluate-prior` (which needs
+    `min_n` 2: its diversity and Frechet metrics compare pairs of brains)."""
+    parser.add_argument(
+        "--n",
+        type=integer(min_n, MAX_SAMPLES),
+        default=n,
+        help=f"number of brains, {min_n} to {MAX_SAMPLES}{why_min} (default: %(default)s)",
+    )
     parser.add_argument(
         "--seed",
-        type=non_negative_int,
+        type=integer(0, MAX_SEED),
         default=0,
-        help="random seed; the same seed gives the same brains, in either sampler (default: %(default)s)",
+        help=f"random seed, 0 to {MAX_SEED}; the same seed gives the same brains, in either sampler "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--temperature",
         type=positive_float,
         default=1.0,
-        help="divide the logits by this (> 0); < 1 is more conservative (default: %(default)s)",
+        help="divide the logits by this (finite, > 0); < 1 is more conservative, near 0 greedy (default: %(default)s)",
     )
     parser.add_argument(
         "--top-k",
-        type=non_negative_int,
+        type=integer(0, MAX_CODES),
         default=0,
         help="sample only among the k most likely codes per cell; 0 = all (default: %(default)s)",
     )

@@ -32,6 +32,19 @@ def integer(low: int | None = None, high: int | None = None) -> Callable[[str], 
     return parse
 
 
+def one_of(values: tuple[int, ...]) -> Callable[[str], int]:
+    """An int option that takes only the listed values (e.g. the ONNX opsets the exporter supports)."""
+    listed = ", ".join(map(str, values))
+
+    def parse(text: str) -> int:
+        value = integer()(text)
+        if value not in values:
+            raise argparse.ArgumentTypeError(f"must be one of {listed}, got {value}")
+        return value
+
+    return parse
+
+
 def number(low: float | None = None, above: float | None = None) -> Callable[[str], float]:
     """A finite float option, >= low or > above; nan and inf are refused (they pass any comparison-free path)."""
     requirement = (

@@ -13,6 +13,16 @@ from pathlib import Path
 from common.errors import DataError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Formats Pillow would open as readily as a PNG, by their first bytes: a JPEG named .png was read as if it were
+# one, its compression artefacts and all.
+OTHER_SIGNATURES = {
+    b"\xff\xd8\xff": "JPEG",
+    b"GIF87a": "GIF",
+    b"GIF89a": "GIF",
+    b"BM": "BMP",
+    b"II*\x00": "TIFF",
+    b"MM\x00*": "TIFF",
+}
 MAX_PIXELS = 4096 * 4096  # the slices are 256 x 256; a PNG this large is a mistake or an attack
 
 
@@ -21,6 +31,20 @@ def check_png_header(path: Path) -> None:
     left to the decoder, which says what it is."""
     with open(path, "rb") as f:
         check_png_bytes(f.read(33), str(path))
+
+
+def check_png_signature(source: Path | bytes, name: str) -> None:
+    """Refuse a file (or the bytes of one) that is not a PNG, whatever its name says: a JPEG named .png is named as
+    one. `name` names it in the error."""
+    if isinstance(source, Path):
+        with open(source, "rb") as f:
+            source = f.read(len(PNG_SIGNATURE))
+    if source.startswith(PNG_SIGNATURE):
+        return
+    other = next((kind for magic, kind in OTHER_SIGNATURES.items() if source.startswith(magic)), None)
+    if other:
+        raise DataError(f"{name}: a {other} image, not a PNG; convert it to an 8-bit grayscale PNG first")
+    raise DataError(f"{name}: not an image (no PNG signature)")
 
 
 def check_png_bytes(head: bytes, path: str) -> None:

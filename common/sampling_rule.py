@@ -5,17 +5,28 @@ Every random number a sample uses is drawn up front from numpy's PCG64 seeded wi
 number): first its slice condition (when the prior is conditional and no slice was asked for), then
 one uniform number per cell. So sample i of a seed is the same whatever the number of samples or
 the batch size. A cell's code is then a deterministic function of its logits and its number (inverse CDF of
-softmax(logits / temperature) over the top_k codes); `trainer.stage2.pixelcnn.draw` is the same rule in torch.
+softmax(logits / temperature) over the top_k codes); `trainer.stage2.prior_contract.draw` is the same rule in torch.
+
+The draw works in log space and is exact at every finite temperature > 0: each row's logits are shifted by
+their maximum before dividing by the temperature, so the most likely code's log-probability (up to the row's
+constant) is exactly 0 and the others are <= 0, however large the quotient. Dividing the logits first made
+them inf at a temperature like 1e-310 and every code K - 1. As the temperature goes to 0 the draw becomes
+greedy: codes short of the maximum overflow to -inf, and a tie at the maximum is split by the cell's uniform
+number, as top_k = 1 splits it; as it grows the draw becomes uniform over the top_k codes.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from common.limits import MAX_SAMPLES
 
 
 def check_sampling_options(temperature: float, top_k: int, num_codes: int) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
     if not 0 <= top_k <= num_codes:
         raise ValueError(f"top_k must be in 0..{num_codes} (0: no truncation), got {top_k}")
 
@@ -27,8 +38,8 @@ def sampling_randomness(
 
     A conditional prior asked for no particular slice gets slices drawn uniformly, which samples
     the marginal p(codes) because OASIS holds the same number of slices at every position."""
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+    if not 1 <= n <= MAX_SAMPLES:  # the uniforms alone would not fit in memory far beyond
+        raise ValueError(f"n must be 1 to {MAX_SAMPLES}, got {n}")
     if num_conditions and slice_index is not None and not 0 <= slice_index < num_conditions:
         raise ValueError(f"slice must be in 0..{num_conditions - 1}, got {slice_index}")
     if not num_conditions and slice_index is not None:
@@ -45,13 +56,19 @@ def sampling_randomness(
 
 def draw(logits: np.ndarray, uniforms: np.ndarray, temperature: float = 1.0, top_k: int = 0) -> np.ndarray:
     """Codes (B,) for logits (B, K) and one uniform number per row: see the module docstring."""
-    scaled = logits.astype(np.float64) / temperature
-    if top_k:
-        kth = np.sort(scaled, axis=-1)[:, -top_k][:, None]
-        scaled = np.where(scaled < kth, -np.inf, scaled)
-    scaled -= scaled.max(axis=-1, keepdims=True)
-    probs = np.exp(scaled)
+    scaled = tempered_log_weights(logits.astype(np.float64), temperature, top_k)
+    probs = np.exp(scaled)  # the most likely code's is exactly 1
     cdf = np.cumsum(probs / probs.sum(axis=-1, keepdims=True), axis=-1)
     targets = uniforms.astype(np.float64) * cdf[:, -1]
     codes = np.array([np.searchsorted(row, t, side="right") for row, t in zip(cdf, targets)])
     return np.minimum(codes, logits.shape[-1] - 1)
+
+
+def tempered_log_weights(logits: np.ndarray, temperature: float, top_k: int) -> np.ndarray:
+    """(logits - row maximum) / temperature over the top_k codes, -inf elsewhere: log softmax(logits /
+    temperature) up to each row's constant, every entry <= 0 and the largest exactly 0 at any temperature."""
+    if top_k:
+        kth = np.sort(logits, axis=-1)[:, -top_k][:, None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    with np.errstate(over="ignore"):  # a quotient past the largest double is -inf: probability 0, as in the limit
+        return (logits - logits.max(axis=-1, keepdims=True)) / temperature

@@ -9,8 +9,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from common.cli_types import positive_int
+from common.cli_types import integer
 from common.errors import DataError
+from common.limits import MAX_PREVIEW
 from common.output_dir import OutputError, resolved, write_file_atomically
 from common.shard_format import MANIFEST, decode_gray_png, iter_shard, read_manifest
 
@@ -62,7 +63,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("shard_dir", type=Path, help="folder written by `shard`")
     parser.add_argument("--out", type=Path, required=True, help="PNG file to write (outside the shard folder)")
     parser.add_argument("--split", default="train", help="split to show (default: %(default)s)")
-    parser.add_argument("--count", type=positive_int, default=16, help="number of samples (default: %(default)s)")
+    parser.add_argument(
+        "--count",
+        type=integer(1, MAX_PREVIEW),
+        default=16,
+        help=f"number of samples, 1 to {MAX_PREVIEW} (default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:

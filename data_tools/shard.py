@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from common.cli_types import integer, number, positive_int
 from common.errors import DataError
+from common.limits import usable_cores
 from common.nifti_options import Slicing
 from common.output_dir import atomic_output_dir
 from common.png_header import check_png_header
@@ -223,7 +224,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=50.0,
         help="hard cap on a shard's size in MiB, >= 1 (a slice takes well under 1 MiB) (default: %(default)s)",
     )
-    max_workers = 4 * (os.cpu_count() or 1)
+    max_workers = 4 * usable_cores()
     parser.add_argument(
         "--workers",
         type=integer(1, max_workers),

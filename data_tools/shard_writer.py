@@ -17,6 +17,7 @@ from PIL import Image
 
 from common.digest import file_sha256
 from common.shard_format import sample_record
+from data_tools.shard_sizes import closed_shard_bytes, record_bytes
 
 TAR_MTIME = 0.0  # fixed tar header time: same input -> byte-identical shards
 
@@ -57,10 +58,10 @@ class ShardSetWriter:
 
     def write(self, encoded: EncodedSlice) -> None:
         record = sample_record(encoded.key, encoded.png, encoded.metadata, encoded.mask_png)
-        size = sum(len(v) for k, v in record.items() if k != "__key__") + 512 * len(record)  # + tar headers
+        size = record_bytes(record, TAR_MTIME)
         if self.tar is not None:
             planned = self.planned_sizes[min(len(self.finished), len(self.planned_sizes) - 1)]
-            if self.count >= planned or self.bytes + size > self.max_shard_bytes:
+            if self.count >= planned or closed_shard_bytes(self.bytes + size) > self.max_shard_bytes:
                 self._close()
         if self.tar is None:
             self.path = self.out_dir / f"{self.split}-{len(self.finished):06d}.tar"

@@ -29,12 +29,12 @@ from torch import Tensor, nn
 from torch.export import Dim
 
 from common.cli import add_checkpoint_argument, add_force_argument
-from common.cli_types import positive_int
+from common.cli_types import one_of
 from common.digest import file_sha256
 from common.output_dir import atomic_output_dir
 from common.shard_format import IMAGE_SIZE
 from export.onnx_graph import export_part
-from export.runtime.model_dir import DEFAULT_OPSET, FORMAT_VERSION, MODEL_JSON
+from export.runtime.model_dir import DEFAULT_OPSET, FORMAT_VERSION, MODEL_JSON, SUPPORTED_OPSETS
 from export.transformer_onnx import export_step
 from trainer.run.checkpoint import resolve_checkpoint
 from trainer.stage1.vqvae import VQVAE
@@ -230,7 +230,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="VQ-VAE checkpoint (default: the one recorded in the prior's prior.json); its weights "
         "must be the ones the prior was trained on",
     )
-    parser.add_argument("--opset", type=positive_int, default=DEFAULT_OPSET, help="ONNX opset (default: %(default)s)")
+    parser.add_argument(
+        "--opset",
+        type=one_of(SUPPORTED_OPSETS),
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset of every graph, {min(SUPPORTED_OPSETS)} to {max(SUPPORTED_OPSETS)}, those the exporter "
+        "writes (default: %(default)s)",
+    )
     add_force_argument(parser)
 
 

@@ -65,9 +65,18 @@ def export_graph(
     program.save(path, external_data=False)
     graph = onnx.load(str(path))
     onnx.helper.set_model_props(graph, {GRAPH_METADATA: json.dumps(fields, sort_keys=True)})
+    check_opset(graph, path, opset)
     onnx.save(graph, str(path))
     onnx.checker.check_model(str(path), full_check=True)
     return {"file": path.name, "sha256": file_sha256(path), "inputs": inputs, "outputs": outputs}
+
+
+def check_opset(graph: onnx.ModelProto, path: Path, opset: int) -> None:
+    """The exporter converts below its own opset with onnx's version converter, which fails for some operators
+    (it then keeps its own opset and says so only in a log line): refuse a graph not at the opset asked for."""
+    written = [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")]
+    if written != [opset]:
+        raise ValueError(f"{path}: the exporter wrote opset {', '.join(map(str, written))}, not the {opset} asked for")
 
 
 def export_part(

@@ -372,9 +372,9 @@ def test_broken_model_folder_is_a_clear_error(exported, tmp_path, capsys, proble
         (SLICES, ["--top-k", "33"], "top_k must be in 0..32"),
         (SLICES, ["--slice", "4"], "slice must be in 0..3"),
         (0, ["--slice", "0"], "trained without slice conditioning"),
-        (SLICES, ["--n", "0"], "argument --n: must be an integer >= 1"),
-        (SLICES, ["--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
-        (SLICES, ["--threads", "-1"], "argument --threads: must be an integer >= 0"),
+        (SLICES, ["--n", "0"], "argument --n: must be an integer from 1 to"),
+        (SLICES, ["--batch-size", "0"], "argument --batch-size: must be an integer from 1 to"),
+        (SLICES, ["--threads", "-1"], "argument --threads: must be an integer from 0 to"),
     ],
 )
 def test_bad_sampling_option_is_a_clear_error(exported, tmp_path, capsys, num_conditions, options, message):

@@ -30,6 +30,9 @@ from common.json_file import read_json_object
 MODEL_JSON = "model.json"
 FORMAT_VERSION = 1
 DEFAULT_OPSET = 20
+# The opsets `export onnx` writes every graph at: torch's exporter implements 18 and above (it converts lower
+# ones with onnx's version converter, which fails on Pad and others), and this onnxruntime runs up to 23.
+SUPPORTED_OPSETS = tuple(range(18, 24))
 PARTS = ("encoder", "decoder")
 PRIOR_PARTS = {"pixelcnn": ("prior_row", "prior_cell"), "transformer": ("prior_step",)}
 KEYS = (

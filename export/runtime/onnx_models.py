@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from common.cli_types import non_negative_int
+from common.cli_types import integer
 from common.kv_cache import cache_names
+from common.limits import usable_cores
 from export.runtime.model_dir import (
     MODEL_JSON,
     PRIOR_PARTS,
@@ -33,8 +34,8 @@ class ExportedModels:
     "prior" stands for the models of the folder's prior kind)."""
 
     def __init__(self, directory: Path, parts: Iterable[str] | None = None, threads: int = 0):
-        if threads < 0:
-            raise ValueError(f"--threads must be >= 0 (0: onnxruntime's default), got {threads}")
+        if not 0 <= threads <= usable_cores():
+            raise ValueError(f"--threads must be 0 to {usable_cores()} (0: onnxruntime's default), got {threads}")
         self.directory = Path(directory)
         self.info = read_model_json(self.directory)
         kind = self.info["prior_kind"]
@@ -143,9 +144,11 @@ def check_cache_sizes(path: Path, spec: dict, inputs: list) -> None:
 
 
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    cores = usable_cores()
     parser.add_argument(
         "--threads",
-        type=non_negative_int,
+        type=integer(0, cores),
         default=0,
-        help="onnxruntime threads per model; 0 = onnxruntime's default (default: %(default)s)",
+        help=f"onnxruntime threads per model, 0 to {cores} (the cores this process may use: more threads only "
+        "wait for each other); 0 = onnxruntime's default (default: %(default)s)",
     )

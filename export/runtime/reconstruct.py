@@ -39,7 +39,7 @@ from common.figures.reconstruction import ReconstructionExamples, code_maps, rec
 from common.figures.style import code_intensity
 from common.nifti_options import CutVolume, Slicing, add_slicing_arguments, cut_volume
 from common.output_dir import atomic_output_dir, check_output_dir
-from common.png_header import check_png_bytes, check_png_header
+from common.png_header import check_png_bytes, check_png_header, check_png_signature
 from common.sample_files import save_code_map, save_image
 from common.shard_format import iter_shard, read_manifest
 from common.ssim import ssim
@@ -63,6 +63,7 @@ def read_slice(source: Path | bytes, name: str, size: int) -> np.ndarray:
     """(size, size) uint8 pixels of an 8-bit grayscale image; anything else (a truncated file, a 16-bit or
     oversized PNG read from its header before any pixel is decoded) is an error naming it."""
     try:
+        check_png_signature(source, name)
         if isinstance(source, Path):
             check_png_header(source)
         else:

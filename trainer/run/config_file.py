@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from collections.abc import Hashable
 from pathlib import Path
@@ -33,6 +34,12 @@ def check_sections(config: Any) -> None:
 def require(ok: bool, key: str, problem: str) -> None:
     if not ok:
         raise ConfigError(f"{key}: {problem}")
+
+
+def require_range(value: int, low: int, high: int, key: str) -> None:
+    """An integer key in [low, high]; the upper bounds are common/limits.py's, which say why each."""
+    require(value >= low, key, f"must be >= {low}")
+    require(value <= high, key, f"must be an integer from {low} to {high}, got {value}")
 
 
 def build(cls: type, values: dict, where: str) -> Any:
@@ -60,6 +67,8 @@ def build(cls: type, values: dict, where: str) -> Any:
             continue
         if kind is float and not isinstance(value, bool):
             value = as_float(value)
+            if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison-based check
+                raise ConfigError(f"{name}: must be a finite number, got {value!r}")
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise ConfigError(f"{name}: expected {kind.__name__}, got {value!r}")
         kwargs[key] = value

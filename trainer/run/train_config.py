@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.limits import MAX_SEED
 from trainer.run.config_file import require
 
 
@@ -27,10 +28,10 @@ class TrainConfig:
     def check(self) -> None:
         require(self.max_steps >= 1, "train.max_steps", "must be >= 1")
         require(self.lr > 0, "train.lr", "must be > 0")
-        require(
-            self.warmup_steps >= 0 and 0 <= self.min_lr_ratio <= 1, "train", "warmup_steps >= 0, min_lr_ratio in [0, 1]"
-        )
-        require(self.grad_clip >= 0 and self.weight_decay >= 0, "train", "grad_clip and weight_decay must be >= 0")
+        require(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "must be in [0, 1]")
+        for name in ("grad_clip", "weight_decay"):
+            require(getattr(self, name) >= 0, f"train.{name}", "must be >= 0")
         require(self.grad_accum >= 1, "train.grad_accum", "must be >= 1")
         require(
             self.mixed_precision in ("no", "bf16", "fp16"), "train.mixed_precision", "must be 'no', 'bf16' or 'fp16'"
@@ -38,6 +39,11 @@ class TrainConfig:
         for name in ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
             require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         require(self.eval_batches >= 0, "train.eval_batches", "must be >= 0")
+
+
+def check_seed(seed: int) -> None:
+    """The top-level `seed` of either stage: accelerate's set_seed hands it to numpy's legacy generator."""
+    require(0 <= seed <= MAX_SEED, "seed", f"must be an integer from 0 to {MAX_SEED}, got {seed}")
 
 
 @dataclass

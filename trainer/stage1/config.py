@@ -6,8 +6,9 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from trainer.run.config_file import check_sections, require
-from trainer.run.train_config import TrainConfig, WandbConfig
+from common.limits import MAX_BATCH, MAX_CODES, MAX_LAYERS, MAX_LOADER_WORKERS, MAX_WIDTH
+from trainer.run.config_file import check_sections, require, require_range
+from trainer.run.train_config import TrainConfig, WandbConfig, check_seed
 
 
 @dataclass
@@ -23,11 +24,12 @@ class DataConfig:
     in_memory_on: str = "device"  # "device": on the training device (no copy per step); "host": CPU RAM
 
     def check(self) -> None:
-        require(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        require_range(self.batch_size, 1, MAX_BATCH, "data.batch_size")
+        require(self.shuffle_buffer >= 1, "data.shuffle_buffer", "must be >= 1 (1: no shuffling within a shard)")
         require(self.in_memory in ("auto", "always", "never"), "data.in_memory", "must be auto, always or never")
         require(self.memory_budget_mb >= 0, "data.memory_budget_mb", "must be >= 0")
         require(self.in_memory_on in ("device", "host"), "data.in_memory_on", "must be device or host")
-        require(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        require_range(self.num_workers, 0, MAX_LOADER_WORKERS, "data.num_workers")
         require(self.eval_split in ("train", "validate", "test"), "data.eval_split", "must be train, validate or test")
 
 
@@ -41,12 +43,10 @@ class ModelConfig:
 
     def check(self) -> None:
         require(self.downsample in (2, 4, 8, 16), "model.downsample", "must be 2, 4, 8 or 16")
-        require(
-            self.channels >= 2 and self.res_channels >= 1 and self.code_dim >= 1,
-            "model",
-            "channels must be >= 2, res_channels and code_dim >= 1",
-        )
-        require(self.res_blocks >= 0, "model.res_blocks", "must be >= 0")
+        require_range(self.channels, 2, MAX_WIDTH, "model.channels")
+        require_range(self.res_channels, 1, MAX_WIDTH, "model.res_channels")
+        require_range(self.code_dim, 1, MAX_WIDTH, "model.code_dim")
+        require_range(self.res_blocks, 0, MAX_LAYERS, "model.res_blocks")
 
 
 @dataclass
@@ -64,8 +64,7 @@ class QuantizerConfig:
 
     def check(self) -> None:
         require(self.kind in ("vq", "fsq"), "quantizer.kind", "must be 'vq' or 'fsq'")
-        require(self.num_codes >= 2, "quantizer.num_codes", "must be >= 2")
-        require(self.codebook_dim >= 0, "quantizer.codebook_dim", "must be >= 0 (0: model.code_dim)")
+        require_range(self.codebook_dim, 0, MAX_WIDTH, "quantizer.codebook_dim")
         if self.kind == "fsq":
             require(
                 len(self.levels) >= 1 and all(level >= 2 for level in self.levels),
@@ -73,10 +72,17 @@ class QuantizerConfig:
                 "must be a non-empty list of integers >= 2",
             )
             require(
+                math.prod(self.levels) <= MAX_CODES,
+                "quantizer.levels",
+                f"their product ({math.prod(self.levels)}) must be at most {MAX_CODES}: code indices are stored as "
+                "uint16",
+            )
+            require(
                 math.prod(self.levels) == self.num_codes,
                 "quantizer.num_codes",
                 f"must equal the product of quantizer.levels {self.levels} ({math.prod(self.levels)}) for fsq",
             )
+        require_range(self.num_codes, 2, MAX_CODES, "quantizer.num_codes")  # code indices are stored as uint16
         require(self.beta >= 0, "quantizer.beta", "must be >= 0")
         require(self.update in ("ema", "loss"), "quantizer.update", "must be 'ema' or 'loss'")
         require(0 <= self.decay < 1, "quantizer.decay", "must be in [0, 1)")
@@ -108,4 +114,5 @@ class VQVAEConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def check(self) -> None:
+        check_seed(self.seed)
         check_sections(self)

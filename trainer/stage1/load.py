@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from trainer.run.checkpoint import PRIOR_INFO, CheckpointError, build_checked, load_state, resolve_checkpoint
+from trainer.run.config_file import ConfigError
 from trainer.stage1.config import VQVAEConfig
 from trainer.stage1.vqvae import VQVAE
 
@@ -22,6 +23,11 @@ def load_vqvae(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[VQ
     if (checkpoint / PRIOR_INFO).is_file():
         raise CheckpointError(f"{checkpoint}: a prior checkpoint (it has {PRIOR_INFO}); a VQ-VAE checkpoint is needed")
     cfg = build_checked(VQVAEConfig, checkpoint)
+    try:  # the sections that shape the model and its codes (K must fit the uint16 code files)
+        cfg.model.check()
+        cfg.quantizer.check()
+    except ConfigError as err:
+        raise CheckpointError(f"{checkpoint / 'config.yaml'}: {err}") from None
     model = build_vqvae(cfg)
     load_state(model, checkpoint)
     return model.to(device).eval(), cfg

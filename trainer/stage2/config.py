@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from trainer.run.config_file import check_sections, require
-from trainer.run.train_config import TrainConfig, WandbConfig
+from common.limits import MAX_BATCH, MAX_LAYERS, MAX_SAMPLES, MAX_WIDTH
+from trainer.run.config_file import check_sections, require, require_range
+from trainer.run.train_config import TrainConfig, WandbConfig, check_seed
 
 
 @dataclass
@@ -16,7 +17,7 @@ class CodesConfig:
     eval_split: str = "validate"
 
     def check(self) -> None:
-        require(self.batch_size >= 1, "codes.batch_size", "must be >= 1")
+        require_range(self.batch_size, 1, MAX_BATCH, "codes.batch_size")
         require(self.eval_split in ("train", "validate", "test"), "codes.eval_split", "must be train, validate or test")
 
 
@@ -32,14 +33,16 @@ class TransformerConfig:
     dropout: float = 0.1  # on the embeddings and both residual branches
 
     def check(self) -> None:
-        for name in ("layers", "width", "heads", "kv_heads", "mlp_ratio"):
-            require(getattr(self, name) >= 1, f"model.transformer.{name}", "must be >= 1")
+        require_range(self.layers, 1, MAX_LAYERS, "model.transformer.layers")
+        for name in ("width", "heads", "kv_heads", "mlp_ratio"):
+            require_range(getattr(self, name), 1, MAX_WIDTH, f"model.transformer.{name}")
         require(self.width % self.heads == 0, "model.transformer.heads", f"must divide width ({self.width})")
         require(self.heads % self.kv_heads == 0, "model.transformer.kv_heads", f"must divide heads ({self.heads})")
         require(0 <= self.dropout < 1, "model.transformer.dropout", "must be in [0, 1)")
 
 
 PRIOR_KINDS = ("pixelcnn", "transformer")
+MAX_KERNEL = 2 * 128 + 1  # a window twice the largest code grid (128x128, model.downsample 2) sees nothing more
 
 
 @dataclass
@@ -58,11 +61,13 @@ class PriorModelConfig:
 
     def check(self) -> None:
         require(self.kind in PRIOR_KINDS, "model.kind", f"must be one of {', '.join(PRIOR_KINDS)}")
-        require(self.channels >= 1 and self.head_channels >= 1, "model", "channels and head_channels must be >= 1")
-        require(self.layers >= 1, "model.layers", "must be >= 1")
+        for name in ("channels", "head_channels"):
+            require_range(getattr(self, name), 1, MAX_WIDTH, f"model.{name}")
+        require_range(self.layers, 1, MAX_LAYERS, "model.layers")
         for name in ("kernel", "first_kernel"):
             value = getattr(self, name)
             require(value >= 3 and value % 2 == 1, f"model.{name}", "must be odd and >= 3")
+            require_range(value, 3, MAX_KERNEL, f"model.{name}")
         self.transformer.check()
 
 
@@ -82,6 +87,7 @@ class PriorConfig:
     sample_count: int = 8
 
     def check(self) -> None:
+        check_seed(self.seed)
         check_sections(self)
         require(self.sample_every >= 0, "sample_every", "must be >= 0")
-        require(self.sample_count >= 1, "sample_count", "must be >= 1")
+        require_range(self.sample_count, 1, MAX_SAMPLES, "sample_count")

@@ -38,8 +38,9 @@ from common.cli import (
     add_quiet_argument,
     add_sampling_arguments,
 )
-from common.cli_types import positive_int
+from common.cli_types import integer
 from common.figures.generation import code_histograms, nearest_neighbours, structure_histograms
+from common.limits import MAX_PAIRS
 from common.output_dir import atomic_output_dir, check_output_dir
 from common.sample_files import write_samples
 from trainer.run.checkpoint import PRIOR_INFO, resolve_checkpoint
@@ -119,10 +120,10 @@ def evaluate_generation(
     likelihood = likelihood_metrics(likelihood_sums(prior, codes, conditions, batch_size))
     summary.update({f"{split}_{k}": v for k, v in likelihood.items()})
 
+    real, reconstructions, train_images = real_images(vqvae, shards, split, batch_size, device)
     generated_codes, generated_conditions, generated, summary["sampling_seconds"] = sample_brains(
         prior, vqvae, n, seed, temperature, top_k, batch_size, show_progress
     )
-    real, reconstructions, train_images = real_images(vqvae, shards, split, batch_size, device)
 
     memorisation, gen_ssim, gen_nearest = memorisation_metrics(generated, real, train_images)
     summary.update(memorisation)
@@ -191,6 +192,8 @@ def real_images(
     """What the generated slices are measured against, as floats in [0, 1]: the split's real slices, their
     reconstructions by the VQ-VAE (what a perfect prior could reach at best) and every training slice."""
     real = uint8_to_unit(load_images(shards, split))
+    if len(real) < 2:  # checked before sampling: the pairwise and Frechet metrics compare at least two slices
+        raise ValueError(f"{shards}: split '{split}' holds {len(real)} slice(s); evaluate-prior needs at least 2")
     train = load_images(shards, "train")  # uint8: 0.5 GB for OASIS; as floats only once, on return
     with torch.no_grad():
         reconstructions = torch.cat(
@@ -359,12 +362,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split", default="test", choices=["validate", "test"], help="real split (default: %(default)s)"
     )
-    add_sampling_arguments(parser, n=64, slice_option=False)
+    add_sampling_arguments(parser, n=64, slice_option=False, min_n=2, why_min=" (pairwise metrics need 2)")
     parser.add_argument(
         "--max-pairs",
-        type=positive_int,
+        type=integer(1, MAX_PAIRS),
         default=500,
-        help="image pairs per set for the MS-SSIM diversity (default: %(default)s)",
+        help=f"image pairs per set for the MS-SSIM diversity, 1 to {MAX_PAIRS} (default: %(default)s)",
     )
     add_batch_size_argument(parser, 32, "batch size for every pass")
     add_device_argument(parser)

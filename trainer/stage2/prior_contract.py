@@ -31,11 +31,13 @@ class PriorShape:
 def draw(logits: Tensor, uniforms: Tensor, temperature: float = 1.0, top_k: int = 0) -> Tensor:
     """Codes (B,) from logits (B, K) and one uniform number per row: inverse-CDF sampling from
     softmax(logits / temperature) over the top_k most likely codes (0: all). The rule of
-    common/sampling_rule.py, in torch so that it runs where the logits are."""
-    scaled = logits.double() / temperature
+    common/sampling_rule.py, in torch so that it runs where the logits are: in log space, shifted by each
+    row's maximum before the division, so it is exact at any finite temperature > 0 (greedy as it goes to 0)."""
+    scaled = logits.double()
     if top_k:
         kth = scaled.topk(min(top_k, scaled.shape[-1]), dim=-1).values[:, -1:]
         scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    scaled = (scaled - scaled.amax(dim=-1, keepdim=True)) / temperature
     cdf = scaled.softmax(dim=-1).cumsum(dim=-1)
     targets = uniforms.double()[:, None] * cdf[:, -1:]
     return torch.searchsorted(cdf, targets, right=True)[:, 0].clamp_(max=logits.shape[-1] - 1)
