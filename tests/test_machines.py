@@ -188,3 +188,21 @@ def test_bad_timeout_is_one_line_naming_the_variable(name: str, value: str, tmp_
     assert (
         timeouts({}) == (COLLECTIVE_TIMEOUT, HEARTBEAT_TIMEOUT) and timeouts({name: " 12.5 "})[name[0] == "H"] == 12.5
     )
+
+
+@pytest.mark.parametrize(
+    "script, code, line", [("exit 3", 3, ""), ("kill -KILL $BASHPID", 137, "error: rank 0 was killed by SIGKILL\n")]
+)
+def test_launcher_ends_in_the_failed_process_exit_code_not_its_traceback(script: str, code: int, line: str):
+    """launch.sh runs torchrun through trainer/run/launcher.py: the process said why it failed (a killed one
+    cannot: the launcher names the signal), torchrun's ChildFailedError traceback would only bury it."""
+    command = ["torchrun", "--nproc_per_node", "1", "--master_port", str(free_port()), "--no-python", "bash", "-c"]
+    result = subprocess.run(
+        [sys.executable, "-m", "trainer.run.launcher", *command, script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == code and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.endswith(line) and result.stdout == ""
