@@ -57,8 +57,8 @@ def machines(tmp_path: Path, name: str, outs: list[Path], shards: Path, *flags: 
 
 
 def kill_machine(launched: subprocess.Popen) -> None:
-    """SIGKILL every process the launch started, as a machine's death does. Not only its process group:
-    torchrun starts each worker in a session of its own, and a worker left alive would keep training."""
+    """SIGKILL every process the launch started, as a machine's death does (torchrun starts each worker in a
+    session of its own: its launch's process group does not hold it)."""
     try:
         root = psutil.Process(launched.pid)
         victims = [root, *root.children(recursive=True)]
@@ -110,7 +110,7 @@ def test_two_machines_train_as_one_stop_when_one_dies_and_resume(demo_shards: Pa
             alive = all(p.poll() is None for p in launched) and time.monotonic() < deadline
             assert alive, "no step-6 checkpoint:\n" + "\n".join(log.read_text() for log in logs)
             time.sleep(0.05)
-        kill_machine(launched[1])
+        os.killpg(launched[1].pid, signal.SIGKILL)  # bash and torchrun; the worker, in a session of its own, follows
         killed_at = time.monotonic()
         code = finish(launched[:1], logs[:1], STOP_WITHIN)[0]
     finally:

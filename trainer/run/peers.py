@@ -7,7 +7,8 @@ its own (so a long step, a checkpoint being written or a blocked collective do n
 store the launcher (torchrun, or `accelerate launch` on GPUs) already runs for the job at MAIN_ADDR:MAIN_PORT.
 A process whose counter stands still for HEARTBEAT_TIMEOUT seconds is lost: each other process prints one line
 naming its rank, machine rank and host, and exits 1; the store's host not answering means machine rank 0 is
-lost. COLLECTIVE_TIMEOUT bounds a collective that waits for a process that is alive but stuck.
+lost. A process started by torchrun also stops when its launcher ends (killed with its process group).
+COLLECTIVE_TIMEOUT bounds a collective that waits for a process that is alive but stuck.
 """
 
 from __future__ import annotations
@@ -53,6 +54,9 @@ class PeerWatch:
         self.others = [r for r in range(world_size) if r != rank]
         self.address = f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}"
         self.prefix = f"brain_vqvae/peers/{env.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        # torchrun starts its processes in sessions of their own: one outliving its launcher would train on
+        # unsupervised, and the other machines' launchers would wait for this one's at their exit.
+        self.launcher = os.getppid() if "TORCHELASTIC_RUN_ID" in env else None
         self.store = dist.TCPStore(
             env["MASTER_ADDR"], int(env["MASTER_PORT"]), is_master=False, timeout=timedelta(seconds=timeout)
         )
@@ -79,11 +83,13 @@ class PeerWatch:
     def _watch(self) -> None:
         changed = {r: (-1, time.monotonic()) for r in self.others}  # rank -> (last count seen, when it changed)
         while not self.stopping.wait(BEAT):
+            if self.launcher is not None and os.getppid() != self.launcher:
+                self._stop(f"this machine's launcher (torchrun, pid {self.launcher}) ended")
             try:
                 self.store.add(self._counter(self.rank), 1)
                 counts = {r: self.store.add(self._counter(r), 0) for r in self.others}
             except Exception as err:  # any failure to reach the store: its host is gone
-                self._lost(f"the job's store at {self.address}, kept by machine rank 0's launcher ({err})")
+                self._stop(f"lost the job's store at {self.address}, kept by machine rank 0's launcher ({err})")
             now = time.monotonic()
             for r, count in counts.items():
                 if count != changed[r][0]:
@@ -91,18 +97,20 @@ class PeerWatch:
             lost = [r for r, (count, since) in changed.items() if count < STOPPED and now - since > self.timeout]
             if lost:
                 names = ", ".join(f"rank {r} ({self._who(r)})" for r in lost)
-                self._lost(f"{names}: no heartbeat for {self.timeout:g} s")
+                self._stop(
+                    f"lost {names}: no heartbeat for {self.timeout:g} s (killed, frozen, ended by an error of its "
+                    f"own, or its machine down or cut off)"
+                )
 
     def _who(self, rank: int) -> str:
         key = f"{self.prefix}/who/{rank}"
         return self.store.get(key).decode() if self.store.check([key]) else "machine rank unknown: it never beat"
 
-    def _lost(self, what: str) -> None:
-        """Say which process is lost and end this one (its main thread may be blocked in a collective)."""
+    def _stop(self, why: str) -> None:
+        """Say why and end this process (its main thread may be blocked in a collective)."""
         print(
-            f"error: lost {what} (killed, frozen, ended by an error of its own, or its machine down or cut off); "
-            f"stopping rank {self.rank}. Run every machine's command again with --resume to continue from "
-            f"{self.hint}",
+            f"error: {why}; stopping rank {self.rank}. Run every machine's command again with --resume to "
+            f"continue from {self.hint}",
             file=sys.stderr,
             flush=True,
         )
