@@ -24,19 +24,20 @@ from trainer.run.peers import COLLECTIVE_TIMEOUT, HEARTBEAT_TIMEOUT, timeouts
 MAX_STEPS = 24
 STEPS = [f"train.max_steps={MAX_STEPS}", "train.checkpoint_every=6", "train.eval_every=12", "train.keep_checkpoints=8"]
 STOP_WITHIN = 60  # seconds from a machine's death to the other machine's exit
-TEST_HEARTBEAT = 5  # seconds; the default (30 s) would also stop within STOP_WITHIN
+TEST_HEARTBEAT = 10  # seconds; the default (30 s) would also stop within STOP_WITHIN
 
 
 def launch(log: Path, out: Path, shards: Path, env: dict[str, str], *flags: str) -> subprocess.Popen:
-    """`bash launch.sh stage1` of the tiny demo config in a session of its own, its output in `log`."""
+    """`bash launch.sh stage1` of the tiny demo config, its output in `log`."""
     sets = [arg for item in tiny(shards, out, *STEPS) for arg in ("--set", item)]
-    return subprocess.Popen(
-        ["bash", str(REPO / "launch.sh"), "stage1", str(DEMO_CONFIG), *sets, "--quiet", *flags],
-        env={**os.environ, "OMP_NUM_THREADS": "1", "HEARTBEAT_TIMEOUT": str(TEST_HEARTBEAT), **env},
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HEARTBEAT_TIMEOUT": str(TEST_HEARTBEAT), **env}
+    return start(["bash", str(REPO / "launch.sh"), "stage1", str(DEMO_CONFIG), *sets, "--quiet", *flags], env, log)
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`command` in a session of its own, its output in `log`."""
+    with log.open("w") as output:
+        return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def machines(tmp_path: Path, name: str, outs: list[Path], shards: Path, *flags: str) -> list[subprocess.Popen]:
@@ -119,6 +120,7 @@ def test_two_machines_train_as_one_stop_when_one_dies_and_resume(demo_shards: Pa
     assert time.monotonic() - killed_at < STOP_WITHIN
     assert code == 1, stopped
     assert "lost rank 1 (machine rank 1" in stopped and "Traceback" not in stopped, stopped
+    assert "error: this machine's launcher (torchrun, pid " in logs[1].read_text()  # rank 1 did not train on
     kept = list_checkpoints(two / "checkpoints")
     assert kept[0].name == "step_0000006" and kept[-1].name != f"step_{MAX_STEPS:07d}"  # stopped mid-run
     assert_same_weights(one / "checkpoints" / "step_0000006", two / "checkpoints" / "step_0000006")
@@ -141,14 +143,9 @@ def peer_ranks(mode: str, tmp_path: Path) -> list[subprocess.Popen]:
     """tests/scripts/peer_ranks.py as ranks 0 and 1 of one gloo job, each its own machine rank."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HEARTBEAT_TIMEOUT": "2"}
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="2")
+    script = [sys.executable, str(REPO / "tests" / "scripts" / "peer_ranks.py"), mode]
     return [
-        subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "scripts" / "peer_ranks.py"), mode],
-            env={**env, "RANK": str(rank), "GROUP_RANK": str(rank)},
-            stdout=(tmp_path / f"{mode}{rank}.log").open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        start(script, {**env, "RANK": str(rank), "GROUP_RANK": str(rank)}, tmp_path / f"{mode}{rank}.log")
         for rank in (0, 1)
     ]
 
