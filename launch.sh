@@ -15,11 +15,16 @@
 #   NUM_MACHINES [1]  MACHINE_RANK [0]  MAIN_ADDR [127.0.0.1]  MAIN_PORT [29500]
 # With GPUs the job runs under `accelerate launch`; on a CPU-only machine with NUM_PROCESSES > 1
 # it runs under `torchrun` (gloo), since `accelerate launch --cpu` starts only one process there.
+# Several machines: run the same command on each, with its MACHINE_RANK; out_dir must be one folder
+# every machine sees (a shared filesystem). A process that dies, freezes or loses its machine stops
+# every other one within HEARTBEAT_TIMEOUT [30] seconds, each saying which rank and machine was lost
+# (exit 1); COLLECTIVE_TIMEOUT [600] seconds bounds a collective waiting on a process alive but stuck.
+# Then run every machine's command again with --resume: it continues from the newest checkpoint.
 # Extra ARGS go to the trainer, e.g. --resume or --set train.max_steps=5000.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
 
 gpu_count() {
     python -c "import torch; print(torch.cuda.device_count())"
@@ -32,12 +37,12 @@ run_distributed() {
     local machines=${NUM_MACHINES:-1} rank=${MACHINE_RANK:-0}
     local addr=${MAIN_ADDR:-127.0.0.1} port=${MAIN_PORT:-29500}
     if (( gpus > 0 )); then
-        accelerate launch --num_processes $(( procs * machines )) --num_machines "$machines" \
-            --machine_rank "$rank" --main_process_ip "$addr" --main_process_port "$port" \
+        python -m trainer.run.launcher accelerate launch --num_processes $(( procs * machines )) \
+            --num_machines "$machines" --machine_rank "$rank" --main_process_ip "$addr" --main_process_port "$port" \
             $( (( procs * machines > 1 )) && echo --multi_gpu ) -m "$@"
     elif (( procs * machines > 1 )); then
-        torchrun --nproc_per_node "$procs" --nnodes "$machines" --node_rank "$rank" \
-            --master_addr "$addr" --master_port "$port" -m "$@"
+        python -m trainer.run.launcher torchrun --nproc_per_node "$procs" --nnodes "$machines" \
+            --node_rank "$rank" --master_addr "$addr" --master_port "$port" -m "$@"
     else
         python -m "$@"
     fi

@@ -8,6 +8,8 @@ resume_check    what a resumed run must share with its checkpoint: the model its
 metrics_file    the metrics log (metrics.jsonl) read back
 lr_schedule     warm-up, then cosine decay
 wandb_logging   wandb, offline by default, for training and one-shot commands
-launcher        which launcher started the process and how many processes it asked for
+launcher        which launcher started the process and how many processes it asked for; launch.sh runs the
+                launchers through it, so a failed process ends in its exit code, not a launcher's traceback
+peers           the processes of a job watch each other's heartbeat: a lost one stops the rest, named
 options         the command-line options every training command shares
 """

@@ -1,8 +1,15 @@
-"""Which launcher started this process and how many processes it asked for, so a run says when it got fewer."""
+"""Which launcher started this process and how many processes it asked for, so a run says when it got fewer; and
+the launchers run for launch.sh, ending in their processes' exit code instead of a traceback of their own.
+
+    python -m trainer.run.launcher torchrun ARGS...           (launch.sh on CPU processes)
+    python -m trainer.run.launcher accelerate launch ARGS...  (launch.sh on GPUs)
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +49,34 @@ def _launcher_cmdline() -> list[str]:
         return Path(f"/proc/{os.getppid()}/cmdline").read_text().split("\0")
     except OSError:  # not Linux: no warning, the count is still printed
         return []
+
+
+def run_launcher(argv: list[str]) -> int:
+    """Run `torchrun ARGS...` or `accelerate launch ARGS...` (argv[0] says which) and return the exit code of the
+    first process that failed, where the launcher would end in a traceback of its own: that process has printed
+    its error already (a killed one cannot: this says which signal)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    try:
+        if argv[0] == "torchrun":
+            from torch.distributed.run import main
+
+            main(argv[1:])
+        else:
+            from accelerate.commands.accelerate_cli import main
+
+            sys.argv = argv
+            main()
+    except ChildFailedError as err:
+        rank, failure = err.get_first_failure()
+        if failure.exitcode < 0:
+            print(f"error: rank {rank} was killed by {failure.signal_name()}", file=sys.stderr)
+            return 128 - failure.exitcode
+        return failure.exitcode
+    except subprocess.CalledProcessError as err:  # `accelerate launch` of one process
+        return err.returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_launcher(sys.argv[1:]))

@@ -17,11 +17,12 @@ import os
 import sys
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGroupKwargs
 
 from common.output_dir import OutputError
 from trainer.run.checkpoint import (
@@ -36,6 +37,7 @@ from trainer.run.checkpoint import (
 from trainer.run.config_file import config_to_dict
 from trainer.run.launcher import _launcher_cmdline, process_report, requested_processes
 from trainer.run.metrics_file import read_metrics
+from trainer.run.peers import timeouts, watch_peers
 from trainer.run.resume_check import check_resumable
 from trainer.run.train_config import TrainConfig, WandbConfig
 from trainer.run.wandb_logging import quiet_wandb, wandb_location, wandb_mode
@@ -66,6 +68,7 @@ class TrainingRun:
                 f"{self.checkpoints} already holds checkpoints: pass --resume to continue that "
                 f"run, or choose another out_dir"
             )
+        collective_timeout, heartbeat_timeout = timeouts()
         self.accelerator = Accelerator(
             # Without cpu=True, Accelerate on a CUDA-less machine ignores torchrun's ranks and every
             # process trains alone; with it, the processes form one gloo job.
@@ -76,7 +79,15 @@ class TrainingRun:
             project_dir=str(self.out),
             # Stage 1's buffers are kept identical by the quantizer's own all-reduce; DDP's broadcast
             # of rank 0's buffers at every forward would only cost bandwidth.
-            kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+            kwargs_handlers=[
+                DistributedDataParallelKwargs(broadcast_buffers=False),
+                InitProcessGroupKwargs(timeout=timedelta(seconds=collective_timeout)),
+            ],
+        )
+        # Several processes: each watches the others' heartbeat, so a lost one stops the job (trainer/run/peers.py).
+        hint = f"the newest checkpoint in {self.checkpoints}"
+        self.watch = watch_peers(
+            self.accelerator.process_index, self.accelerator.num_processes, heartbeat_timeout, hint
         )
         if self.accelerator.is_main_process:
             requested = requested_processes(_launcher_cmdline(), dict(os.environ))
@@ -102,6 +113,7 @@ class TrainingRun:
         accelerator, start_step, kept_rows = self.accelerator, 0, []
         if self.resume:
             start_step = self.restore(model, optimizer, scheduler, config, facts or {})
+            self.check_same_start(start_step)
             if self.metrics_file.is_file() and start_step:  # drop rows logged after the checkpoint we resume from
                 rows, torn = read_metrics(self.metrics_file)
                 if torn:
@@ -161,6 +173,18 @@ class TrainingRun:
         raise CheckpointError(
             f"{self.checkpoints}: no checkpoint loads (see above); remove them or choose another out_dir"
         )
+
+    def check_same_start(self, step: int) -> None:
+        """Every process must resume from the same step: a machine that sees another out_dir (no shared
+        filesystem) would start elsewhere and train out of step with the others."""
+        if self.accelerator.num_processes == 1:
+            return
+        steps = self.accelerator.gather(torch.tensor([step], device=self.accelerator.device)).tolist()
+        if len(set(steps)) > 1:
+            raise CheckpointError(
+                f"--resume: the processes found different newest checkpoints in {self.checkpoints} (step by "
+                f"rank: {steps}); out_dir must be one folder every machine sees (a shared filesystem)"
+            )
 
     def add_metrics(self, *values: torch.Tensor) -> None:
         """Add one micro-step's metrics (the loss first) to the window, on the device: no host sync."""
@@ -239,6 +263,8 @@ class TrainingRun:
         self.accelerator.wait_for_everyone()
 
     def finish(self) -> Path:
+        if self.watch:  # after the last collective: this process is done, not lost
+            self.watch.stop()
         location = (
             wandb_location(self.accelerator.get_tracker("wandb", unwrap=True))
             if self.wandb.enabled and self.accelerator.is_main_process
