@@ -5,6 +5,7 @@ Tiny random-weight models (test_export's), so every test takes seconds."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import zlib
@@ -146,11 +147,21 @@ def test_nan_stop_names_a_finite_checkpoint_and_exits_2(demo_shards, tmp_path, c
     )
     err = error_line(capsys)
     assert "loss became" in err or "weights became" in err
+    named = re.search(r"Last good checkpoint: (\S+)", err).group(1)
     saved = list_checkpoints(out / "checkpoints")
-    for checkpoint in saved:
+    assert saved and named in ["none", *map(str, saved)]
+    for checkpoint in saved:  # finite weights (about 1e30) need not give a finite loss or evaluation
         assert all(torch.isfinite(w).all() for w in load_weights(checkpoint).values()), checkpoint
-    named = saved[-1] if saved else "none"
-    assert f"Last good checkpoint: {named}" in err
+        evaluation = tmp_path / f"eval_{checkpoint.name}"
+        args = ["--checkpoint", str(checkpoint), "--out", str(evaluation), "--batch-size", "8", "--quiet"]
+        status = trainer_cli(["evaluate", *args])
+        said = capsys.readouterr()
+        if str(checkpoint) == named:
+            assert status == 0 and np.isfinite(json.loads((evaluation / "summary.json").read_text())["ssim_mean"])
+        else:  # the NaN is reported, not written as a result
+            assert status == 2 and not evaluation.exists(), said
+            assert "Traceback" not in said.err and len(said.err.strip().splitlines()) == 1
+            assert f"{checkpoint}" in said.err and "not finite" in said.err
 
 
 def test_sample_refuses_a_vqvae_the_prior_was_not_trained_on(models, tmp_path, capsys):

@@ -6,8 +6,12 @@ A checkpoint is a folder `step_0000250/` holding
                         with torch.load(weights_only=True)
     config.yaml         the config it was trained with
     *.json              facts the config does not hold (stage 2: the grid, K and the VQ-VAE it models)
+    health.json         whether the weights are good: {"good": true} once a finite training loss was computed
+                        from them or their evaluation was finite, {"good": false} when the loss that followed was
+                        not finite (finite weights, e.g. about 1e30 after a huge lr, can still give a NaN loss);
+                        absent while nothing has been seen after them
 It is written as `.step_0000250.tmp/` and renamed when complete, so a crash mid-write leaves
-the previous checkpoints intact; only the newest `keep` are kept.
+the previous checkpoints intact; only the newest `keep` are kept, and the newest good one besides.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import yaml
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from common.output_dir import write_file_atomically
 from trainer.run.config_file import build
 
 STEP_DIR = re.compile(r"^step_(\d{7})$")
+HEALTH = "health.json"
 
 
 def rng_state() -> dict:
@@ -64,8 +70,10 @@ def save_checkpoint(
         (tmp / name).write_text(json.dumps(content, indent=1))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
+    spared = last_good_checkpoint(directory)  # the newest checkpoints may be the ones that diverged
     for old in list_checkpoints(directory)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != spared:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -74,6 +82,30 @@ def list_checkpoints(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
+
+
+def checkpoint_health(checkpoint: Path) -> dict | None:
+    """The checkpoint's health.json ({"good": bool, "why": str}), or None while nothing was seen after it."""
+    try:
+        health = json.loads((checkpoint / HEALTH).read_text())
+    except (OSError, ValueError):
+        return None
+    return health if isinstance(health, dict) and isinstance(health.get("good"), bool) else None
+
+
+def record_health(checkpoint: Path, good: bool, why: str) -> None:
+    write_file_atomically(checkpoint / HEALTH, json.dumps({"good": good, "why": why}).encode())
+
+
+def health_record(good: bool, why: str) -> dict[str, dict]:
+    """health.json as an `extra_json` entry of save_checkpoint, for weights judged before they are saved."""
+    return {HEALTH: {"good": good, "why": why}}
+
+
+def last_good_checkpoint(directory: Path) -> Path | None:
+    """The newest checkpoint known to be good (see health.json), the one to go back to after a divergence."""
+    good = [p for p in list_checkpoints(directory) if (checkpoint_health(p) or {}).get("good")]
+    return good[-1] if good else None
 
 
 class CheckpointError(ValueError):
