@@ -6,6 +6,13 @@ output survives until the new one is complete. An existing folder is replaced on
 when it holds the command's marker file (manifest.json, model.json, ...), so --force cannot delete a
 folder the tool did not write; and never when it is, contains or lies inside an input
 (`shard --src x --out x --force` once replaced its own input with shards).
+
+Several commands mark their folders with the same file (summary.json: `trainer evaluate`, `trainer
+evaluate-prior`, `export reconstruct` and both samplers, which write samples.npz too), so those pass their
+`kind` (the command's name): it is recorded in the folder (OUTPUT_KIND), and --force replaces only a folder that
+records the same kind. A folder with such a marker but no record (written before the record existed, or by hand)
+could be any of theirs: it is refused, to be removed by its owner. Commands whose marker no other command writes
+(manifest.json, model.json, codes.json) need no kind; they refuse a folder that records one.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+OUTPUT_KIND = ".output_kind"  # the command that wrote the folder, for the commands that share a marker
 
 
 class OutputError(Exception):
@@ -28,7 +37,9 @@ def resolved(path: Path) -> Path:
         raise OutputError(f"{path}: cannot resolve the path ({err})") from None
 
 
-def check_output_dir(out: Path, *, marker: str, force: bool, inputs: Iterable[Path] = ()) -> Path:
+def check_output_dir(
+    out: Path, *, marker: str, force: bool, inputs: Iterable[Path] = (), kind: str | None = None
+) -> Path:
     """Refuse, before any work, an output folder that may not be (re)written; returns its resolved path."""
     target = resolved(out)
     for item in inputs:
@@ -53,14 +64,36 @@ def check_output_dir(out: Path, *, marker: str, force: bool, inputs: Iterable[Pa
             has_entries = any(target.iterdir())
         except OSError as err:
             raise OutputError(f"{out}: cannot read the existing folder ({err.strerror})") from None
-        if has_entries and not (target / marker).is_file():
-            raise OutputError(
-                f"{out}: exists and has no {marker}, so this tool did not write it; "
-                "choose another output folder or remove it yourself"
-            )
+        if has_entries:
+            check_kind(out, target, marker, kind)
         if has_entries and not force:
             raise OutputError(f"{out}: output folder exists and is not empty (use --force to replace it)")
     return target
+
+
+def check_kind(out: Path, target: Path, marker: str, kind: str | None) -> None:
+    """Refuse a folder another command wrote (by its record, else by a missing `marker`), and one whose marker
+    is shared but has no record (see the module docstring)."""
+    record = target / OUTPUT_KIND
+    try:
+        found = record.read_text(encoding="utf-8").strip() if record.is_file() else None
+    except (OSError, UnicodeDecodeError) as err:
+        raise OutputError(f"{record}: cannot read which command wrote {out} ({err})") from None
+    if found is not None and found != kind:
+        raise OutputError(
+            f"{out}: holds the output of `{found}`, not of `{kind or 'this command'}`; --force replaces only this "
+            "command's own output: choose another output folder or remove it yourself"
+        )
+    if not (target / marker).is_file():
+        raise OutputError(
+            f"{out}: exists and has no {marker}, so this tool did not write it; "
+            "choose another output folder or remove it yourself"
+        )
+    if found is None and kind is not None:
+        raise OutputError(
+            f"{out}: has no record of the command that wrote it ({OUTPUT_KIND}), and {marker} is written by several "
+            "commands, so it may be another one's output; choose another output folder or remove it yourself"
+        )
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
@@ -73,11 +106,13 @@ def replace_dir(tmp: Path, out: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output_dir(out: Path, *, marker: str, force: bool, inputs: Iterable[Path] = ()) -> Iterator[Path]:
+def atomic_output_dir(
+    out: Path, *, marker: str, force: bool, inputs: Iterable[Path] = (), kind: str | None = None
+) -> Iterator[Path]:
     """Check `out` (see check_output_dir), then yield an empty hidden folder beside it to write into; on
     success it replaces `out`, on any exception it is deleted and `out` is left as it was. The body must
-    write `marker`, or the output could never be replaced by a later run."""
-    target = check_output_dir(out, marker=marker, force=force, inputs=inputs)
+    write `marker`, or the output could never be replaced by a later run; `kind` is recorded here."""
+    target = check_output_dir(out, marker=marker, force=force, inputs=inputs, kind=kind)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +124,8 @@ def atomic_output_dir(out: Path, *, marker: str, force: bool, inputs: Iterable[P
         yield tmp
         if not (tmp / marker).is_file():
             raise RuntimeError(f"{out}: the command did not write {marker}; refusing to place an unmarked output")
+        if kind:
+            (tmp / OUTPUT_KIND).write_text(kind + "\n", encoding="utf-8")
         replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

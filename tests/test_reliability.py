@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from common.output_dir import atomic_output_dir
 from conftest import DEMO_CONFIG, DEMO_SRC, K, save_prior, save_vqvae, tiny
 from export.__main__ import main as export_cli
 from export.runtime.reconstruct import output_name
@@ -97,6 +98,80 @@ def test_an_output_this_command_did_not_write_is_never_replaced(models, tmp_path
     assert cli([*args, "--out", str(out), "--quiet", "--force"]) == 2
     assert f"{out}: exists and has no" in error_line(capsys)
     assert (out / "thesis.tex").read_text() == "precious"
+
+
+# The commands whose output folders are marked by the same file (summary.json; samples.npz for both samplers):
+# what each is run with, --out and --force aside.
+SUMMARY_COMMANDS = {
+    "trainer evaluate": lambda m: ["evaluate", "--checkpoint", str(m["vqvae"]), "--shards", str(m["shards"])],
+    "trainer evaluate-prior": lambda m: ["evaluate-prior", "--checkpoint", str(m["run"]), "--n", "2"],
+    "trainer sample": lambda m: ["sample", "--checkpoint", str(m["run"]), "--n", "1"],
+    "export sample": lambda m: ["sample", "--model-dir", str(m["onnx"]), "--n", "1"],
+    "export reconstruct": lambda m: ["reconstruct", "--model-dir", str(m["onnx"]), str(PNGS[0])],
+}
+
+
+def run_summary_command(command: str, models, out: Path, *extra: str) -> int:
+    cli = trainer_cli if command.startswith("trainer") else export_cli
+    return cli([*SUMMARY_COMMANDS[command](models), "--out", str(out), "--quiet", *extra])
+
+
+@pytest.fixture(scope="module")
+def inputs(models, demo_shards) -> dict[str, Path]:
+    return {**models, "shards": demo_shards}
+
+
+@pytest.fixture(scope="module")
+def outputs(inputs, tmp_path_factory) -> dict[str, Path]:
+    """One output folder of each command above (evaluate-prior's written through the same helper, as a full
+    evaluate-prior needs a trained prior's codes)."""
+    root = tmp_path_factory.mktemp("outputs")
+    made = {}
+    for command in SUMMARY_COMMANDS:
+        out = root / command.replace(" ", "_")
+        if command == "trainer evaluate-prior":
+            with atomic_output_dir(out, marker="summary.json", force=False, kind=command) as tmp:
+                (tmp / "summary.json").write_text("{}")
+        else:
+            assert run_summary_command(command, inputs, out) == 0
+        made[command] = out
+    return made
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("found", list(SUMMARY_COMMANDS))
+@pytest.mark.parametrize("command", list(SUMMARY_COMMANDS))
+def test_force_replaces_only_the_commands_own_kind_of_output(inputs, outputs, tmp_path, capsys, command, found):
+    out = tmp_path / "out"
+    shutil.copytree(outputs[found], out)
+    before = tree(out)
+    status = run_summary_command(command, inputs, out, "--force")
+    err = capsys.readouterr().err
+    if command == found:  # its own output is replaced (evaluate-prior then fails later: these models have no codes)
+        assert "Traceback" not in err and "holds the output" not in err and "no record" not in err, err
+        assert status == 0 or command == "trainer evaluate-prior"
+        return
+    assert status == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{out}: holds the output of `{found}`, not of `{command}`" in err
+    assert tree(out) == before
+
+
+@pytest.mark.parametrize("command", list(SUMMARY_COMMANDS))
+def test_force_refuses_an_unrecorded_summary_folder(inputs, tmp_path, capsys, command):
+    """A folder with the shared marker but no record of its command (an older output, or one made by hand) may
+    belong to any of them: refused, naming the folder."""
+    out = tmp_path / "old"
+    out.mkdir()
+    for name in ("summary.json", "samples.npz"):
+        (out / name).write_text("{}")
+    before = tree(out)
+    assert run_summary_command(command, inputs, out, "--force") == 2
+    err = error_line(capsys)
+    assert f"{out}: has no record of the command that wrote it" in err and len(err.strip().splitlines()) == 1
+    assert tree(out) == before
 
 
 @pytest.mark.parametrize("command", ["trainer-sample", "export-sample", "reconstruct", "onnx", "encode"])

@@ -124,7 +124,7 @@ def reconstruct(
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     out = Path(out)
     sources = [Path(model_dir), *([Path(shards)] if shards is not None else map(Path, inputs))]
-    check_output_dir(out, marker=SUMMARY, force=force, inputs=sources)
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=sources, kind="export reconstruct")
     models = ExportedModels(model_dir, ("encoder", "decoder"), threads)
     size = models.info["image_size"]
     if shards is not None:
@@ -135,7 +135,7 @@ def reconstruct(
         total = len(files)
         slices = ((output_name(f.name), read_slice(f, str(f), size)) for f in files)
         source = f"{total} input slices"
-    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=sources) as tmp:
+    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=sources, kind="export reconstruct") as tmp:
         return write_reconstructions(
             models,
             slices,

@@ -40,6 +40,7 @@ from trainer.stage1.quantizer import codebook_stats
 from trainer.stage1.vqvae import VQVAE
 
 SUMMARY = "summary.json"  # the marker of an evaluation folder: --force replaces only a folder that has it
+KIND = "trainer evaluate"  # recorded in the folder: --force replaces only this command's own summary.json folders
 DESCRIPTION = (
     "Reconstruct every image of a split; write per_image.csv, summary.json (mean, median, min SSIM, mean "
     "PSNR, codebook perplexity and codes used over the whole pass) and figures."
@@ -61,10 +62,10 @@ def evaluate(
     whole or not at all (and, with `log_wandb`, logs the summary and figures as a wandb run of the config's
     project)."""
     out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
-    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint])
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint], kind=KIND)
     model, cfg = load_vqvae(checkpoint, device)
     shards = shards or cfg.data.shards
-    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)])
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)], kind=KIND)
     dataset = SliceShards(shards, split)
     rows, counts = [], torch.zeros(cfg.quantizer.num_codes, dtype=torch.long)
     examples = ReconstructionExamples(len(dataset))
@@ -96,7 +97,7 @@ def evaluate(
         "ssim_settings": SSIM_SETTINGS,
     }
     check_finite(summary, checkpoint)
-    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)]) as tmp:
+    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)], kind=KIND) as tmp:
         write_per_image_csv(tmp / "per_image.csv", rows)
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
         write_figures(tmp, examples, counts, model, cfg, split)

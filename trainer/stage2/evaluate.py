@@ -65,6 +65,7 @@ from trainer.stage2.structure_metrics import structure_metrics, summarize
 from trainer.stage2.transformer_prior import TransformerPrior
 
 SUMMARY = "summary.json"  # the marker of an evaluation folder: --force replaces only a folder that has it
+KIND = "trainer evaluate-prior"  # recorded in the folder: --force replaces only its own summary.json folders
 DESCRIPTION = (
     "Bits per code and top-1 accuracy of the prior on a split's code grids; then sample --n brains and "
     "compare them with that split's real slices: nearest-training-slice SSIM (memorisation), mean "
@@ -134,7 +135,7 @@ def evaluate_generation(
     structure = {"generated": structure_metrics(generated.numpy()), "real": structure_metrics(real.numpy())}
     summary.update(structure_summary(structure))
 
-    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=inputs) as tmp:
+    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=inputs, kind=KIND) as tmp:
         write_samples(
             tmp / "samples",
             generated_codes,
@@ -155,11 +156,11 @@ def load_models(
 ) -> tuple[GatedPixelCNN | TransformerPrior, PriorConfig, dict, VQVAE, VQVAEConfig, list[Path]]:
     """The prior and its paired VQ-VAE with their configs, and every input `out` must not be: `out` is checked
     before anything loads, so a wrong --out fails at once, and again once the VQ-VAE, codes and shards are known."""
-    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint])
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint], kind=KIND)
     prior, cfg, info = load_prior(checkpoint, device)
     vqvae, vq_cfg, vqvae_path, _ = load_paired_vqvae(info, None, device)
     inputs = [checkpoint, vqvae_path, *[Path(p) for p in (info.get("codes_dir"), vq_cfg.data.shards) if p]]
-    check_output_dir(out, marker=SUMMARY, force=force, inputs=inputs)
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=inputs, kind=KIND)
     return prior, cfg, info, vqvae, vq_cfg, inputs
 
 
