@@ -5,7 +5,8 @@ when everything is written: a failure, an interrupt or a full disk leaves nothin
 output survives until the new one is complete. An existing folder is replaced only with --force and only
 when it holds the command's marker file (manifest.json, model.json, ...), so --force cannot delete a
 folder the tool did not write; and never when it is, contains or lies inside an input
-(`shard --src x --out x --force` once replaced its own input with shards).
+(`shard --src x --out x --force` once replaced its own input with shards). An OSError while writing (a full
+disk names no file) is one line naming the output; the temporary folder or file is removed on any failure.
 
 Several commands mark their folders with the same file (summary.json: `trainer evaluate`, `trainer
 evaluate-prior`, `export reconstruct` and both samplers, which write samples.npz too), so those pass their
@@ -18,12 +19,16 @@ could be any of theirs: it is refused, to be removed by its owner. Commands whos
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 OUTPUT_KIND = ".output_kind"  # the command that wrote the folder, for the commands that share a marker
+# Errors that are about the place written to, whichever file the OS names (a full disk, a quota, a read-only mount).
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
 class OutputError(Exception):
@@ -127,23 +132,43 @@ def atomic_output_dir(
         if kind:
             (tmp / OUTPUT_KIND).write_text(kind + "\n", encoding="utf-8")
         replace_dir(tmp, target)
+    except OSError as err:
+        raise writing_error(out, tmp, err) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_file_atomically(path: Path, data: bytes) -> None:
-    """Write a whole file or nothing (a crash mid-write leaves the old file, not a torn one)."""
+def writing_error(out: Path, tmp: Path, err: OSError) -> Exception:
+    """An OSError met while an output folder was written, as one line naming the output (and the file, when the
+    OS names one): a full disk's write() names no file. An input that cannot be read keeps its own message."""
+    name = Path(err.filename) if err.filename else None
+    inside = name is not None and (name == tmp or tmp in name.parents)
+    if name is not None and not inside and err.errno not in WRITE_ERRNOS:
+        return err
+    where = f", at {out / name.relative_to(tmp)}" if inside else f", at {name}" if name else ""
+    return OutputError(f"{out}: cannot write the output ({err.strerror or err}{where}); nothing was replaced")
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Write a whole file or nothing, `write` filling an open binary file: a crash, an interrupt or a full disk
+    mid-write leaves the old file (or none), not a torn one, and no temporary file."""
     if path.is_dir():
         raise OutputError(f"{path}: is a folder; expected a file name")
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise OutputError(f"{path}: cannot write it ({err.strerror or err})") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Write `data` as a whole file or nothing (see write_atomically)."""
+    write_atomically(path, lambda f: f.write(data))

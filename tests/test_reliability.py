@@ -4,6 +4,7 @@ Tiny random-weight models (test_export's), so every test takes seconds."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import shutil
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
+import trainer.stage1.evaluate as trainer_evaluate
 from common.output_dir import atomic_output_dir
 from conftest import DEMO_CONFIG, DEMO_SRC, K, save_prior, save_vqvae, tiny
 from export.__main__ import main as export_cli
@@ -190,15 +193,69 @@ def test_an_output_path_that_is_a_file_is_a_clear_error(models, tmp_path, capsys
     assert out.read_text() == "a file"
 
 
-def test_a_full_disk_is_exit_2_with_the_os_message(models, tmp_path, capsys, monkeypatch):
-    def full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no file name
 
-    monkeypatch.setattr(np, "savez", full)
-    out = tmp_path / "s"
-    assert export_cli(["sample", "--model-dir", str(models["onnx"]), "--n", "1", "--out", str(out), "--quiet"]) == 2
-    assert "No space left on device" in error_line(capsys)
-    assert not out.exists()
+
+# Every command that writes an output folder, and the write that meets the full disk.
+FULL_DISK = {
+    "trainer evaluate": (np, "savez", None),
+    "trainer sample": (np, "savez", None),
+    "trainer encode": (np, "savez", None),
+    "export sample": (np, "savez", None),
+    "export reconstruct": (np, "savez", None),
+    "export onnx": (Path, "write_text", None),
+}
+
+
+@pytest.mark.parametrize("command", list(FULL_DISK))
+def test_a_full_disk_is_exit_2_naming_the_output_and_leaves_nothing(inputs, tmp_path, capsys, monkeypatch, command):
+    out = tmp_path / "out"
+    args = {
+        "trainer encode": ["encode", "--checkpoint", str(inputs["vqvae"]), "--shards", str(inputs["shards"])],
+        "export onnx": ["onnx", "--checkpoint", str(inputs["run"])],
+    }.get(command) or SUMMARY_COMMANDS[command](inputs)
+    if command == "trainer evaluate":
+        monkeypatch.setattr(trainer_evaluate, "write_per_image_csv", disk_full)
+    else:
+        monkeypatch.setattr(*FULL_DISK[command][:2], disk_full)
+    cli = trainer_cli if command.startswith("trainer") else export_cli
+    status = cli([*args, "--out", str(out), *([] if command == "export onnx" else ["--quiet"])])
+    err = error_line(capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{out}" in err and "No space left on device" in err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file or folder
+    assert not out.exists() or command == "trainer encode"
+    assert not [p.name for p in out.rglob("*") if p.name.startswith(".")] if out.exists() else True
+
+
+@pytest.mark.parametrize("error", ["OSError", "SafetensorError"])
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_temporary_folder(
+    demo_shards, tmp_path, capsys, monkeypatch, error
+):
+    import trainer.run.checkpoint as checkpoint_module
+
+    real_save, saves = checkpoint_module.save_file, []
+
+    def fills_the_disk(*args, **kwargs):
+        saves.append(1)
+        if len(saves) > 1:
+            if error == "OSError":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            os_error = 'IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+            raise SafetensorError(f"Error while serializing: {os_error}")  # what safetensors raises on a full disk
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "save_file", fills_the_disk)
+    out = tmp_path / "run"
+    overrides = tiny(demo_shards, out, "train.eval_every=100")
+    status = trainer_cli(
+        ["vqvae", "--config", str(DEMO_CONFIG), "--quiet", *[a for o in overrides for a in ("--set", o)]]
+    )
+    err = error_line(capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{out / 'checkpoints' / 'step_0000012'}" in err and "No space left on device" in err
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_0000006"]  # no .step_0000012.tmp
 
 
 # ---- silent wrong results -------------------------------------------------------------------------

@@ -498,9 +498,10 @@ def test_full_disk_is_exit_2_and_keeps_the_old_output(small_layout: Path, tmp_pa
     before = tree_digest(out)
 
     def disk_full(self, encoded):
-        raise OSError(errno.ENOSPC, "No space left on device", str(out.parent / "x.tar"))
+        raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no file name
 
     monkeypatch.setattr("data_tools.shard.ShardSetWriter.write", disk_full)
     assert cli(args) == 2
-    assert "No space left on device" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{out}: " in err and "No space left on device" in err and len(err.strip().splitlines()) == 1, err
     assert tree_digest(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["shards", "src"]

@@ -11,7 +11,8 @@ A checkpoint is a folder `step_0000250/` holding
                         not finite (finite weights, e.g. about 1e30 after a huge lr, can still give a NaN loss);
                         absent while nothing has been seen after them
 It is written as `.step_0000250.tmp/` and renamed when complete, so a crash mid-write leaves
-the previous checkpoints intact; only the newest `keep` are kept, and the newest good one besides.
+the previous checkpoints intact (a failed or interrupted write removes it; a full disk is one line naming
+it); only the newest `keep` are kept, and the newest good one besides.
 """
 
 from __future__ import annotations
@@ -23,13 +24,17 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from common.output_dir import write_file_atomically
+from common.output_dir import OutputError, write_file_atomically
 from trainer.run.config_file import build
 
 STEP_DIR = re.compile(r"^step_(\d{7})$")
+# What writing a checkpoint raises when the disk is full: OSError, torch.save's RuntimeError ("file write failed"),
+# safetensors' own error
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 HEALTH = "health.json"
 
 
@@ -60,16 +65,23 @@ def save_checkpoint(
     """Write checkpoint `step` atomically under `directory`, then prune to the newest `keep`."""
     final = directory / f"step_{step:07d}"
     tmp = directory / f".step_{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(weights, tmp / "model.safetensors")
-    torch.save({**training_state, "step": step, "rng": rng_state()}, tmp / "state.pt")
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    for name, content in (extra_json or {}).items():
-        (tmp / name).write_text(json.dumps(content, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, tmp / "model.safetensors")
+        torch.save({**training_state, "step": step, "rng": rng_state()}, tmp / "state.pt")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        for name, content in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(content, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    except WRITE_ERRORS as err:  # a full disk: torch and safetensors raise their own types, naming no file
+        raise OutputError(
+            f"{final}: cannot write the checkpoint ({str(err).splitlines()[0]}); the checkpoints before it are kept"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # on any failure or interrupt: no hidden half-written checkpoint
     spared = last_good_checkpoint(directory)  # the newest checkpoints may be the ones that diverged
     for old in list_checkpoints(directory)[:-keep]:
         if old != spared:

@@ -125,7 +125,7 @@ class TrainingRun:
             trained, optimizer = accelerator.prepare(trained, optimizer)
         if accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.metrics_file.write_text("".join(r + "\n" for r in kept_rows))
+            self.write_metrics("".join(r + "\n" for r in kept_rows), "w")
         if self.wandb.enabled:
             quiet_wandb()
             accelerator.init_trackers(
@@ -222,9 +222,16 @@ class TrainingRun:
             )
         self.accelerator.log(record, step=step)
         if self.accelerator.is_main_process:
-            with self.metrics_file.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.write_metrics(json.dumps(record) + "\n", "a")
         self.window_start = time.perf_counter()
+
+    def write_metrics(self, text: str, mode: str) -> None:
+        """Write to metrics.jsonl; a full disk is one line naming it (the OS names no file)."""
+        try:
+            with self.metrics_file.open(mode) as f:
+                f.write(text)
+        except OSError as err:
+            raise OutputError(f"{self.metrics_file}: cannot write the metrics ({err.strerror or err})") from None
 
     def save(
         self,
