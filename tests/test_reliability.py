@@ -5,6 +5,7 @@ Tiny random-weight models (test_export's), so every test takes seconds."""
 from __future__ import annotations
 
 import errno
+import importlib
 import json
 import re
 import shutil
@@ -20,7 +21,7 @@ from safetensors import SafetensorError
 
 import trainer.stage1.evaluate as trainer_evaluate
 from common.output_dir import atomic_output_dir
-from conftest import DEMO_CONFIG, DEMO_SRC, K, save_prior, save_vqvae, tiny
+from conftest import DEMO_CONFIG, DEMO_SRC, K, interrupt_when, save_prior, save_vqvae, tiny
 from export.__main__ import main as export_cli
 from export.runtime.reconstruct import output_name
 from trainer.__main__ import main as trainer_cli
@@ -197,64 +198,122 @@ def disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no file name
 
 
-# Every command that writes an output folder, and the write that meets the full disk.
-FULL_DISK = {
-    "trainer evaluate": (np, "savez", None),
-    "trainer sample": (np, "savez", None),
-    "trainer encode": (np, "savez", None),
-    "export sample": (np, "savez", None),
-    "export reconstruct": (np, "savez", None),
-    "export onnx": (Path, "write_text", None),
+def ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+# Every command that writes an output folder, and the write that meets the full disk or the Ctrl-C.
+FAILING_WRITE = {
+    "trainer evaluate": (trainer_evaluate, "write_per_image_csv"),
+    "trainer sample": (np, "savez"),
+    "trainer encode": (np, "savez"),
+    "export sample": (np, "savez"),
+    "export reconstruct": (np, "savez"),
+    "export onnx": (Path, "write_text"),
 }
 
 
-@pytest.mark.parametrize("command", list(FULL_DISK))
-def test_a_full_disk_is_exit_2_naming_the_output_and_leaves_nothing(inputs, tmp_path, capsys, monkeypatch, command):
-    out = tmp_path / "out"
+def run_with_failing_write(inputs, out: Path, monkeypatch, command: str, failure) -> int:
     args = {
         "trainer encode": ["encode", "--checkpoint", str(inputs["vqvae"]), "--shards", str(inputs["shards"])],
         "export onnx": ["onnx", "--checkpoint", str(inputs["run"])],
     }.get(command) or SUMMARY_COMMANDS[command](inputs)
-    if command == "trainer evaluate":
-        monkeypatch.setattr(trainer_evaluate, "write_per_image_csv", disk_full)
-    else:
-        monkeypatch.setattr(*FULL_DISK[command][:2], disk_full)
+    monkeypatch.setattr(*FAILING_WRITE[command], failure)
     cli = trainer_cli if command.startswith("trainer") else export_cli
-    status = cli([*args, "--out", str(out), *([] if command == "export onnx" else ["--quiet"])])
+    return cli([*args, "--out", str(out), *([] if command == "export onnx" else ["--quiet"])])
+
+
+def assert_nothing_partial(tmp_path: Path, out: Path, command: str) -> None:
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file or folder
+    if command == "trainer encode":  # a folder filled split by split: no temporary split file inside
+        assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    else:
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("command", list(FAILING_WRITE))
+def test_a_full_disk_is_exit_2_naming_the_output_and_leaves_nothing(inputs, tmp_path, capsys, monkeypatch, command):
+    out = tmp_path / "out"
+    status = run_with_failing_write(inputs, out, monkeypatch, command, disk_full)
     err = error_line(capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1, err
     assert f"{out}" in err and "No space left on device" in err
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file or folder
-    assert not out.exists() or command == "trainer encode"
-    assert not [p.name for p in out.rglob("*") if p.name.startswith(".")] if out.exists() else True
+    assert_nothing_partial(tmp_path, out, command)
 
 
-@pytest.mark.parametrize("error", ["OSError", "SafetensorError"])
-def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_leaves_no_temporary_folder(
+@pytest.mark.parametrize("command", list(FAILING_WRITE))
+def test_ctrl_c_while_writing_is_one_line_exit_130_and_leaves_nothing(inputs, tmp_path, capsys, monkeypatch, command):
+    out = tmp_path / "out"
+    status = run_with_failing_write(inputs, out, monkeypatch, command, ctrl_c)
+    err = error_line(capsys)
+    assert status == 130 and len(err.strip().splitlines()) == 1, err
+    assert f"`python -m {command}` interrupted" in err
+    assert_nothing_partial(tmp_path, out, command)
+
+
+def all_commands() -> list[tuple[str, str]]:
+    from data_tools.__main__ import COMMANDS as data_commands
+    from export.__main__ import COMMANDS as export_commands
+    from trainer.__main__ import COMMANDS as trainer_commands
+
+    tables = {"trainer": trainer_commands, "export": export_commands, "data_tools": data_commands}
+    return [(package, name) for package, table in tables.items() for name in table]
+
+
+@pytest.mark.parametrize("package, command", all_commands())
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(monkeypatch, capsys, package, command):
+    """At the root (common/cli.py): whatever a command is doing when Ctrl-C comes."""
+    main = importlib.import_module(f"{package}.__main__")
+    module = importlib.import_module(main.COMMANDS[command][0])
+    monkeypatch.setattr(module, "add_arguments", lambda parser: None)
+    monkeypatch.setattr(module, "run", ctrl_c)
+    assert main.main([command]) == 130
+    err = error_line(capsys)
+    assert len(err.strip().splitlines()) == 1 and f"`python -m {package} {command}` interrupted" in err, err
+
+
+def test_ctrl_c_mid_run_of_export_sample_is_one_line_and_exit_130(models, tmp_path):
+    """A real SIGINT, sent to the process group as a terminal's Ctrl-C is, while the prior samples."""
+    out = tmp_path / "s"
+    args = ["-m", "export", "sample", "--model-dir", str(models["onnx"]), "--n", "5000", "--out", str(out)]
+    status, err = interrupt_when(args, lambda stderr: "sample:" in stderr)
+    assert status == 130 and "Traceback" not in err, err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "`python -m export sample` interrupted" in last, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temporary folder
+
+
+@pytest.mark.parametrize("error", ["OSError", "SafetensorError", "KeyboardInterrupt"])
+def test_a_full_disk_or_ctrl_c_while_saving_a_checkpoint_is_one_line_and_leaves_no_temporary_folder(
     demo_shards, tmp_path, capsys, monkeypatch, error
 ):
     import trainer.run.checkpoint as checkpoint_module
 
     real_save, saves = checkpoint_module.save_file, []
 
-    def fills_the_disk(*args, **kwargs):
+    def fails(*args, **kwargs):
         saves.append(1)
         if len(saves) > 1:
+            if error == "KeyboardInterrupt":
+                raise KeyboardInterrupt
             if error == "OSError":
                 raise OSError(errno.ENOSPC, "No space left on device")
             os_error = 'IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
             raise SafetensorError(f"Error while serializing: {os_error}")  # what safetensors raises on a full disk
         real_save(*args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_module, "save_file", fills_the_disk)
+    monkeypatch.setattr(checkpoint_module, "save_file", fails)
     out = tmp_path / "run"
     overrides = tiny(demo_shards, out, "train.eval_every=100")
     status = trainer_cli(
         ["vqvae", "--config", str(DEMO_CONFIG), "--quiet", *[a for o in overrides for a in ("--set", o)]]
     )
     err = error_line(capsys)
-    assert status == 2 and len(err.strip().splitlines()) == 1, err
-    assert f"{out / 'checkpoints' / 'step_0000012'}" in err and "No space left on device" in err
+    assert len(err.strip().splitlines()) == 1, err
+    if error == "KeyboardInterrupt":
+        assert status == 130 and "`python -m trainer vqvae` interrupted" in err and "--resume" in err
+    else:
+        assert status == 2 and f"{out / 'checkpoints' / 'step_0000012'}" in err and "No space left on device" in err
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_0000006"]  # no .step_0000012.tmp
 
 

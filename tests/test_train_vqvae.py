@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import trainer.stage1.train as train_module
-from conftest import DEMO_CONFIG, REPO, free_port, tiny
+from conftest import DEMO_CONFIG, REPO, free_port, interrupt_when, tiny
 from trainer.__main__ import main as cli
 from trainer.run.checkpoint import checkpoint_health, list_checkpoints, load_training_state, load_weights
 from trainer.run.config_file import ConfigError, load_config
@@ -64,6 +64,22 @@ def test_killed_and_resumed_run_ends_with_identical_weights(demo_shards: Path, t
     assert state_a["scheduler"] == state_b["scheduler"]
     rows = [json.loads(r) for r in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(2, 41, 2))  # no duplicated rows after resuming
+
+
+def test_ctrl_c_mid_run_is_one_line_exit_130_and_keeps_whole_checkpoints(demo_shards: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    args = ["-m", "trainer", "vqvae", "--config", str(DEMO_CONFIG), "--quiet"]
+    for item in tiny(demo_shards, out, "train.max_steps=1000", "train.eval_every=1000"):
+        args += ["--set", item]
+    status, err = interrupt_when(args, lambda stderr: (out / "checkpoints" / "step_0000006").is_dir())
+    assert status == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "error: `python -m trainer vqvae` interrupted (Ctrl-C); the checkpoints written so far are kept; "
+        "--resume continues from the newest"
+    )
+    assert not [p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("step_")]
+    for checkpoint in list_checkpoints(out / "checkpoints"):
+        assert load_weights(checkpoint) and load_training_state(checkpoint)["step"] == int(checkpoint.name[5:])
 
 
 def test_two_processes_keep_identical_codebooks_and_learn(demo_shards: Path, tmp_path: Path):

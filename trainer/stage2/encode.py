@@ -29,6 +29,7 @@ from trainer.stage1.load import load_vqvae
 from trainer.stage1.vqvae import VQVAE
 from trainer.stage2.codes import CODES_META, SPLITS
 
+INTERRUPT_KEEPS = "the splits encoded so far are kept, none partly; run it again to continue"
 DESCRIPTION = (
     "Run the VQ-VAE's encoder once over every split of the shards and write {split}.npz (codes, slice "
     "positions, subjects, keys) and codes.json. Splits already encoded by the same checkpoint are "
