@@ -11,7 +11,10 @@ runtime's commands can use it; the training side's commands use it too.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -37,7 +40,36 @@ def missing_training_install(what: str, err: ImportError) -> int:
 def run_command_line(
     prog: str, description: str, commands: dict[str, tuple[str, str]], argv: list[str] | None = None
 ) -> int:
-    """Parse `argv` for one of `commands` ({name: (module, one-line help)}), run it; returns the exit code."""
+    """Parse `argv` for one of `commands` ({name: (module, one-line help)}), run it; returns the exit code.
+    Ctrl-C is one line and exit 130 (128 + SIGINT, as a shell reports it), never a traceback: outputs appear
+    whole or not at all (common/output_dir.py, checkpoints), so what the line says is kept is all there is."""
+    started: list[str] = []  # the command, once known, and what its module says an interrupt keeps
+    forked_workers_ignore_interrupts()
+    try:
+        return parse_and_run(prog, description, commands, argv, started)
+    except KeyboardInterrupt:
+        name = f"`{prog} {started[0]}`" if started else f"`{prog}`"
+        kept = started[1] if len(started) > 1 else INTERRUPT_KEEPS
+        print(f"error: {name} interrupted (Ctrl-C); {kept}", file=sys.stderr)
+        return 130
+
+
+@functools.cache  # once per process
+def forked_workers_ignore_interrupts() -> None:
+    """A terminal's Ctrl-C reaches every process of the group: forked workers (the shard pool, DataLoader workers)
+    would each print a KeyboardInterrupt traceback. They ignore it; the command's process stops them and says
+    one line. (Processes started with exec, e.g. by accelerate launch, keep the default.)"""
+    if hasattr(os, "register_at_fork"):  # not on Windows, where workers are spawned, not forked
+        os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+
+
+# What an interrupt leaves, unless the command's module says otherwise (`INTERRUPT_KEEPS`, e.g. a training run).
+INTERRUPT_KEEPS = "nothing partial was written, and an earlier output is kept as it was"
+
+
+def parse_and_run(
+    prog: str, description: str, commands: dict[str, tuple[str, str]], argv: list[str] | None, started: list[str]
+) -> int:
     parser = argparse.ArgumentParser(
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -45,10 +77,12 @@ def run_command_line(
     for name, (_, help_line) in commands.items():
         subparsers.add_parser(name, help=help_line, add_help=False)
     chosen = parser.parse_known_args(argv)[0].command
+    started.append(chosen)
     try:
         module = importlib.import_module(commands[chosen][0])
     except ImportError as err:  # e.g. `onnx` on a runtime-only install: no torch, onnx or onnxscript
         return missing_training_install(f"`{prog} {chosen}`", err)
+    started.append(getattr(module, "INTERRUPT_KEEPS", INTERRUPT_KEEPS))
     command = subparsers.choices[chosen]
     command.description = module.DESCRIPTION
     command.add_argument("-h", "--help", action="help", help="show this help message and exit")

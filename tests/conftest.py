@@ -1,10 +1,16 @@
 """Shared fixtures and helpers: the embedded demo data, synthetic layouts for bad-input tests, real OASIS
-paths, the tiny training config, free ports for multi-process tests, and tiny saved models."""
+paths, the tiny training config, free ports for multi-process tests, a terminal's Ctrl-C, and tiny saved models."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +59,38 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def interrupt_when(args: list[str], ready, timeout: float = 240) -> tuple[int, str]:
+    """Run `python ARGS` in its own process group, send SIGINT to the group once `ready(stderr so far)`, and
+    return (exit status, stderr). The SIGINT disposition is reset to the default in the child, as a shell
+    started in the background (as test runners often are) passes SIGINT on ignored."""
+    process = subprocess.Popen(
+        [sys.executable, *args],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: process.stderr.read1(4096), b"")))
+    reader.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not ready(b"".join(chunks).decode(errors="replace")):
+            assert process.poll() is None, b"".join(chunks).decode(errors="replace")
+            assert time.monotonic() < deadline, "the command never got going"
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)
+        status = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the group: workers too
+            process.wait()
+        reader.join(timeout=10)
+    return status, b"".join(chunks).decode(errors="replace")
 
 
 def make_layout(root: Path, subjects: dict[str, list[str]], slices: int = 3) -> Path:

@@ -4,7 +4,10 @@ Tiny random-weight models (test_export's), so every test takes seconds."""
 
 from __future__ import annotations
 
+import errno
+import importlib
 import json
+import re
 import shutil
 import struct
 import zlib
@@ -14,8 +17,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
-from conftest import DEMO_CONFIG, DEMO_SRC, K, save_prior, save_vqvae, tiny
+import trainer.stage1.evaluate as trainer_evaluate
+from common.output_dir import atomic_output_dir
+from conftest import DEMO_CONFIG, DEMO_SRC, K, interrupt_when, save_prior, save_vqvae, tiny
 from export.__main__ import main as export_cli
 from export.runtime.reconstruct import output_name
 from trainer.__main__ import main as trainer_cli
@@ -98,6 +104,80 @@ def test_an_output_this_command_did_not_write_is_never_replaced(models, tmp_path
     assert (out / "thesis.tex").read_text() == "precious"
 
 
+# The commands whose output folders are marked by the same file (summary.json; samples.npz for both samplers):
+# what each is run with, --out and --force aside.
+SUMMARY_COMMANDS = {
+    "trainer evaluate": lambda m: ["evaluate", "--checkpoint", str(m["vqvae"]), "--shards", str(m["shards"])],
+    "trainer evaluate-prior": lambda m: ["evaluate-prior", "--checkpoint", str(m["run"]), "--n", "2"],
+    "trainer sample": lambda m: ["sample", "--checkpoint", str(m["run"]), "--n", "1"],
+    "export sample": lambda m: ["sample", "--model-dir", str(m["onnx"]), "--n", "1"],
+    "export reconstruct": lambda m: ["reconstruct", "--model-dir", str(m["onnx"]), str(PNGS[0])],
+}
+
+
+def run_summary_command(command: str, models, out: Path, *extra: str) -> int:
+    cli = trainer_cli if command.startswith("trainer") else export_cli
+    return cli([*SUMMARY_COMMANDS[command](models), "--out", str(out), "--quiet", *extra])
+
+
+@pytest.fixture(scope="module")
+def inputs(models, demo_shards) -> dict[str, Path]:
+    return {**models, "shards": demo_shards}
+
+
+@pytest.fixture(scope="module")
+def outputs(inputs, tmp_path_factory) -> dict[str, Path]:
+    """One output folder of each command above (evaluate-prior's written through the same helper, as a full
+    evaluate-prior needs a trained prior's codes)."""
+    root = tmp_path_factory.mktemp("outputs")
+    made = {}
+    for command in SUMMARY_COMMANDS:
+        out = root / command.replace(" ", "_")
+        if command == "trainer evaluate-prior":
+            with atomic_output_dir(out, marker="summary.json", force=False, kind=command) as tmp:
+                (tmp / "summary.json").write_text("{}")
+        else:
+            assert run_summary_command(command, inputs, out) == 0
+        made[command] = out
+    return made
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("found", list(SUMMARY_COMMANDS))
+@pytest.mark.parametrize("command", list(SUMMARY_COMMANDS))
+def test_force_replaces_only_the_commands_own_kind_of_output(inputs, outputs, tmp_path, capsys, command, found):
+    out = tmp_path / "out"
+    shutil.copytree(outputs[found], out)
+    before = tree(out)
+    status = run_summary_command(command, inputs, out, "--force")
+    err = capsys.readouterr().err
+    if command == found:  # its own output is replaced (evaluate-prior then fails later: these models have no codes)
+        assert "Traceback" not in err and "holds the output" not in err and "no record" not in err, err
+        assert status == 0 or command == "trainer evaluate-prior"
+        return
+    assert status == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{out}: holds the output of `{found}`, not of `{command}`" in err
+    assert tree(out) == before
+
+
+@pytest.mark.parametrize("command", list(SUMMARY_COMMANDS))
+def test_force_refuses_an_unrecorded_summary_folder(inputs, tmp_path, capsys, command):
+    """A folder with the shared marker but no record of its command (an older output, or one made by hand) may
+    belong to any of them: refused, naming the folder."""
+    out = tmp_path / "old"
+    out.mkdir()
+    for name in ("summary.json", "samples.npz"):
+        (out / name).write_text("{}")
+    before = tree(out)
+    assert run_summary_command(command, inputs, out, "--force") == 2
+    err = error_line(capsys)
+    assert f"{out}: has no record of the command that wrote it" in err and len(err.strip().splitlines()) == 1
+    assert tree(out) == before
+
+
 @pytest.mark.parametrize("command", ["trainer-sample", "export-sample", "reconstruct", "onnx", "encode"])
 def test_an_output_path_that_is_a_file_is_a_clear_error(models, tmp_path, capsys, command):
     out = tmp_path / "file"
@@ -114,15 +194,127 @@ def test_an_output_path_that_is_a_file_is_a_clear_error(models, tmp_path, capsys
     assert out.read_text() == "a file"
 
 
-def test_a_full_disk_is_exit_2_with_the_os_message(models, tmp_path, capsys, monkeypatch):
-    def full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")  # as write() raises it: no file name
 
-    monkeypatch.setattr(np, "savez", full)
+
+def ctrl_c(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+# Every command that writes an output folder, and the write that meets the full disk or the Ctrl-C.
+FAILING_WRITE = {
+    "trainer evaluate": (trainer_evaluate, "write_per_image_csv"),
+    "trainer sample": (np, "savez"),
+    "trainer encode": (np, "savez"),
+    "export sample": (np, "savez"),
+    "export reconstruct": (np, "savez"),
+    "export onnx": (Path, "write_text"),
+}
+
+
+def run_with_failing_write(inputs, out: Path, monkeypatch, command: str, failure) -> int:
+    args = {
+        "trainer encode": ["encode", "--checkpoint", str(inputs["vqvae"]), "--shards", str(inputs["shards"])],
+        "export onnx": ["onnx", "--checkpoint", str(inputs["run"])],
+    }.get(command) or SUMMARY_COMMANDS[command](inputs)
+    monkeypatch.setattr(*FAILING_WRITE[command], failure)
+    cli = trainer_cli if command.startswith("trainer") else export_cli
+    return cli([*args, "--out", str(out), *([] if command == "export onnx" else ["--quiet"])])
+
+
+def assert_nothing_partial(tmp_path: Path, out: Path, command: str) -> None:
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file or folder
+    if command == "trainer encode":  # a folder filled split by split: no temporary split file inside
+        assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    else:
+        assert not out.exists()
+
+
+@pytest.mark.parametrize("command", list(FAILING_WRITE))
+def test_a_full_disk_is_exit_2_naming_the_output_and_leaves_nothing(inputs, tmp_path, capsys, monkeypatch, command):
+    out = tmp_path / "out"
+    status = run_with_failing_write(inputs, out, monkeypatch, command, disk_full)
+    err = error_line(capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{out}" in err and "No space left on device" in err
+    assert_nothing_partial(tmp_path, out, command)
+
+
+@pytest.mark.parametrize("command", list(FAILING_WRITE))
+def test_ctrl_c_while_writing_is_one_line_exit_130_and_leaves_nothing(inputs, tmp_path, capsys, monkeypatch, command):
+    out = tmp_path / "out"
+    status = run_with_failing_write(inputs, out, monkeypatch, command, ctrl_c)
+    err = error_line(capsys)
+    assert status == 130 and len(err.strip().splitlines()) == 1, err
+    assert f"`python -m {command}` interrupted" in err
+    assert_nothing_partial(tmp_path, out, command)
+
+
+def all_commands() -> list[tuple[str, str]]:
+    from data_tools.__main__ import COMMANDS as data_commands
+    from export.__main__ import COMMANDS as export_commands
+    from trainer.__main__ import COMMANDS as trainer_commands
+
+    tables = {"trainer": trainer_commands, "export": export_commands, "data_tools": data_commands}
+    return [(package, name) for package, table in tables.items() for name in table]
+
+
+@pytest.mark.parametrize("package, command", all_commands())
+def test_ctrl_c_in_any_command_is_one_line_and_exit_130(monkeypatch, capsys, package, command):
+    """At the root (common/cli.py): whatever a command is doing when Ctrl-C comes."""
+    main = importlib.import_module(f"{package}.__main__")
+    module = importlib.import_module(main.COMMANDS[command][0])
+    monkeypatch.setattr(module, "add_arguments", lambda parser: None)
+    monkeypatch.setattr(module, "run", ctrl_c)
+    assert main.main([command]) == 130
+    err = error_line(capsys)
+    assert len(err.strip().splitlines()) == 1 and f"`python -m {package} {command}` interrupted" in err, err
+
+
+def test_ctrl_c_mid_run_of_export_sample_is_one_line_and_exit_130(models, tmp_path):
+    """A real SIGINT, sent to the process group as a terminal's Ctrl-C is, while the prior samples."""
     out = tmp_path / "s"
-    assert export_cli(["sample", "--model-dir", str(models["onnx"]), "--n", "1", "--out", str(out), "--quiet"]) == 2
-    assert "No space left on device" in error_line(capsys)
-    assert not out.exists()
+    args = ["-m", "export", "sample", "--model-dir", str(models["onnx"]), "--n", "5000", "--out", str(out)]
+    status, err = interrupt_when(args, lambda stderr: "sample:" in stderr)
+    assert status == 130 and "Traceback" not in err, err
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "`python -m export sample` interrupted" in last, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temporary folder
+
+
+@pytest.mark.parametrize("error", ["OSError", "SafetensorError", "KeyboardInterrupt"])
+def test_a_full_disk_or_ctrl_c_while_saving_a_checkpoint_is_one_line_and_leaves_no_temporary_folder(
+    demo_shards, tmp_path, capsys, monkeypatch, error
+):
+    import trainer.run.checkpoint as checkpoint_module
+
+    real_save, saves = checkpoint_module.save_file, []
+
+    def fails(*args, **kwargs):
+        saves.append(1)
+        if len(saves) > 1:
+            if error == "KeyboardInterrupt":
+                raise KeyboardInterrupt
+            if error == "OSError":
+                raise OSError(errno.ENOSPC, "No space left on device")
+            os_error = 'IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+            raise SafetensorError(f"Error while serializing: {os_error}")  # what safetensors raises on a full disk
+        real_save(*args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module, "save_file", fails)
+    out = tmp_path / "run"
+    overrides = tiny(demo_shards, out, "train.eval_every=100")
+    status = trainer_cli(
+        ["vqvae", "--config", str(DEMO_CONFIG), "--quiet", *[a for o in overrides for a in ("--set", o)]]
+    )
+    err = error_line(capsys)
+    assert len(err.strip().splitlines()) == 1, err
+    if error == "KeyboardInterrupt":
+        assert status == 130 and "`python -m trainer vqvae` interrupted" in err and "--resume" in err
+    else:
+        assert status == 2 and f"{out / 'checkpoints' / 'step_0000012'}" in err and "No space left on device" in err
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_0000006"]  # no .step_0000012.tmp
 
 
 # ---- silent wrong results -------------------------------------------------------------------------
@@ -146,11 +338,21 @@ def test_nan_stop_names_a_finite_checkpoint_and_exits_2(demo_shards, tmp_path, c
     )
     err = error_line(capsys)
     assert "loss became" in err or "weights became" in err
+    named = re.search(r"Last good checkpoint: (\S+)", err).group(1)
     saved = list_checkpoints(out / "checkpoints")
-    for checkpoint in saved:
+    assert saved and named in ["none", *map(str, saved)]
+    for checkpoint in saved:  # finite weights (about 1e30) need not give a finite loss or evaluation
         assert all(torch.isfinite(w).all() for w in load_weights(checkpoint).values()), checkpoint
-    named = saved[-1] if saved else "none"
-    assert f"Last good checkpoint: {named}" in err
+        evaluation = tmp_path / f"eval_{checkpoint.name}"
+        args = ["--checkpoint", str(checkpoint), "--out", str(evaluation), "--batch-size", "8", "--quiet"]
+        status = trainer_cli(["evaluate", *args])
+        said = capsys.readouterr()
+        if str(checkpoint) == named:
+            assert status == 0 and np.isfinite(json.loads((evaluation / "summary.json").read_text())["ssim_mean"])
+        else:  # the NaN is reported, not written as a result
+            assert status == 2 and not evaluation.exists(), said
+            assert "Traceback" not in said.err and len(said.err.strip().splitlines()) == 1
+            assert f"{checkpoint}" in said.err and "not finite" in said.err
 
 
 def test_sample_refuses_a_vqvae_the_prior_was_not_trained_on(models, tmp_path, capsys):

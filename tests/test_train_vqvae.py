@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import trainer.stage1.train as train_module
-from conftest import DEMO_CONFIG, REPO, free_port, tiny
+from conftest import DEMO_CONFIG, REPO, free_port, interrupt_when, tiny
 from trainer.__main__ import main as cli
-from trainer.run.checkpoint import list_checkpoints, load_training_state, load_weights
+from trainer.run.checkpoint import checkpoint_health, list_checkpoints, load_training_state, load_weights
 from trainer.run.config_file import ConfigError, load_config
 from trainer.run.training_run import TrainingDiverged
 from trainer.stage1.config import VQVAEConfig
@@ -64,6 +64,22 @@ def test_killed_and_resumed_run_ends_with_identical_weights(demo_shards: Path, t
     assert state_a["scheduler"] == state_b["scheduler"]
     rows = [json.loads(r) for r in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(2, 41, 2))  # no duplicated rows after resuming
+
+
+def test_ctrl_c_mid_run_is_one_line_exit_130_and_keeps_whole_checkpoints(demo_shards: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    args = ["-m", "trainer", "vqvae", "--config", str(DEMO_CONFIG), "--quiet"]
+    for item in tiny(demo_shards, out, "train.max_steps=1000", "train.eval_every=1000"):
+        args += ["--set", item]
+    status, err = interrupt_when(args, lambda stderr: (out / "checkpoints" / "step_0000006").is_dir())
+    assert status == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "error: `python -m trainer vqvae` interrupted (Ctrl-C); the checkpoints written so far are kept; "
+        "--resume continues from the newest"
+    )
+    assert not [p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("step_")]
+    for checkpoint in list_checkpoints(out / "checkpoints"):
+        assert load_weights(checkpoint) and load_training_state(checkpoint)["step"] == int(checkpoint.name[5:])
 
 
 def test_two_processes_keep_identical_codebooks_and_learn(demo_shards: Path, tmp_path: Path):
@@ -122,7 +138,9 @@ def test_wandb_offline_run_holds_the_logged_metrics(demo_shards: Path, tmp_path:
     assert all(r["reconstructions/_type"] == "image-file" and 0 < r["val_psnr"] for r in with_eval)
 
 
-def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(demo_shards: Path, tmp_path: Path, monkeypatch):
+def test_nan_loss_stops_naming_the_last_checkpoint_a_finite_loss_followed(
+    demo_shards: Path, tmp_path: Path, monkeypatch, capsys
+):
     real_loss, calls = train_module.reconstruction_loss, []
 
     def poisoned(recon, images, ssim_weight=0.0):
@@ -135,9 +153,48 @@ def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(demo_shards:
     cfg = load_config(
         DEMO_CONFIG, tiny(demo_shards, out, "train.checkpoint_every=4", "train.eval_every=100"), cls=VQVAEConfig
     )
-    with pytest.raises(TrainingDiverged, match=r"loss became nan by step 10.*step_0000008"):
+    # step 9's loss is the first computed from step 8's weights: NaN, so step_0000008 is not good; step 5's
+    # loss (from step 4's weights) was finite, in the window reported at step 6
+    with pytest.raises(TrainingDiverged, match=r"loss became nan by step 10.*Last good checkpoint: \S*step_0000004"):
         train_vqvae(cfg, show_progress=False)
-    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_0000004", "step_0000008"]
+    saved = list_checkpoints(out / "checkpoints")
+    assert [p.name for p in saved] == ["step_0000004", "step_0000008"]
+    assert [checkpoint_health(p)["good"] for p in saved] == [True, False]
+
+    monkeypatch.setattr(train_module, "reconstruction_loss", real_loss)  # e.g. a lower lr: resume
+    overrides = ["train.checkpoint_every=4", "train.eval_every=100", "train.max_steps=8"]
+    train_vqvae(load_config(DEMO_CONFIG, tiny(demo_shards, out, *overrides), cls=VQVAEConfig), resume=True)
+    said = capsys.readouterr().out
+    assert "cannot resume from" in said and "step_0000008" in said and "resuming from" in said
+    assert "step_0000004 (step 4)" in said
+
+
+@pytest.mark.parametrize("keep", [1, 2])
+def test_pruning_keeps_the_last_good_checkpoint(demo_shards: Path, tmp_path: Path, monkeypatch, keep: int):
+    """With keep=1 the newest checkpoint may be the one that diverged: the good one before it stays."""
+    real_loss, calls = train_module.reconstruction_loss, []
+
+    def poisoned(recon, images, ssim_weight=0.0):
+        calls.append(1)
+        loss = real_loss(recon, images, ssim_weight)
+        return loss * float("nan") if len(calls) > 6 else loss
+
+    monkeypatch.setattr(train_module, "reconstruction_loss", poisoned)
+    out = tmp_path / "run"
+    overrides = ["train.checkpoint_every=2", "train.eval_every=100", f"train.keep_checkpoints={keep}"]
+    cfg = load_config(DEMO_CONFIG, tiny(demo_shards, out, *overrides), cls=VQVAEConfig)
+    with pytest.raises(TrainingDiverged, match=r"by step 8.*Last good checkpoint: \S*step_0000004"):
+        train_vqvae(cfg, show_progress=False)
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step_0000004", "step_0000006"]
+
+
+def test_a_finished_run_keeps_keep_checkpoints_all_good(demo_shards: Path, tmp_path: Path):
+    """The final checkpoint is good by its evaluation (run at the last step, on the weights it saves)."""
+    out = tmp_path / "run"
+    cfg = load_config(DEMO_CONFIG, tiny(demo_shards, out, "train.keep_checkpoints=1"), cls=VQVAEConfig)
+    train_vqvae(cfg, show_progress=False)
+    (final,) = list_checkpoints(out / "checkpoints")
+    assert final.name == "step_0000012" and checkpoint_health(final)["good"] is True
 
 
 def test_evaluation_and_checkpoints_run_on_their_own_schedule(demo_shards: Path, tmp_path: Path):

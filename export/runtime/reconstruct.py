@@ -152,7 +152,7 @@ def reconstruct(
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     out = Path(out)
     sources = [Path(model_dir), *[Path(p) for p in (shards, nifti) if p is not None], *map(Path, inputs)]
-    check_output_dir(out, marker=SUMMARY, force=force, inputs=sources)
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=sources, kind="export reconstruct")
     models = ExportedModels(model_dir, ("encoder", "decoder"), threads)
     slices, total, source, cut = gather(inputs, shards, nifti, split, models.info["image_size"], slicing)
     about = {
@@ -164,7 +164,7 @@ def reconstruct(
         "nifti_out": None if nifti is None else str(out / NIFTI_OUT),
     }
     kept = {} if cut is not None else None
-    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=sources) as tmp:
+    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=sources, kind="export reconstruct") as tmp:
         summary = write_reconstructions(models, slices, total, tmp, out, batch_size, show_progress, source, about, kept)
         if cut is not None:
             cut.write(kept, tmp / NIFTI_OUT)

@@ -28,6 +28,7 @@ from common.sampling_rule import check_sampling_options, draw, sampling_randomne
 from export.runtime.onnx_models import ExportedModels, add_threads_argument
 from export.runtime.transformer_sampler import sample_codes as transformer_sample_codes
 
+KIND = "export sample"  # recorded in the folder: --force replaces only this command's own samples folders
 DESCRIPTION = (
     "Sample code grids with the exported prior and decode them; the same options, semantics and output "
     "files as `python -m trainer sample`, and the same brains for the same seed."
@@ -122,12 +123,12 @@ def run_sampling(
     """`python -m export sample`: generate, write the files and summary.json (the folder appears whole or
     not at all); returns the summary."""
     out = Path(out)
-    check_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[Path(model_dir)])
+    check_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[Path(model_dir)], kind=KIND)
     models = ExportedModels(model_dir, ("prior", "decoder"), threads)
     started = time.perf_counter()
     codes, conditions, images = generate(models, n, seed, temperature, top_k, slice_index, batch_size, show_progress)
     seconds = time.perf_counter() - started
-    with atomic_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[Path(model_dir)]) as tmp:
+    with atomic_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[Path(model_dir)], kind=KIND) as tmp:
         figure = write_samples(tmp, codes, conditions, images, models.info["num_codes"], models.decode)
         summary = {
             "n": n,

@@ -2,7 +2,7 @@
 
 config_file     strict YAML configs: unknown keys and wrong types refused, `--set` overrides
 train_config    the config sections both stages have: optimisation schedule, wandb
-checkpoint      checkpoint folders: atomic writes, safetensors weights, resolving a run folder
+checkpoint      checkpoint folders: atomic writes, safetensors weights, which are good, resolving a run folder
 training_run    TrainingRun: the Accelerator, resuming, the metrics window, divergence stop, saving
 resume_check    what a resumed run must share with its checkpoint: the model its config builds, its facts
 metrics_file    the metrics log (metrics.jsonl) read back

@@ -6,8 +6,13 @@ A checkpoint is a folder `step_0000250/` holding
                         with torch.load(weights_only=True)
     config.yaml         the config it was trained with
     *.json              facts the config does not hold (stage 2: the grid, K and the VQ-VAE it models)
+    health.json         whether the weights are good: {"good": true} once a finite training loss was computed
+                        from them or their evaluation was finite, {"good": false} when the loss that followed was
+                        not finite (finite weights, e.g. about 1e30 after a huge lr, can still give a NaN loss);
+                        absent while nothing has been seen after them
 It is written as `.step_0000250.tmp/` and renamed when complete, so a crash mid-write leaves
-the previous checkpoints intact; only the newest `keep` are kept.
+the previous checkpoints intact (a failed or interrupted write removes it; a full disk is one line naming
+it); only the newest `keep` are kept, and the newest good one besides.
 """
 
 from __future__ import annotations
@@ -19,12 +24,18 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from common.output_dir import OutputError, write_file_atomically
 from trainer.run.config_file import build
 
 STEP_DIR = re.compile(r"^step_(\d{7})$")
+# What writing a checkpoint raises when the disk is full: OSError, torch.save's RuntimeError ("file write failed"),
+# safetensors' own error
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+HEALTH = "health.json"
 
 
 def rng_state() -> dict:
@@ -54,18 +65,27 @@ def save_checkpoint(
     """Write checkpoint `step` atomically under `directory`, then prune to the newest `keep`."""
     final = directory / f"step_{step:07d}"
     tmp = directory / f".step_{step:07d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(weights, tmp / "model.safetensors")
-    torch.save({**training_state, "step": step, "rng": rng_state()}, tmp / "state.pt")
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    for name, content in (extra_json or {}).items():
-        (tmp / name).write_text(json.dumps(content, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(weights, tmp / "model.safetensors")
+        torch.save({**training_state, "step": step, "rng": rng_state()}, tmp / "state.pt")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        for name, content in (extra_json or {}).items():
+            (tmp / name).write_text(json.dumps(content, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+    except WRITE_ERRORS as err:  # a full disk: torch and safetensors raise their own types, naming no file
+        raise OutputError(
+            f"{final}: cannot write the checkpoint ({str(err).splitlines()[0]}); the checkpoints before it are kept"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # on any failure or interrupt: no hidden half-written checkpoint
+    spared = last_good_checkpoint(directory)  # the newest checkpoints may be the ones that diverged
     for old in list_checkpoints(directory)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        if old != spared:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -74,6 +94,30 @@ def list_checkpoints(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     return sorted(p for p in directory.iterdir() if p.is_dir() and STEP_DIR.match(p.name))
+
+
+def checkpoint_health(checkpoint: Path) -> dict | None:
+    """The checkpoint's health.json ({"good": bool, "why": str}), or None while nothing was seen after it."""
+    try:
+        health = json.loads((checkpoint / HEALTH).read_text())
+    except (OSError, ValueError):
+        return None
+    return health if isinstance(health, dict) and isinstance(health.get("good"), bool) else None
+
+
+def record_health(checkpoint: Path, good: bool, why: str) -> None:
+    write_file_atomically(checkpoint / HEALTH, json.dumps({"good": good, "why": why}).encode())
+
+
+def health_record(good: bool, why: str) -> dict[str, dict]:
+    """health.json as an `extra_json` entry of save_checkpoint, for weights judged before they are saved."""
+    return {HEALTH: {"good": good, "why": why}}
+
+
+def last_good_checkpoint(directory: Path) -> Path | None:
+    """The newest checkpoint known to be good (see health.json), the one to go back to after a divergence."""
+    good = [p for p in list_checkpoints(directory) if (checkpoint_health(p) or {}).get("good")]
+    return good[-1] if good else None
 
 
 class CheckpointError(ValueError):

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from common.cli import add_quiet_argument
 
+# What Ctrl-C leaves of a training run (common/cli.py prints it): checkpoints are written whole or not at all.
+TRAINING_INTERRUPT_KEEPS = "the checkpoints written so far are kept; --resume continues from the newest"
+
 
 def add_training_arguments(parser: argparse.ArgumentParser, configs: str) -> None:
     """The options of both training commands: the config, overrides, resuming, quiet."""

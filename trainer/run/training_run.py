@@ -27,9 +27,13 @@ from accelerate import Accelerator, DistributedDataParallelKwargs, InitProcessGr
 from common.output_dir import OutputError
 from trainer.run.checkpoint import (
     CheckpointError,
+    checkpoint_health,
+    health_record,
+    last_good_checkpoint,
     list_checkpoints,
     load_training_state,
     load_weights,
+    record_health,
     save_checkpoint,
     set_rng_state,
     weights_are_finite,
@@ -47,6 +51,16 @@ class TrainingDiverged(ValueError):
     """The loss or the weights became NaN or Inf; the message names the step and the last good checkpoint.
     A ValueError, so the command line ends with that one line and exit 2: the config's values (learning
     rate, clipping) are what to change."""
+
+
+def diverged(what: str, step: int, checkpoints: Path) -> TrainingDiverged:
+    """The stop, naming the newest checkpoint a finite loss or evaluation followed (see checkpoint.py): the
+    newest one saved may hold finite weights (about 1e30 after a huge lr) that give a NaN loss."""
+    good = last_good_checkpoint(checkpoints)
+    return TrainingDiverged(
+        f"{what} by step {step}; stopping. Last good checkpoint: {good or 'none'} "
+        "(lower train.lr, or keep train.grad_clip on)"
+    )
 
 
 def is_due(step: int, every: int, last: int) -> bool:
@@ -95,6 +109,10 @@ class TrainingRun:
                 print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
         self.window: torch.Tensor | None = None  # metrics summed over the micro-steps since the last report
         self.window_steps, self.window_start = 0, time.perf_counter()
+        # Checkpoints whose weights no report has judged yet (health.json), and the last step whose evaluation
+        # was finite: the weights saved at that step are good without waiting for the next loss.
+        self.unjudged: list[Path] = []
+        self.evaluated_at = -1
         # The gradients of 1x1 convolutions come back with other strides on their size-1 axes than
         # the weights have; DDP then copies them (a few KiB) and warns at every backward.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
@@ -126,7 +144,7 @@ class TrainingRun:
             trained, optimizer = accelerator.prepare(trained, optimizer)
         if accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.metrics_file.write_text("".join(r + "\n" for r in kept_rows))
+            self.write_metrics("".join(r + "\n" for r in kept_rows), "w")
         if self.wandb.enabled:
             quiet_wandb()
             accelerator.init_trackers(
@@ -156,6 +174,10 @@ class TrainingRun:
             self.accelerator.print(f"--resume: no checkpoint in {self.checkpoints}; starting a fresh run")
             return 0
         for checkpoint in reversed(found):
+            health = checkpoint_health(checkpoint)
+            if health and not health["good"]:
+                self.accelerator.print(f"cannot resume from {checkpoint}: {health['why']}; trying an older checkpoint")
+                continue
             try:
                 weights, state = load_weights(checkpoint), load_training_state(checkpoint)
                 changed = check_resumable(checkpoint, config, facts)
@@ -169,6 +191,7 @@ class TrainingRun:
             self.accelerator.print(f"resuming from {checkpoint} (step {state['step']})")
             if changed:
                 self.accelerator.print(f"--resume with changed {', '.join(changed)}")
+            self.unjudged = [] if health else [checkpoint]
             return state["step"]
         raise CheckpointError(
             f"{self.checkpoints}: no checkpoint loads (see above); remove them or choose another out_dir"
@@ -211,20 +234,29 @@ class TrainingRun:
         spans), then empty it (its clock restarts after `log`, so evaluation time is not training time).
         One host sync; stops the run on NaN/Inf in the loss."""
         means = (self.accelerator.reduce(self.window, "mean") / (self.window_steps * self.train.grad_accum)).tolist()
-        if not all(map(math.isfinite, means)):
-            last = list_checkpoints(self.checkpoints)
-            raise TrainingDiverged(
-                f"loss became {means[0]} by step {step}; stopping. Last good checkpoint: "
-                f"{last[-1] if last else 'none'} (lower train.lr, or keep train.grad_clip on)"
-            )
+        finite = all(map(math.isfinite, means))
+        self.judge(finite, f"{'a finite' if finite else 'a non-finite'} loss followed (reported at step {step})")
+        if not finite:
+            raise diverged(f"loss became {means[0]}", step, self.checkpoints)
         taken = (means, self.window_steps, time.perf_counter() - self.window_start)
         self.window, self.window_steps = None, 0
         return taken
 
+    def judge(self, good: bool, why: str) -> None:
+        """Record in the checkpoints saved since the last report whether the loss computed from their weights
+        (each window holds the first step after them) was finite."""
+        if self.accelerator.is_main_process:
+            for checkpoint in self.unjudged:
+                record_health(checkpoint, good, why)
+        self.unjudged = []
+
     def log(self, record: dict, images: dict[str, Path] | None = None) -> None:
         """Append a metrics row (main process) and send it, with any figures, to the trackers; the
-        next window's clock starts here."""
+        next window's clock starts here. Finite validation metrics (`val_*`) make this step's weights good."""
         step = record["step"]
+        evaluation = [value for key, value in record.items() if key.startswith("val_")]
+        if evaluation and all(map(math.isfinite, evaluation)):
+            self.evaluated_at = step
         if self.wandb.enabled and images and self.accelerator.is_main_process:
             import wandb
 
@@ -233,9 +265,16 @@ class TrainingRun:
             )
         self.accelerator.log(record, step=step)
         if self.accelerator.is_main_process:
-            with self.metrics_file.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.write_metrics(json.dumps(record) + "\n", "a")
         self.window_start = time.perf_counter()
+
+    def write_metrics(self, text: str, mode: str) -> None:
+        """Write to metrics.jsonl; a full disk is one line naming it (the OS names no file)."""
+        try:
+            with self.metrics_file.open(mode) as f:
+                f.write(text)
+        except OSError as err:
+            raise OutputError(f"{self.metrics_file}: cannot write the metrics ({err.strerror or err})") from None
 
     def save(
         self,
@@ -246,20 +285,20 @@ class TrainingRun:
         config: Any,
         extra_json: dict[str, dict] | None = None,
     ) -> None:
-        """Write checkpoint `step`, unless its weights are not finite: then stop, naming the newest
-        checkpoint, which is good because every checkpoint passed this check (the loss of a step is
-        computed before its update, so a finite loss does not mean finite weights)."""
+        """Write checkpoint `step`, unless its weights are not finite: then stop without saving them (the loss
+        of a step is computed before its update, so a finite loss does not mean finite weights). Weights
+        evaluated finite at this step are saved as good; others wait for the next report's loss."""
         if not weights_are_finite(model):  # every rank: the weights are the same, so all stop together
-            last = list_checkpoints(self.checkpoints)
-            raise TrainingDiverged(
-                f"weights became NaN/Inf by step {step}; stopping without saving them. Last good checkpoint: "
-                f"{last[-1] if last else 'none'} (lower train.lr, or keep train.grad_clip on)"
-            )
+            raise diverged("weights became NaN/Inf (not saved)", step, self.checkpoints)
+        evaluated = self.evaluated_at == step
+        if evaluated:
+            extra_json = {**(extra_json or {}), **health_record(True, f"finite evaluation at step {step}")}
         if self.accelerator.is_main_process:
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-            save_checkpoint(
+            saved = save_checkpoint(
                 self.checkpoints, step, model, state, config_to_dict(config), self.train.keep_checkpoints, extra_json
             )
+            self.unjudged += [] if evaluated else [saved]
         self.accelerator.wait_for_everyone()
 
     def finish(self) -> Path:

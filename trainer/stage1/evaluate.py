@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from common.figures.reconstruction import ReconstructionExamples, code_maps, cod
 from common.figures.style import code_intensity
 from common.figures.training import loss_curves
 from common.output_dir import atomic_output_dir, check_output_dir
-from trainer.run.checkpoint import resolve_checkpoint
+from trainer.run.checkpoint import CheckpointError, resolve_checkpoint
 from trainer.run.metrics_file import read_metrics
 from trainer.run.wandb_logging import log_to_wandb
 from trainer.stage1.config import VQVAEConfig
@@ -39,6 +40,7 @@ from trainer.stage1.quantizer import codebook_stats
 from trainer.stage1.vqvae import VQVAE
 
 SUMMARY = "summary.json"  # the marker of an evaluation folder: --force replaces only a folder that has it
+KIND = "trainer evaluate"  # recorded in the folder: --force replaces only this command's own summary.json folders
 DESCRIPTION = (
     "Reconstruct every image of a split; write per_image.csv, summary.json (mean, median, min SSIM, mean "
     "PSNR, codebook perplexity and codes used over the whole pass) and figures."
@@ -60,10 +62,10 @@ def evaluate(
     whole or not at all (and, with `log_wandb`, logs the summary and figures as a wandb run of the config's
     project)."""
     out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
-    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint])
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint], kind=KIND)
     model, cfg = load_vqvae(checkpoint, device)
     shards = shards or cfg.data.shards
-    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)])
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)], kind=KIND)
     dataset = SliceShards(shards, split)
     rows, counts = [], torch.zeros(cfg.quantizer.num_codes, dtype=torch.long)
     examples = ReconstructionExamples(len(dataset))
@@ -94,13 +96,24 @@ def evaluate(
         "grid": list(indices.shape[1:]),
         "ssim_settings": SSIM_SETTINGS,
     }
-    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)]) as tmp:
+    check_finite(summary, checkpoint)
+    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)], kind=KIND) as tmp:
         write_per_image_csv(tmp / "per_image.csv", rows)
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
         write_figures(tmp, examples, counts, model, cfg, split)
     if log_wandb:
         log_to_wandb(summary, out, cfg.wandb.project, cfg.wandb.mode, f"evaluate-{split}", prefix=split)
     return summary
+
+
+def check_finite(summary: dict, checkpoint: Path) -> None:
+    """A NaN SSIM is no result: weights that are finite but huge (a diverged run) reconstruct NaN or Inf."""
+    bad = {k: v for k, v in summary.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise CheckpointError(
+            f"{checkpoint}: its reconstructions are not finite ({', '.join(f'{k} {v}' for k, v in bad.items())}); "
+            "a diverged run's weights? Evaluate an earlier checkpoint (the last good one the stop named)"
+        )
 
 
 def write_per_image_csv(path: Path, rows: list[dict]) -> None:

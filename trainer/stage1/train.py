@@ -22,7 +22,7 @@ from tqdm import tqdm
 from common.figures.reconstruction import reconstruction_grid
 from trainer.run.config_file import load_config
 from trainer.run.lr_schedule import lr_schedule
-from trainer.run.options import add_training_arguments
+from trainer.run.options import TRAINING_INTERRUPT_KEEPS, add_training_arguments
 from trainer.run.training_run import TrainingRun, is_due
 from trainer.stage1.config import VQVAEConfig
 from trainer.stage1.data import SliceShards, epoch_batches, train_batches, training_source
@@ -31,6 +31,7 @@ from trainer.stage1.load import build_vqvae
 from trainer.stage1.quantizer import codebook_stats
 from trainer.stage1.vqvae import VQVAE
 
+INTERRUPT_KEEPS = TRAINING_INTERRUPT_KEEPS
 DESCRIPTION = (
     "Train the VQ-VAE on WebDataset shards. Run directly for one process, or under `accelerate launch` / "
     "launch.sh for several GPUs. All hyper-parameters come from the config."

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from common.cli import add_batch_size_argument, add_checkpoint_argument, add_device_argument, add_quiet_argument
 from common.digest import file_sha256
 from common.json_file import read_json_object
-from common.output_dir import check_output_dir, write_file_atomically
+from common.output_dir import check_output_dir, write_atomically, write_file_atomically
 from common.shard_format import IMAGE_SIZE, MANIFEST, read_manifest
 from trainer.run.checkpoint import resolve_checkpoint
 from trainer.stage1.data import SliceShards, epoch_batches
@@ -32,6 +31,7 @@ from trainer.stage1.load import load_vqvae
 from trainer.stage1.vqvae import VQVAE
 from trainer.stage2.codes import CODES_META, SPLITS
 
+INTERRUPT_KEEPS = "the splits encoded so far are kept, none partly; run it again to continue"
 DESCRIPTION = (
     "Run the VQ-VAE's encoder once over every split of the shards and write {split}.npz (codes, slice "
     "positions, subjects, keys) and codes.json. Splits already encoded by the same checkpoint from the same "
@@ -83,15 +83,13 @@ def encode_splits(
         if split in meta["splits"] and target.is_file():
             continue
         codes, slices, subjects, keys = encode_split(model, shards, split, batch_size, device, show_progress)
-        tmp = out / f".{split}.tmp.npz"
-        np.savez(
-            tmp,
-            codes=np.concatenate(codes),
-            slices=np.asarray(slices, np.int16),
-            subjects=np.asarray(subjects, str),
-            keys=np.asarray(keys, str),
-        )
-        os.replace(tmp, target)
+        arrays = {
+            "codes": np.concatenate(codes),
+            "slices": np.asarray(slices, np.int16),
+            "subjects": np.asarray(subjects, str),
+            "keys": np.asarray(keys, str),
+        }
+        write_atomically(target, lambda f, arrays=arrays: np.savez(f, **arrays))
         meta["splits"][split] = len(keys)
         if split == "train":
             meta["num_slices"] = int(max(slices)) + 1

@@ -65,6 +65,7 @@ from trainer.stage2.structure_metrics import structure_metrics, summarize
 from trainer.stage2.transformer_prior import TransformerPrior
 
 SUMMARY = "summary.json"  # the marker of an evaluation folder: --force replaces only a folder that has it
+KIND = "trainer evaluate-prior"  # recorded in the folder: --force replaces only its own summary.json folders
 DESCRIPTION = (
     "Bits per code and top-1 accuracy of the prior on a split's code grids; then sample --n brains and "
     "compare them with that split's real slices: nearest-training-slice SSIM (memorisation), mean "
@@ -134,7 +135,7 @@ def evaluate_generation(
     structure = {"generated": structure_metrics(generated.numpy()), "real": structure_metrics(real.numpy())}
     summary.update(structure_summary(structure))
 
-    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=inputs) as tmp:
+    with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=inputs, kind=KIND) as tmp:
         write_samples(
             tmp / "samples",
             generated_codes,
@@ -156,13 +157,13 @@ def load_models(
     """The prior with its config and prior.json, its paired VQ-VAE, the shards its codes were made from, and every
     input `out` must not be: `out` is checked before anything loads, so a wrong --out fails at once, and again
     once the VQ-VAE, codes and shards are known. The codes must be those of the prior's VQ-VAE."""
-    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint])
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint], kind=KIND)
     prior, cfg, info = load_prior(checkpoint, device)
     vqvae, vq_cfg, vqvae_path, _ = load_paired_vqvae(info, None, device)
     check_codes_vqvae(info["codes_dir"], info.get("vqvae_sha256"), checkpoint / PRIOR_INFO)
     shards = codes_shards(info["codes_dir"], vq_cfg.data.shards)
     inputs = [checkpoint, vqvae_path, *[Path(p) for p in (info.get("codes_dir"), shards) if p]]
-    check_output_dir(out, marker=SUMMARY, force=force, inputs=inputs)
+    check_output_dir(out, marker=SUMMARY, force=force, inputs=inputs, kind=KIND)
     return prior, cfg, info, vqvae, shards, inputs
 
 

@@ -31,6 +31,7 @@ from trainer.stage1.load import numpy_decoder
 from trainer.stage2.generate import generate
 from trainer.stage2.load import load_paired_vqvae, load_prior
 
+KIND = "trainer sample"  # recorded in the folder: --force replaces only this command's own samples folders
 DESCRIPTION = (
     "Sample code grids with the exact fast sampler (or --naive), decode them with the VQ-VAE the prior was "
     "trained on, and write code maps, images, samples.npz and a side-by-side figure."
@@ -56,7 +57,7 @@ def run_sampling(
     """Sample, decode and write the files into `out`, which appears whole or not at all."""
     out = Path(out)
     checkpoint = resolve_checkpoint(Path(checkpoint))
-    check_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[checkpoint])
+    check_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[checkpoint], kind=KIND)
     prior, cfg, info = load_prior(checkpoint, device)
     vqvae, _, vqvae_path, _ = load_paired_vqvae(info, vqvae_checkpoint, device)
     started = time.perf_counter()
@@ -64,7 +65,7 @@ def run_sampling(
         prior, vqvae, n, seed, temperature, top_k, slice_index, batch_size, naive, show_progress
     )
     seconds = time.perf_counter() - started
-    with atomic_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[checkpoint, vqvae_path]) as tmp:
+    with atomic_output_dir(out, marker=SAMPLES_FILE, force=force, inputs=[checkpoint, vqvae_path], kind=KIND) as tmp:
         figure = write_samples(tmp, codes, conditions, images, prior.shape.num_codes, numpy_decoder(vqvae))
         summary = {
             "n": n,

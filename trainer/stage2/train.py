@@ -26,7 +26,7 @@ from common.figures.style import code_intensity
 from trainer.run.checkpoint import PRIOR_INFO
 from trainer.run.config_file import load_config
 from trainer.run.lr_schedule import lr_schedule
-from trainer.run.options import add_training_arguments
+from trainer.run.options import TRAINING_INTERRUPT_KEEPS, add_training_arguments
 from trainer.run.training_run import TrainingRun, is_due
 from trainer.stage1.load import load_vqvae, numpy_decoder
 from trainer.stage2.codes import CODES_META, load_code_tensors, read_codes_meta
@@ -36,6 +36,7 @@ from trainer.stage2.load import build_prior
 from trainer.stage2.prior_contract import PriorShape
 from trainer.stage2.prior_loss import LN2, likelihood_metrics, likelihood_sums, prior_loss
 
+INTERRUPT_KEEPS = TRAINING_INTERRUPT_KEEPS
 DESCRIPTION = (
     "Train the prior on the codes written by `encode`. Run directly for one process, or under "
     "`accelerate launch` / launch.sh stage2 for several GPUs. All hyper-parameters come from the config."
