@@ -258,34 +258,20 @@ def print_summary(manifest: dict, out: Path, seconds: float) -> None:
 
 def run(args: argparse.Namespace) -> None:
     start = time.perf_counter()
+    writing = {
+        "samples_per_shard": args.samples_per_shard,
+        "max_shard_mb": args.max_shard_mb,
+        "workers": args.workers,
+        "force": args.force,
+        "show_progress": not args.quiet,
+    }
     if args.nifti is not None:
-        manifest = shard_volumes(
-            args.nifti,
-            args.out,
-            slicing=Slicing.from_args(args),
-            count=args.positions,
-            ratios=args.split_ratios,
-            seed=args.seed,
-            samples_per_shard=args.samples_per_shard,
-            max_shard_mb=args.max_shard_mb,
-            workers=args.workers,
-            force=args.force,
-            show_progress=not args.quiet,
-        )
-        print_summary(manifest, args.out, time.perf_counter() - start)
-        for volume in manifest["nifti"]["volumes"]:
-            if volume["squeezed_4d"]:
-                print(f"note: {volume['source']} is 4D with one volume; read as 3D")
-        return
-    manifest = shard_dataset(
-        args.src,
-        args.out,
-        splits=args.splits,
-        size=args.size,
-        samples_per_shard=args.samples_per_shard,
-        max_shard_mb=args.max_shard_mb,
-        workers=args.workers,
-        force=args.force,
-        show_progress=not args.quiet,
-    )
+        slicing = Slicing.from_args(args)
+        options = {"count": args.positions, "ratios": args.split_ratios, "seed": args.seed}
+        manifest = shard_volumes(args.nifti, args.out, slicing=slicing, **options, **writing)
+    else:
+        manifest = shard_dataset(args.src, args.out, splits=args.splits, size=args.size, **writing)
     print_summary(manifest, args.out, time.perf_counter() - start)
+    for volume in manifest.get("nifti", {}).get("volumes", []):
+        if volume["squeezed_4d"]:
+            print(f"note: {volume['source']} is 4D with one volume; read as 3D")
