@@ -24,6 +24,9 @@ MAX_PAIRS = 100_000
 MAX_PREVIEW = 1024
 # Seeds: numpy's legacy generator (np.random.seed, which accelerate's set_seed calls) takes 0 to 2**32 - 1.
 MAX_SEED = 2**32 - 1
+# Slice positions per volume (shard --positions): a volume has at most a few thousand slices along an axis, and
+# each position is a slice condition the prior learns an embedding for.
+MAX_POSITIONS = 4096
 # Layer widths (channels, code dimension, transformer width) and depths: far beyond any model here, well
 # below what overflows a weight allocation.
 MAX_WIDTH = 8192

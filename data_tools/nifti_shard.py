@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from common.cli_types import non_negative_int
+from common.cli_types import integer
 from common.errors import DataError
+from common.limits import MAX_POSITIONS, MAX_SEED
 from common.nifti_options import Slicing, add_slicing_arguments
 from common.nifti_volume import (
     AXES,
@@ -227,10 +228,10 @@ def add_nifti_arguments(parser) -> None:
     add_slicing_arguments(parser)
     parser.add_argument(
         "--positions",
-        type=non_negative_int,
+        type=integer(0, MAX_POSITIONS),
         default=POSITIONS,
-        help="slices per volume, binned over the kept span like the 32 per OASIS subject: the N of the key and the "
-        "prior's condition; 0 keeps every slice, N its index (default: %(default)s)",
+        help=f"slices per volume, 0 to {MAX_POSITIONS}, binned over the kept span like the 32 per OASIS subject: the "
+        "N of the key and the prior's condition; 0 keeps every slice, N its index (default: %(default)s)",
     )
     parser.add_argument(
         "--split-ratios",
@@ -240,5 +241,8 @@ def add_nifti_arguments(parser) -> None:
         f"(default: {','.join(map(str, SPLIT_RATIOS))})",
     )
     parser.add_argument(
-        "--seed", type=non_negative_int, default=0, help="seed of the subject split (default: %(default)s)"
+        "--seed",
+        type=integer(0, MAX_SEED),
+        default=0,
+        help=f"seed of the subject split, 0 to {MAX_SEED} (default: %(default)s)",
     )

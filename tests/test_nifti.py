@@ -308,3 +308,21 @@ def test_other_axes_take_the_remaining_canonical_axes_as_rows_and_columns(tmp_pa
     scale = geometry.height / raw_shape[0]
     assert row == pytest.approx(geometry.top + (row_col[0] + 0.5) * scale, abs=3)
     assert col == pytest.approx(geometry.left + (row_col[1] + 0.5) * scale, abs=3)
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        (["--positions", str(10**12)], "argument --positions: must be an integer from 0 to 4096"),
+        (["--positions", "-1"], "argument --positions: must be an integer from 0 to 4096"),
+        (["--seed", str(2**32)], "argument --seed: must be an integer from 0 to 4294967295"),
+    ],
+)
+def test_a_number_past_its_bound_is_refused_before_any_work(tmp_path, capsys, option, message):
+    """--positions 10**12 used to plan 10**12 samples per shard set and hang; every number has a bound."""
+    src = tmp_path / "scans"
+    src.mkdir()
+    phantom(src / "sub-01_T1w.nii.gz", np.eye(4), (24, 28, 20))
+    assert cli(["shard", "--nifti", str(src), "--out", str(tmp_path / "out"), "--quiet", *option]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
