@@ -3,7 +3,7 @@ shard writer, the training side and the onnxruntime runtime all read and write t
 
     errors          DataError: bad input data, named with its problem
     shard_format    the on-disk shard format: tar members, manifest, pixel statistics, IMAGE_SIZE
-    png_header      a PNG's bit depth and size from its header, before any pixel is decoded
+    png_header      a PNG's bit depth and size from its header, before any pixel is decoded; reading a slice PNG
 nifti_volume    NIfTI volumes <-> 256x256 slices oriented like the OASIS PNGs, and back
 nifti_options   the slicing options shard --nifti and reconstruct --nifti share; a volume cut and put back
     digest          sha256 of files (shards, checkpoints, ONNX files)

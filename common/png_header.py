@@ -1,4 +1,5 @@
-"""A PNG's real bit depth and size, read from its IHDR chunk before any pixel is decoded.
+"""A PNG's real bit depth and size, read from its IHDR chunk before any pixel is decoded, and the one reader of
+a slice PNG (`read_slice`) that every command taking PNG files or shard members shares.
 
 Pillow opens some 16-bit PNGs as 8-bit images (16-bit RGB, 16-bit gray+alpha), silently dropping the
 low byte, and allocates whatever size a PNG declares (a 100000 x 100000 "decompression bomb" is 10 GB
@@ -7,8 +8,12 @@ of pixels from a file of a few bytes). The header is the first 33 bytes: checkin
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from common.errors import DataError
 
@@ -61,3 +66,24 @@ def check_png_bytes(head: bytes, path: str) -> None:
             f"{path}: declares {width}x{height} pixels, more than the {MAX_PIXELS:,} a slice may have "
             "(a decompression bomb?)"
         )
+
+
+def read_slice(source: Path | bytes, name: str, size: int) -> np.ndarray:
+    """(size, size) uint8 pixels of an 8-bit grayscale image; anything else (a truncated file, a 16-bit or
+    oversized PNG read from its header before any pixel is decoded) is an error naming it."""
+    try:
+        check_png_signature(source, name)
+        if isinstance(source, Path):
+            check_png_header(source)
+        else:
+            check_png_bytes(source[:33], name)
+        with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as img:
+            if img.mode != "L":
+                raise ValueError(f"{name}: expected an 8-bit grayscale PNG, got mode {img.mode}")
+            if img.size != (size, size):
+                raise ValueError(f"{name}: expected {size}x{size} pixels, got {img.size[0]}x{img.size[1]}")
+            return np.asarray(img, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ValueError(f"{name}: not an image") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # PIL: truncated or corrupt data
+        raise ValueError(f"{name}: cannot decode the image ({err})") from None

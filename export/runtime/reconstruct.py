@@ -23,7 +23,6 @@ name, never converted. Shards are read with data_tools' reader, which needs no t
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
 from collections.abc import Iterator
@@ -31,7 +30,6 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from common.cli import add_batch_size_argument, add_force_argument, add_quiet_argument
@@ -39,7 +37,7 @@ from common.figures.reconstruction import ReconstructionExamples, code_maps, rec
 from common.figures.style import code_intensity
 from common.nifti_options import CutVolume, Slicing, add_slicing_arguments, cut_volume
 from common.output_dir import atomic_output_dir, check_output_dir
-from common.png_header import check_png_bytes, check_png_header, check_png_signature
+from common.png_header import read_slice
 from common.sample_files import save_code_map, save_image
 from common.shard_format import iter_shard, read_manifest
 from common.ssim import ssim
@@ -57,27 +55,6 @@ DESCRIPTION = (
 def output_name(file_name: str) -> str:
     """`case_904_slice_0.nii.png` or `case_904_slice_0.png` -> `case_904_slice_0.png`: the sample key."""
     return file_name.removesuffix(".png").removesuffix(".nii") + ".png"
-
-
-def read_slice(source: Path | bytes, name: str, size: int) -> np.ndarray:
-    """(size, size) uint8 pixels of an 8-bit grayscale image; anything else (a truncated file, a 16-bit or
-    oversized PNG read from its header before any pixel is decoded) is an error naming it."""
-    try:
-        check_png_signature(source, name)
-        if isinstance(source, Path):
-            check_png_header(source)
-        else:
-            check_png_bytes(source[:33], name)
-        with Image.open(source if isinstance(source, Path) else io.BytesIO(source)) as img:
-            if img.mode != "L":
-                raise ValueError(f"{name}: expected an 8-bit grayscale PNG, got mode {img.mode}")
-            if img.size != (size, size):
-                raise ValueError(f"{name}: expected {size}x{size} pixels, got {img.size[0]}x{img.size[1]}")
-            return np.asarray(img, dtype=np.uint8)
-    except UnidentifiedImageError:
-        raise ValueError(f"{name}: not an image") from None
-    except (OSError, SyntaxError, Image.DecompressionBombError) as err:  # PIL: truncated or corrupt data
-        raise ValueError(f"{name}: cannot decode the image ({err})") from None
 
 
 def png_files(paths: list[Path]) -> list[Path]:
