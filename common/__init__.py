@@ -17,6 +17,7 @@ nifti_options   the slicing options shard --nifti and reconstruct --nifti share;
     sample_files    the files a batch of generated brains is written as
     code_usage      codebook perplexity (one definition, numpy or torch)
     ssim            SSIM in numpy, torchmetrics' recipe
+    detection_metrics  slice AUROC, pixel average precision and Dice of anomaly maps (numpy, exact, tie-aware)
     figures/        every figure, one module per stage (see figures/__init__.py)
 
 Nothing here imports torch or another package of the project (tests/test_runtime_boundary.py and
