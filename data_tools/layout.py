@@ -82,6 +82,12 @@ def scan_split(root: Path, split: str) -> tuple[list[SliceFile], list[str]]:
     """One split's slices (sorted by subject, then slice), each paired with its mask if the split has
     masks, and every problem found on the way."""
     image_dir, mask_dir = split_folders(root, split)
+    return scan_folder(image_dir, split, mask_dir)
+
+
+def scan_folder(image_dir: Path, split: str, mask_dir: Path | None = None) -> tuple[list[SliceFile], list[str]]:
+    """scan_split on one folder of slices (`split` names it in the slices and the problems); masks are paired
+    from `mask_dir` when it exists, never when it is None."""
     problem = path_problem(image_dir, "folder", missing=f"split folder '{split}' is missing")
     if problem:
         return [], [problem]
@@ -89,8 +95,8 @@ def scan_split(root: Path, split: str) -> tuple[list[SliceFile], list[str]]:
         entries = sorted(p for p in image_dir.iterdir() if not p.name.startswith("."))  # .DS_Store and friends
     except OSError as err:
         return [], [f"{image_dir}: cannot list the split folder ({err.strerror})"]
-    has_masks = mask_dir.is_dir()
-    if not has_masks and mask_dir.is_symlink():  # a mask folder behind a broken link is not "no masks"
+    has_masks = mask_dir is not None and mask_dir.is_dir()
+    if mask_dir is not None and not has_masks and mask_dir.is_symlink():  # behind a broken link is not "no masks"
         return [], [path_problem(mask_dir, "folder")]
     slices, problems, by_key = [], [], {}
     for path in entries:
