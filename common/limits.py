@@ -27,6 +27,9 @@ MAX_SEED = 2**32 - 1
 # Slice positions per volume (shard --positions): a volume has at most a few thousand slices along an axis, and
 # each position is a slice condition the prior learns an embedding for.
 MAX_POSITIONS = 4096
+# Synthetic lesions per slice (data_tools lesions --max-lesions): lesions that may not touch, each up to 30 pixels
+# in radius, stop fitting inside a 256x256 head well before this; past it, slices only hold fewer than asked for.
+MAX_LESIONS = 16
 # Layer widths (channels, code dimension, transformer width) and depths: far beyond any model here, well
 # below what overflows a weight allocation.
 MAX_WIDTH = 8192

@@ -1,6 +1,6 @@
 """`python -m data_tools COMMAND ...`: scans -> shards, the first step of the data flow; see each `--help`.
 
-shard -> verify | preview
+shard -> verify | preview;  lesions: a labelled synthetic-lesion set to score anomaly maps on
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ COMMANDS = {
     "shard": ("data_tools.shard", "write the OASIS PNG layout as WebDataset shards + manifest"),
     "verify": ("data_tools.verify", "re-read every shard and check it against manifest.json"),
     "preview": ("data_tools.preview", "write a PNG contact sheet of samples decoded from the shards"),
+    "lesions": ("data_tools.lesions", "paint synthetic lesions into half of a split's slices, with their masks"),
 }
 
 
