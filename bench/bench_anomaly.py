@@ -52,7 +52,7 @@ from common.png_header import read_slice  # noqa: E402
 TOP_SHARE = 0.01  # the slice score: mean of this share of the highest map values inside the head
 METHODS = {
     "prior anomaly map": lambda maps: maps["anomaly"],
-    "VQ-VAE residual |scan - recon|": lambda maps: np.abs(maps["scan"] - maps["recon"]),
+    "VQ-VAE residual": lambda maps: np.abs(maps["scan"] - maps["recon"]),
     "raw intensity": lambda maps: maps["scan"],
 }
 
