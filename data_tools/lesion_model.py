@@ -26,8 +26,8 @@ lesions.json): change anything here and the version changes, because scores on t
       hypo    target = local * (1 - c)           (towards black),
     each equally often. Every pixel is shifted by alpha * (target - local), so the tissue's texture is kept, and
     clipped to [0, 1]. A hyper-intense lesion in grey matter is about as bright as white matter, one in white
-    matter a little brighter, never brighter than white: it is visible, not the brightest pixel by construction
-    (the scalp's fat stays brighter on these slices).
+    matter a little brighter: visible, yet not the brightest thing in the slice (on the OASIS validate and test
+    splits no lesion pixel is brighter than the slice's brightest one, the scalp's fat).
   * label: the lesion's mask is alpha >= 0.5; lesions.json records each lesion's kind, edge, centre (row,
     column), radius, shape parameters, contrast, local and target intensities, mask area and the mean change
     of its masked pixels (after rounding to 8 bits).
