@@ -17,8 +17,9 @@ writes
 Which slices are healthy: half of each subject's slices (odd counts alternate between rounding down and up), drawn
 with the seed among the slices that can hold a lesion. A slice that cannot hold even the smallest lesion (one
 that is mostly scalp) stays healthy and is recorded as such, so such a subject may have fewer lesion slices.
-Deterministic: each slice's lesions come from a random generator seeded by --seed and the slice's name, so the same
-input and seed give the same bytes, whatever order or subset the slices come in. numpy and pillow only.
+Deterministic: the same input and seed give the same bytes. Every random generator is seeded by --seed and the name
+of the slice (its lesions) or subject (which of its slices get lesions) it serves, never by the order of the work:
+a lesion slice's lesions depend on the seed and its name alone. numpy and pillow only.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ class InputSlice:
     data: bytes  # the PNG as read (checked): a healthy slice is written back unchanged
 
     def pixels(self) -> np.ndarray:
-        """(256, 256) uint8, decoded again when needed: a split's PNGs are a tenth of its pixels' size."""
+        """(256, 256) uint8, decoded again when needed: only the PNG bytes (a third of the pixels' size) are kept."""
         return read_slice(self.data, self.name, IMAGE_SIZE)
 
 
