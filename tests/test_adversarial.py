@@ -128,6 +128,25 @@ def test_generator_term_weighs_the_gan_loss_by_the_gradient_ratio_at_the_last_de
     assert term.generator_term(recon, recon_loss).item() == pytest.approx(0.3 * gan.item(), rel=1e-5)
 
 
+def test_under_bf16_autocast_the_adaptive_weight_is_float32_and_near_the_float32_one():
+    torch.manual_seed(0)
+    model = VQVAE(
+        ModelConfig(downsample=8, channels=16, res_blocks=1, res_channels=8, code_dim=8),
+        QuantizerConfig(num_codes=32, compile=False),
+    ).eval()  # the codebook stays put between the two passes
+    term = tiny_adversarial(AdversarialConfig(weight=1.0, channels=4, layers=2), model)
+    images = torch.rand(2, 1, 256, 256)
+    weights = []
+    for autocast in (nullcontext, lambda: torch.autocast("cpu", dtype=torch.bfloat16)):
+        term.run.accelerator.autocast = autocast
+        with autocast():
+            recon, _ = model(images)
+        term.generator_term(recon, reconstruction_loss(recon, images))
+        weights.append(term.generator_values[1])
+    assert weights[1].dtype == torch.float32 and weights[0].item() == pytest.approx(weights[1].item(), rel=0.05)
+    assert weights[0].item() != weights[1].item()  # bf16 did run
+
+
 def test_patch_discriminator_judges_each_slice_alone_on_a_grid_of_patches():
     torch.manual_seed(0)
     images = torch.rand(3, 1, 256, 256)

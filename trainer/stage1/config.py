@@ -108,7 +108,7 @@ class AdversarialConfig:
     kind: str = "hinge"  # "hinge" or "non_saturating" (the logistic loss, -log D(fake) for the generator)
     adaptive: bool = True  # scale L_gan by lambda (VQGAN); false: weight x L_gan (MONAI's brain tutorials: 0.01)
     start_step: int = 0  # optimizer steps before the term and the discriminator's training begin (both at once)
-    lr: float = 1e-4  # the discriminator's AdamW, betas (0.5, 0.9) as VQGAN's, constant
+    lr: float = 2e-4  # the discriminator's AdamW (betas (0.5, 0.9) as VQGAN's, no weight decay), constant
     channels: int = 64  # the discriminator's first width; it doubles per layer up to 8 x this
     layers: int = 3  # stride-2 layers after the first: 3 gives 70x70 patches, a 30x30 grid of logits
 
