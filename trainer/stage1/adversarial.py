@@ -89,7 +89,7 @@ class AdversarialTraining:
         with self.run.accelerator.autocast():
             gan = generator_loss(self.cfg.kind, frozen(recon).float())
         frozen.requires_grad_(True)
-        weight = torch.tensor(self.cfg.weight, device=recon.device)
+        weight = torch.full_like(gan, self.cfg.weight)  # on the device without a copy from the host
         if self.cfg.adaptive:
             weight = weight * adaptive_weight(recon_loss, gan, self.last_layer.weight)
         self.generator_values = (gan.detach(), weight)
