@@ -5,11 +5,13 @@ optionally the prior's validation bits per code after the same short prior run o
         --budget-minutes 9 --cores 0 1 --prior-steps 150 --prior-for baseline fsq
 
 Each variant is the base config plus overrides (`VARIANTS` below, or `--variant NAME=KEY=V,KEY=V`; every
-variant sets the loss, so the table does not change when the base config's loss does). Equal
-time, not equal steps: an SSIM term costs time per step, and time is what a user has.
-So every variant first trains `--probe-steps` steps to measure its speed, then trains budget x speed steps
-from scratch (its learning-rate schedule sized to that). Runs are pinned one per core with one thread, as
-many at once as `--cores` lists. Every variant is then evaluated on the whole test split by `trainer
+built-in variant sets the whole loss, so the table does not change when the base config's loss does). Equal
+time, not equal steps: an SSIM term or a discriminator costs time per step, and time is what a user has.
+So every variant first trains `--probe-steps` steps to measure its speed, then trains the steps that fit the budget
+at that speed from scratch (its learning-rate schedule sized to them). A variant with an adversarial term is probed
+with the term on from step 0, so the discriminator's cost is in its speed; when its term starts later, a second
+probe without the term prices the steps before `loss.adversarial.start_step`. Runs are pinned one per core with
+one thread, as many at once as `--cores` lists. Every variant is then evaluated on the whole test split by `trainer
 evaluate` (the project's fixed SSIM: Gaussian 11, sigma 1.5, data range 1). With `--prior-steps`, the
 variants of `--prior-for` are encoded and the prior config trains that many steps on each one's codes.
 Results: `<out>/results.json` and a markdown table on stdout. Finished steps in `<out>` are reused, so an
@@ -30,15 +32,28 @@ from trainer.run.config_file import load_config
 from trainer.stage1.config import VQVAEConfig
 from trainer.stage2.config import PriorConfig
 
-MSE = "loss.ssim_weight=0"  # the base config's loss has the SSIM term (this benchmark's winner); MSE alone
+# The base config's loss has the SSIM term (this benchmark's winner); MSE alone. No variant inherits an adversarial
+# term from the base config: those that have one say so.
+MSE = ["loss.ssim_weight=0", "loss.adversarial.weight=0"]
+SSIM = ["loss.ssim_weight=0.1", "loss.adversarial.weight=0"]
+# VQGAN's adversarial term at the starting values README suggests for the OASIS 32x32 CPU config
+ADVERSARIAL = [
+    "loss.adversarial.weight=0.1",
+    "loss.adversarial.start_step=300",
+    "loss.adversarial.lr=2e-4",
+    "loss.adversarial.channels=8",
+    "loss.adversarial.layers=3",
+]
 VARIANTS = {
-    "baseline": [MSE],
-    "ssim": ["loss.ssim_weight=0.1"],
-    "cosine8": [MSE, "quantizer.codebook_dim=8", "quantizer.cosine=true"],
-    "fsq": [MSE, "quantizer.kind=fsq", "quantizer.levels=[8, 8, 8]"],
-    "ssim_cosine8": ["loss.ssim_weight=0.1", "quantizer.codebook_dim=8", "quantizer.cosine=true"],
-    "ssim_fsq": ["loss.ssim_weight=0.1", "quantizer.kind=fsq", "quantizer.levels=[8, 8, 8]"],
+    "baseline": MSE,
+    "ssim": SSIM,
+    "cosine8": [*MSE, "quantizer.codebook_dim=8", "quantizer.cosine=true"],
+    "fsq": [*MSE, "quantizer.kind=fsq", "quantizer.levels=[8, 8, 8]"],
+    "ssim_cosine8": [*SSIM, "quantizer.codebook_dim=8", "quantizer.cosine=true"],
+    "ssim_fsq": [*SSIM, "quantizer.kind=fsq", "quantizer.levels=[8, 8, 8]"],
+    "ssim_adversarial": [*SSIM, *ADVERSARIAL],
 }
+WITHOUT = ".without_adversarial"  # the probe of a variant's speed before its adversarial term starts
 Job = tuple[list[str], Path]  # (arguments of `python -m`, log file)
 
 
@@ -101,6 +116,28 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     return name, [o for o in overrides.split(",") if o]
 
 
+def speed_probes(config: Path, variants: dict[str, list[str]]) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """({probe name: overrides}, {variant: the step its adversarial term starts at}) for these variants: each is
+    probed with its term (if any) on from step 0, and one whose term starts later also without it. Loading each
+    variant's config checks its overrides before any run starts."""
+    probes, starts = {}, {}
+    for name, overrides in variants.items():
+        adversarial = load_config(config, overrides, cls=VQVAEConfig).loss.adversarial
+        starts[name] = adversarial.start_step if adversarial.weight else 0
+        probes[name] = overrides + (["loss.adversarial.start_step=0"] if adversarial.weight else [])
+        if starts[name]:
+            probes[name + WITHOUT] = overrides + ["loss.adversarial.weight=0"]
+    return probes, starts
+
+
+def steps_in(seconds: float, start: int, before: float, after: float) -> int:
+    """Optimizer steps that fit in `seconds` when the first `start` run at `before` steps/s and the rest at
+    `after` (a variant whose adversarial term starts at step `start`)."""
+    if start >= seconds * before:
+        return max(1, round(seconds * before))
+    return max(1, round(start + (seconds - start / before) * after))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -132,21 +169,23 @@ def main() -> None:
     out, logs = args.out, args.out / "logs"
 
     # 1. Speed probes (steps 21..probe_steps logged, start-up excluded).
+    probes, starts = speed_probes(args.config, {n: variants[n] for n in names})
     run_all(
         [
-            train_job(
-                args.config, out / "probe" / n, args.shards, variants[n], args.probe_steps, logs / f"probe_{n}.log"
-            )
-            for n in names
-            if not (out / "probe" / n / "metrics.jsonl").is_file()
+            train_job(args.config, out / "probe" / p, args.shards, probes[p], args.probe_steps, logs / f"probe_{p}.log")
+            for p in probes
+            if not (out / "probe" / p / "metrics.jsonl").is_file()
         ],
         args.cores,
     )
-    speed = {n: last_record(out / "probe" / n)["images_per_s"] for n in names}
-    steps = {n: max(1, round(args.budget_minutes * 60 * speed[n] / images_per_step)) for n in names}
+    speed = {p: last_record(out / "probe" / p)["images_per_s"] for p in probes}
+    before = {n: speed.get(n + WITHOUT, speed[n]) for n in names}  # images/s before the adversarial term starts
+    seconds = args.budget_minutes * 60
+    steps = {n: steps_in(seconds, starts[n], before[n] / images_per_step, speed[n] / images_per_step) for n in names}
     if args.probe_only:
         for n in names:
-            print(f"{n}: {speed[n]:.1f} images/s, {steps[n]} steps in {args.budget_minutes} minutes")
+            without = f" ({before[n]:.1f} without its adversarial term)" if n + WITHOUT in speed else ""
+            print(f"{n}: {speed[n]:.1f} images/s{without}, {steps[n]} steps in {args.budget_minutes} minutes")
         return
     # 2. The timed runs, then 3. test evaluations.
     run_all(
@@ -196,6 +235,7 @@ def main() -> None:
         results[n] = {
             "overrides": variants[n],
             "images_per_s_probe": speed[n],
+            **({"images_per_s_probe_without_adversarial": before[n]} if n + WITHOUT in speed else {}),
             "steps": steps[n],
             "train_seconds": train_seconds(out / "runs" / n, images_per_step),
             **{

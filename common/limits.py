@@ -34,6 +34,9 @@ MAX_LESIONS = 16
 # below what overflows a weight allocation.
 MAX_WIDTH = 8192
 MAX_LAYERS = 256
+# Stride-2 layers of stage 1's PatchGAN discriminator after its first (loss.adversarial.layers): a 256x256 slice
+# halved 7 times, then through its two stride-1 4x4 convolutions, leaves no patch to judge; 6 leave a 2x2 grid.
+MAX_DISCRIMINATOR_LAYERS = 6
 # DataLoader workers per training process (data.num_workers). A fixed bound, not the cores of the machine that
 # reads the config: a checkpoint's config is checked again wherever it is evaluated.
 MAX_LOADER_WORKERS = 64

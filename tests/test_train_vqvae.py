@@ -38,9 +38,19 @@ def run_cli(overrides: list[str], *flags: str) -> subprocess.Popen:
     )
 
 
-def test_killed_and_resumed_run_ends_with_identical_weights(demo_shards: Path, tmp_path: Path):
-    """SIGKILL a run after its step-20 checkpoint (mid-epoch: 8 steps per epoch), resume, compare."""
-    steps = ["train.max_steps=40", "train.checkpoint_every=20", "train.eval_every=20"]
+ADVERSARIAL = [  # a small discriminator that starts training at step 10
+    "loss.adversarial.weight=0.5",
+    "loss.adversarial.channels=8",
+    "loss.adversarial.layers=2",
+    "loss.adversarial.start_step=10",
+]
+
+
+@pytest.mark.parametrize("extra", [[], ADVERSARIAL], ids=["plain", "adversarial"])
+def test_killed_and_resumed_run_ends_with_identical_weights(demo_shards: Path, tmp_path: Path, extra: list[str]):
+    """SIGKILL a run after its step-20 checkpoint (mid-epoch: 8 steps per epoch), resume, compare (with the
+    adversarial term: the discriminator and its optimizer too)."""
+    steps = ["train.max_steps=40", "train.checkpoint_every=20", "train.eval_every=20", *extra]
     straight = run_cli(tiny(demo_shards, tmp_path / "straight", *steps))
     assert straight.wait(timeout=300) == 0, straight.stdout.read()
 
@@ -62,6 +72,12 @@ def test_killed_and_resumed_run_ends_with_identical_weights(demo_shards: Path, t
     state_a = load_training_state(tmp_path / "straight" / "checkpoints" / "step_0000040")
     state_b = load_training_state(tmp_path / "killed" / "checkpoints" / "step_0000040")
     assert state_a["scheduler"] == state_b["scheduler"]
+    if extra:
+        a = load_weights(tmp_path / "straight" / "checkpoints" / "step_0000040", "discriminator")
+        b = load_weights(tmp_path / "killed" / "checkpoints" / "step_0000040", "discriminator")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        torch.testing.assert_close(state_a["companions"], state_b["companions"], rtol=0, atol=0)
+        assert state_a["companions"]["discriminator"]["state"]  # it trained
     rows = [json.loads(r) for r in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(2, 41, 2))  # no duplicated rows after resuming
 

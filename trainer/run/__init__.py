@@ -3,7 +3,8 @@
 config_file     strict YAML configs: unknown keys and wrong types refused, `--set` overrides
 train_config    the config sections both stages have: optimisation schedule, wandb
 checkpoint      checkpoint folders: atomic writes, safetensors weights, which are good, resolving a run folder
-training_run    TrainingRun: the Accelerator, resuming, the metrics window, divergence stop, saving
+training_run    TrainingRun: the Accelerator, resuming, the metrics window, divergence stop, saving; a Companion
+                module trained beside the model (stage 1's discriminator) is resumed and saved with it
 resume_check    what a resumed run must share with its checkpoint: the model its config builds, its facts
 metrics_file    the metrics log (metrics.jsonl) read back
 lr_schedule     warm-up, then cosine decay

@@ -2,8 +2,10 @@
 
 A checkpoint is a folder `step_0000250/` holding
     model.safetensors   weights and buffers (the EMA codebook included): loading runs no code
-    state.pt            optimizer, scheduler, step, RNG states: plain tensors and numbers, loaded
-                        with torch.load(weights_only=True)
+    NAME.safetensors    the weights of a module trained beside the model, when the run has one (stage 1's
+                        discriminator.safetensors): only training reads them, never the commands that use the model
+    state.pt            optimizer, scheduler, step, RNG states (and the optimizer of each module beside the model):
+                        plain tensors and numbers, loaded with torch.load(weights_only=True)
     config.yaml         the config it was trained with
     *.json              facts the config does not hold (stage 2: the grid, K and the VQ-VAE it models)
     health.json         whether the weights are good: {"good": true} once a finite training loss was computed
@@ -61,15 +63,18 @@ def save_checkpoint(
     config: dict,
     keep: int,
     extra_json: dict[str, dict] | None = None,
+    beside: dict[str, torch.nn.Module] | None = None,
 ) -> Path:
-    """Write checkpoint `step` atomically under `directory`, then prune to the newest `keep`."""
+    """Write checkpoint `step` atomically under `directory`, then prune to the newest `keep`. `beside` holds
+    modules trained beside the model ({name: module}), saved as NAME.safetensors."""
     final = directory / f"step_{step:07d}"
     tmp = directory / f".step_{step:07d}.tmp"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(weights, tmp / "model.safetensors")
+        for name, module in {"model": model, **(beside or {})}.items():
+            weights = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            save_file(weights, tmp / f"{name}.safetensors")
         torch.save({**training_state, "step": step, "rng": rng_state()}, tmp / "state.pt")
         (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         for name, content in (extra_json or {}).items():
@@ -124,15 +129,18 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated or not ours; the message names it."""
 
 
-def weights_are_finite(model: torch.nn.Module) -> bool:
+def weights_are_finite(*models: torch.nn.Module) -> bool:
     """Whether every weight and buffer is finite: a checkpoint of NaN weights is never worth writing."""
-    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+    return all(
+        bool(torch.isfinite(v).all()) for model in models for v in model.state_dict().values() if v.is_floating_point()
+    )
 
 
-def load_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
-    path = checkpoint / "model.safetensors"
+def load_weights(checkpoint: Path, name: str = "model") -> dict[str, torch.Tensor]:
+    """The weights of NAME.safetensors: the model's, or those of a module trained beside it."""
+    path = checkpoint / f"{name}.safetensors"
     if not path.is_file():
-        raise CheckpointError(f"{path}: no model weights (is {checkpoint} a checkpoint folder?)")
+        raise CheckpointError(f"{path}: no {name} weights (is {checkpoint} a checkpoint folder?)")
     try:
         return load_file(path)
     except Exception as err:  # safetensors raises its own error types for a truncated or foreign file

@@ -7,6 +7,9 @@ other.
 Gradient accumulation is Accelerate's own: each micro-step runs inside `accelerator.accumulate(model)`
 (no gradient all-reduce but on the last one; `accelerator.backward` divides the loss by `grad_accum`),
 and the optimizer steps once per `grad_accum` micro-steps.
+
+A module trained beside the model with an optimizer of its own (stage 1's discriminator) is a Companion: restored,
+compiled, wrapped for the devices and saved with the model, so a resumed run continues it exactly too.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -42,7 +47,7 @@ from trainer.run.config_file import config_to_dict
 from trainer.run.launcher import _launcher_cmdline, process_report, requested_processes
 from trainer.run.metrics_file import read_metrics
 from trainer.run.peers import timeouts, watch_peers
-from trainer.run.resume_check import check_resumable
+from trainer.run.resume_check import ResumeMismatch, check_resumable
 from trainer.run.train_config import TrainConfig, WandbConfig
 from trainer.run.wandb_logging import quiet_wandb, wandb_location, wandb_mode
 
@@ -65,6 +70,22 @@ def diverged(what: str, step: int, checkpoints: Path) -> TrainingDiverged:
 
 def is_due(step: int, every: int, last: int) -> bool:
     return step % every == 0 or step == last
+
+
+@dataclass
+class Companion:
+    """A module trained beside the model with an optimizer of its own. TrainingRun.start restores both from the
+    checkpoint it resumes (NAME.safetensors, the optimizer's state in state.pt), compiles the module when the model
+    is (`compiled`: torch.compile's module, or the module itself), wraps it for the devices (`wrapped`: DDP on several
+    processes) and replaces `optimizer` by the prepared one; every checkpoint saves them. `built_by` names the config
+    keys that shape the module, for the message when a checkpoint holds one of another shape."""
+
+    name: str
+    module: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    built_by: str
+    compiled: torch.nn.Module | None = None
+    wrapped: torch.nn.Module | None = None
 
 
 class TrainingRun:
@@ -113,6 +134,7 @@ class TrainingRun:
         # was finite: the weights saved at that step are good without waiting for the next loss.
         self.unjudged: list[Path] = []
         self.evaluated_at = -1
+        self.companions: list[Companion] = []
         # The gradients of 1x1 convolutions come back with other strides on their size-1 axes than
         # the weights have; DDP then copies them (a few KiB) and warns at every backward.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
@@ -124,11 +146,13 @@ class TrainingRun:
         scheduler: Any,
         config: Any,
         facts: dict[str, tuple[Path, dict]] | None = None,
+        companions: Sequence[Companion] = (),
     ) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
         """Restore the newest checkpoint when resuming (`config` and `facts` must describe its model:
-        trainer/run/resume_check.py), wrap model and optimizer for the devices (compiling first if asked), open
-        the logs. Returns (wrapped model, optimizer, start step)."""
+        trainer/run/resume_check.py), wrap model and optimizer, and the companions', for the devices (compiling
+        first if asked), open the logs. Returns (wrapped model, optimizer, start step)."""
         accelerator, start_step, kept_rows = self.accelerator, 0, []
+        self.companions = list(companions)
         if self.resume:
             start_step = self.restore(model, optimizer, scheduler, config, facts or {})
             self.check_same_start(start_step)
@@ -142,6 +166,9 @@ class TrainingRun:
         with warnings.catch_warnings():  # torch renames broadcast_buffers; Accelerate cannot pass the new name yet
             warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
             trained, optimizer = accelerator.prepare(trained, optimizer)
+            for companion in self.companions:
+                companion.compiled = torch.compile(companion.module) if self.train.compile else companion.module
+                companion.wrapped, companion.optimizer = accelerator.prepare(companion.compiled, companion.optimizer)
         if accelerator.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             self.write_metrics("".join(r + "\n" for r in kept_rows), "w")
@@ -182,6 +209,7 @@ class TrainingRun:
                 weights, state = load_weights(checkpoint), load_training_state(checkpoint)
                 changed = check_resumable(checkpoint, config, facts)
                 model.load_state_dict(weights)
+                self.restore_companions(checkpoint, state)
             except (CheckpointError, RuntimeError) as err:
                 self.accelerator.print(f"cannot resume from {checkpoint}: {err}; trying an older checkpoint")
                 continue
@@ -196,6 +224,28 @@ class TrainingRun:
         raise CheckpointError(
             f"{self.checkpoints}: no checkpoint loads (see above); remove them or choose another out_dir"
         )
+
+    def restore_companions(self, checkpoint: Path, state: dict) -> None:
+        """Load each companion and its optimizer from `checkpoint`; one the checkpoint lacks (the run trained
+        without it until now) starts untrained, saying so. A companion of another shape stops the run
+        (ResumeMismatch): the checkpoint is not broken, the config differs."""
+        for companion in self.companions:
+            path = checkpoint / f"{companion.name}.safetensors"
+            if not path.is_file():
+                self.accelerator.print(f"{checkpoint} holds no {companion.name}: it starts untrained")
+                continue
+            weights = load_weights(checkpoint, companion.name)
+            try:
+                companion.module.load_state_dict(weights)
+            except RuntimeError as err:
+                raise ResumeMismatch(
+                    f"{path}: a {companion.name} of another shape than this run's ({str(err).splitlines()[0]}); "
+                    f"resume with the {companion.built_by} of {checkpoint / 'config.yaml'}, or choose another out_dir"
+                ) from None
+            optimizer_state = state.get("companions", {}).get(companion.name)
+            if optimizer_state is None:
+                raise CheckpointError(f"{checkpoint / 'state.pt'}: no optimizer state for the {companion.name}")
+            companion.optimizer.load_state_dict(optimizer_state)
 
     def check_same_start(self, step: int) -> None:
         """Every process must resume from the same step: a machine that sees another out_dir (no shared
@@ -215,29 +265,35 @@ class TrainingRun:
         self.window = stacked if self.window is None else self.window + stacked
 
     def optimizer_step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-        """After the last micro-step: clip gradients (if configured), step, advance the schedule, clear
-        the gradients."""
-        if self.train.grad_clip:
-            self.accelerator.clip_grad_norm_(model.parameters(), self.train.grad_clip)
-        optimizer.step()
+        """After the last micro-step: clip gradients (if configured), step, clear the gradients, advance the
+        schedule."""
+        self.clip_and_step(model.parameters(), optimizer)
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         self.window_steps += 1
+
+    def clip_and_step(self, parameters: Iterable[torch.nn.Parameter], optimizer: torch.optim.Optimizer) -> None:
+        """Clip the gradients of `parameters` to train.grad_clip (if set), step `optimizer`, clear them."""
+        if self.train.grad_clip:
+            self.accelerator.clip_grad_norm_(parameters, self.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def reports_at(self, step: int) -> bool:
         """Whether `step` logs, evaluates or checkpoints (the only steps that sync with the host)."""
         tc = self.train
         return any(is_due(step, every, tc.max_steps) for every in (tc.log_every, tc.eval_every, tc.checkpoint_every))
 
-    def take_window(self, step: int) -> tuple[list[float], int, float]:
+    def take_window(self, step: int, names: Sequence[str] = ("loss",)) -> tuple[list[float], int, float]:
         """(per-micro-step means of the window's metrics over all ranks, optimizer steps and seconds it
         spans), then empty it (its clock restarts after `log`, so evaluation time is not training time).
-        One host sync; stops the run on NaN/Inf in the loss."""
+        One host sync; stops the run on NaN/Inf in any metric (a loss, a discriminator's too), naming the first by
+        `names` (the metrics' names in the order add_metrics takes them)."""
         means = (self.accelerator.reduce(self.window, "mean") / (self.window_steps * self.train.grad_accum)).tolist()
-        finite = all(map(math.isfinite, means))
-        self.judge(finite, f"{'a finite' if finite else 'a non-finite'} loss followed (reported at step {step})")
-        if not finite:
-            raise diverged(f"loss became {means[0]}", step, self.checkpoints)
+        bad = [i for i, mean in enumerate(means) if not math.isfinite(mean)]
+        self.judge(not bad, f"{'a non-finite' if bad else 'a finite'} loss followed (reported at step {step})")
+        if bad:
+            name = names[bad[0]] if bad[0] < len(names) else f"metric {bad[0]}"
+            raise diverged(f"{name} became {means[bad[0]]}", step, self.checkpoints)
         taken = (means, self.window_steps, time.perf_counter() - self.window_start)
         self.window, self.window_steps = None, 0
         return taken
@@ -288,15 +344,24 @@ class TrainingRun:
         """Write checkpoint `step`, unless its weights are not finite: then stop without saving them (the loss
         of a step is computed before its update, so a finite loss does not mean finite weights). Weights
         evaluated finite at this step are saved as good; others wait for the next report's loss."""
-        if not weights_are_finite(model):  # every rank: the weights are the same, so all stop together
+        if not weights_are_finite(model, *(c.module for c in self.companions)):  # the same on every rank: all stop
             raise diverged("weights became NaN/Inf (not saved)", step, self.checkpoints)
         evaluated = self.evaluated_at == step
         if evaluated:
             extra_json = {**(extra_json or {}), **health_record(True, f"finite evaluation at step {step}")}
         if self.accelerator.is_main_process:
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+            if self.companions:
+                state["companions"] = {c.name: c.optimizer.state_dict() for c in self.companions}
             saved = save_checkpoint(
-                self.checkpoints, step, model, state, config_to_dict(config), self.train.keep_checkpoints, extra_json
+                self.checkpoints,
+                step,
+                model,
+                state,
+                config_to_dict(config),
+                self.train.keep_checkpoints,
+                extra_json,
+                beside={c.name: c.module for c in self.companions},
             )
             self.unjudged += [] if evaluated else [saved]
         self.accelerator.wait_for_everyone()

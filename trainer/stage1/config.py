@@ -6,7 +6,14 @@ import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from common.limits import MAX_BATCH, MAX_CODES, MAX_LAYERS, MAX_LOADER_WORKERS, MAX_WIDTH
+from common.limits import (
+    MAX_BATCH,
+    MAX_CODES,
+    MAX_DISCRIMINATOR_LAYERS,
+    MAX_LAYERS,
+    MAX_LOADER_WORKERS,
+    MAX_WIDTH,
+)
 from trainer.run.config_file import check_sections, require, require_range
 from trainer.run.train_config import TrainConfig, WandbConfig, check_seed
 
@@ -90,14 +97,42 @@ class QuantizerConfig:
 
 
 @dataclass
+class AdversarialConfig:
+    """VQGAN's adversarial term (Esser et al. 2021; stage1/adversarial.py): a PatchGAN discriminator
+    (stage1/discriminator.py) trained against the decoder, whose loss joins the generator's as weight x lambda x L_gan,
+    lambda the adaptive weight (the ratio of the two losses' gradient norms at the decoder's last layer). Off while
+    `weight` is 0, the default: then no discriminator is built, drawn, trained or saved, and a run is the one
+    without this section."""
+
+    weight: float = 0.0  # 0: off. VQGAN: 0.8 (with the adaptive weight)
+    kind: str = "hinge"  # "hinge" or "non_saturating" (the logistic loss, -log D(fake) for the generator)
+    adaptive: bool = True  # scale L_gan by lambda (VQGAN); false: weight x L_gan (MONAI's brain tutorials: 0.01)
+    start_step: int = 0  # optimizer steps before the term and the discriminator's training begin (both at once)
+    lr: float = 2e-4  # the discriminator's AdamW (betas (0.5, 0.9) as VQGAN's, no weight decay), constant
+    channels: int = 64  # the discriminator's first width; it doubles per layer up to 8 x this
+    layers: int = 3  # stride-2 layers after the first: 3 gives 70x70 patches, a 30x30 grid of logits
+
+    def check(self) -> None:
+        require(self.weight >= 0, "loss.adversarial.weight", "must be >= 0 (0: off)")
+        require(self.kind in ("hinge", "non_saturating"), "loss.adversarial.kind", "must be hinge or non_saturating")
+        require(self.start_step >= 0, "loss.adversarial.start_step", "must be >= 0")
+        require(self.lr > 0, "loss.adversarial.lr", "must be > 0")
+        require_range(self.channels, 1, MAX_WIDTH // 8, "loss.adversarial.channels")  # its widest layer: 8 x this
+        require_range(self.layers, 1, MAX_DISCRIMINATOR_LAYERS, "loss.adversarial.layers")
+
+
+@dataclass
 class LossConfig:
     """Stage 1's reconstruction loss: MSE + ssim_weight * (1 - SSIM) (SSIM as everywhere: Gaussian 11, sigma
-    1.5, data range 1), a structure term against MSE's blur (Zhao et al., "Loss functions for image restoration")."""
+    1.5, data range 1), a structure term against MSE's blur (Zhao et al., "Loss functions for image restoration"),
+    and optionally an adversarial term against what blur remains (`adversarial`)."""
 
     ssim_weight: float = 0.0
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
     def check(self) -> None:
         require(self.ssim_weight >= 0, "loss.ssim_weight", "must be >= 0")
+        self.adversarial.check()
 
 
 @dataclass
@@ -116,3 +151,11 @@ class VQVAEConfig:
     def check(self) -> None:
         check_seed(self.seed)
         check_sections(self)
+        # fp16's loss scaling: Accelerate keeps one GradScaler, and each of two optimizers' steps would update it,
+        # unscaling the discriminator's gradients with a scale they were not scaled by
+        require(
+            not (self.loss.adversarial.weight and self.train.mixed_precision == "fp16"),
+            "loss.adversarial.weight",
+            "the adversarial term does not train under train.mixed_precision fp16 (one loss scale for two "
+            "optimizers); use bf16 or no",
+        )

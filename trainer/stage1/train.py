@@ -6,6 +6,7 @@ the model and optimizer (devices, DDP, mixed precision) and carries the trackers
 
 Training is step-based (`train.max_steps`); every rank streams its share of each epoch, so all
 ranks take the same number of steps. Host syncs happen once per `log_every` steps, not per step.
+With `loss.adversarial.weight` above 0 a discriminator trains beside the model (stage1/adversarial.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from trainer.run.config_file import load_config
 from trainer.run.lr_schedule import lr_schedule
 from trainer.run.options import TRAINING_INTERRUPT_KEEPS, add_training_arguments
 from trainer.run.training_run import TrainingRun, is_due
+from trainer.stage1.adversarial import WINDOW, AdversarialTraining
 from trainer.stage1.config import VQVAEConfig
 from trainer.stage1.data import SliceShards, epoch_batches, train_batches, training_source
 from trainer.stage1.image_metrics import reconstruction_loss, reconstruction_metrics
@@ -104,7 +106,13 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
     model = build_vqvae(cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(tc))
-    trained, optimizer, start_step = run.start(model, optimizer, scheduler, cfg)
+    adversarial = None
+    if cfg.loss.adversarial.weight:
+        adversarial = AdversarialTraining(cfg.loss.adversarial, model.last_decoder_layer(), cfg.seed, run)
+    companions = [adversarial.companion] if adversarial else []
+    trained, optimizer, start_step = run.start(model, optimizer, scheduler, cfg, companions=companions)
+    accumulated = [trained, *(c.wrapped for c in companions)]  # the modules whose gradients accumulate
+    window = ("loss", "recon_loss", "commitment_loss", "perplexity", *(WINDOW if adversarial else ()))
 
     samples_per_step = cfg.data.batch_size * tc.grad_accum
     batches = training_batches(cfg, accelerator, start_sample=start_step * samples_per_step)
@@ -120,17 +128,23 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
     for step in progress:
         for _ in range(tc.grad_accum):
             images = next(batches).images.to(accelerator.device, non_blocking=True)
-            with accelerator.accumulate(trained):
+            with accelerator.accumulate(*accumulated):
                 recon, quantized = trained(images)
                 recon_loss = reconstruction_loss(recon, images, cfg.loss.ssim_weight)
                 loss = recon_loss + quantized.loss
+                if adversarial and adversarial.active(step):
+                    loss = loss + adversarial.generator_term(recon, recon_loss)
+                    adversarial.backward_discriminator(images, recon)
                 accelerator.backward(loss)
-            run.add_metrics(loss, recon_loss, quantized.commitment_loss, quantized.perplexity)
+            extra = adversarial.window_values(step) if adversarial else ()
+            run.add_metrics(loss, recon_loss, quantized.commitment_loss, quantized.perplexity, *extra)
         run.optimizer_step(model, optimizer, scheduler)
+        if adversarial and adversarial.active(step):
+            adversarial.optimizer_step()
         done = step + 1
 
         if run.reports_at(done):
-            means, window_steps, seconds = run.take_window(done)
+            means, window_steps, seconds = run.take_window(done, window)
             record = {
                 "step": done,
                 "loss": means[0],
@@ -140,6 +154,7 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
                 "lr": scheduler.get_last_lr()[0],
                 "codebook_restarts": int(getattr(model.quantizer, "restart_count", 0)),
                 "images_per_s": window_steps * samples_per_step * accelerator.num_processes / seconds,
+                **(adversarial.report(means[4:]) if adversarial else {}),
             }
             images = {}
             if is_due(done, tc.eval_every, tc.max_steps):

@@ -107,6 +107,11 @@ class VQVAE(nn.Module):
         quantized = self.quantizer(self.encoder(images))
         return self.decoder(quantized.z_q), quantized
 
+    def last_decoder_layer(self) -> nn.ConvTranspose2d:
+        """The decoder's last layer, whose output is the image: VQGAN's adaptive weight compares the gradients of
+        the reconstruction and adversarial losses at its weight (stage1/adversarial.py)."""
+        return self.decoder.net[-1]
+
     @torch.no_grad()
     def encode(self, images: Tensor) -> Tensor:
         """Images (B, 1, H, W) in [0, 1] -> code indices (B, H / downsample, W / downsample)."""
