@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from common.digest import file_sha256
-from export.runtime.reconstruct import read_slice
+from common.slice_inputs import read_slice
 from trainer.run.checkpoint import save_checkpoint
 from trainer.run.config_file import config_to_dict
 from trainer.stage1.config import ModelConfig, QuantizerConfig, VQVAEConfig
