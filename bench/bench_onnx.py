@@ -36,7 +36,7 @@ import torch
 from common.sampling_rule import sampling_randomness
 from export.onnx_export import export_models
 from export.runtime.onnx_models import ExportedModels
-from export.runtime.sample import sample_codes
+from export.runtime.prior_sampler import sample_codes
 from trainer.run.config_file import load_config
 from trainer.stage1.config import VQVAEConfig
 from trainer.stage1.vqvae import VQVAE

@@ -22,7 +22,7 @@ from bench_onnx import NUM_CODES, NUM_CONDITIONS, REPO, VQVAE_CONFIG, machine, t
 from common.sampling_rule import sampling_randomness
 from export.onnx_export import export_models
 from export.runtime.onnx_models import ExportedModels
-from export.runtime.sample import sample_codes as pixelcnn_sample_codes
+from export.runtime.prior_sampler import sample_codes as pixelcnn_sample_codes
 from export.runtime.transformer_sampler import sample_codes
 from export.transformer_onnx import export_step
 from trainer.run.config_file import load_config
