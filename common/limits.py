@@ -27,6 +27,9 @@ MAX_SEED = 2**32 - 1
 # Slice positions per volume (shard --positions): a volume has at most a few thousand slices along an axis, and
 # each position is a slice condition the prior learns an embedding for.
 MAX_POSITIONS = 4096
+# Healings per slice (anomaly --healings): each is one more row in every prior step and one more decode; their mean
+# stops changing long before this, and 64 rows of a 1,024-step pass are a minute per slice on a CPU core.
+MAX_HEALINGS = 64
 # Layer widths (channels, code dimension, transformer width) and depths: far beyond any model here, well
 # below what overflows a weight allocation.
 MAX_WIDTH = 8192
