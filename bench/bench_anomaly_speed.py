@@ -39,23 +39,26 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-dir", type=Path, required=True, help="an `export onnx` folder with anomaly thresholds")
     p.add_argument("--images", type=Path, default=DEMO_PNGS, help="PNG slices (default: the demo test slices)")
-    p.add_argument("--slices", type=int, default=5, help="slices timed, after one warm-up (default: %(default)s)")
+    p.add_argument("--slices", type=int, default=4, help="slices timed, after a warm-up pass (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=1, help="slices per prior pass (--batch-size) (default: %(default)s)")
     p.add_argument("--healings", default="1,4,8,16", help="healings to time, comma-separated (default: %(default)s)")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
     return p.parse_args()
 
 
-def time_slices(models: OnnxAnomalyModels, slices: list, conditions: list, options: HealingOptions) -> dict:
-    """Mean wall and CPU seconds per slice over `slices` (the first is a warm-up), and codes resampled per slice."""
+def time_slices(models: OnnxAnomalyModels, slices: list, conditions: list, options: HealingOptions, batch: int) -> dict:
+    """Mean wall and CPU seconds per slice, `batch` slices per pass (the first pass is a warm-up), and codes
+    resampled per slice."""
     wall, cpu, resampled = [], [], []
-    for number, (pixels, condition) in enumerate(zip(slices, conditions)):
+    for start in range(0, len(slices) - batch + 1, batch):
+        part = slice(start, start + batch)
+        cond = None if conditions[0] is None else np.array(conditions[part])
         started, started_cpu = time.perf_counter(), time.process_time()
-        cond = None if condition is None else np.array([condition])
-        maps = slice_maps(models, pixels[None], cond, [number], options)
-        if number:
-            wall.append(time.perf_counter() - started)
-            cpu.append(time.process_time() - started_cpu)
-            resampled.append(int(maps["resample_mask"].sum()))
+        maps = slice_maps(models, np.stack(slices[part]), cond, list(range(start, start + batch)), options)
+        if start:
+            wall.append((time.perf_counter() - started) / batch)
+            cpu.append((time.process_time() - started_cpu) / batch)
+            resampled += maps["resample_mask"].sum(axis=(1, 2)).tolist()
     return {"wall_s": float(np.mean(wall)), "cpu_s": float(np.mean(cpu)), "codes_resampled": float(np.mean(resampled))}
 
 
@@ -63,26 +66,28 @@ def main() -> None:
     args = parse_args()
     models = ExportedModels(args.model_dir, threads=1)
     info = models.info
-    files = png_files([args.images])[: args.slices + 1]
+    files = png_files([args.images])[: args.slices + args.batch]
     slices = [read_slice(f, str(f), info["image_size"]) for f in files]
     conditions = [name_position(f.name) if info["num_conditions"] else None for f in files]
     threshold = threshold_of(info.get("anomaly"), DEFAULT_QUANTILE, str(args.model_dir))
     results = []
-    print(f"{len(files) - 1} slices of {args.images}, prior {info['prior_kind']}, threshold {threshold:.3f} nats")
+    print(
+        f"{len(files) - args.batch} slices of {args.images} timed, {args.batch} per pass, prior {info['prior_kind']}, "
+        f"threshold {threshold:.3f} nats"
+    )
     print("| healings | wall s / slice | CPU s / slice | codes resampled |")
     print("|---|---|---|---|")
     for healings in (int(h) for h in args.healings.split(",")):
-        row = {
-            "healings": healings,
-            **time_slices(OnnxAnomalyModels(models), slices, conditions, HealingOptions(threshold, healings)),
-        }
+        options = HealingOptions(threshold, healings)
+        row = {"healings": healings, **time_slices(OnnxAnomalyModels(models), slices, conditions, options, args.batch)}
         results.append(row)
         print(f"| {healings} | {row['wall_s']:.2f} | {row['cpu_s']:.2f} | {row['codes_resampled']:.1f} |", flush=True)
     if args.json:
         about = {
             "model_dir": str(args.model_dir),
             "affinity": sorted(os.sched_getaffinity(0)),
-            "slices": len(files) - 1,
+            "slices": len(files) - args.batch,
+            "batch": args.batch,
         }
         args.json.write_text(json.dumps({**about, "results": results}, indent=1) + "\n")
 

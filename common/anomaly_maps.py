@@ -43,7 +43,7 @@ from common.sampling_rule import check_sampling_options, draw, healing_randomnes
 
 QUANTILES = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 DEFAULT_QUANTILE = 0.99
-DEFAULT_HEALINGS = 8
+DEFAULT_HEALINGS = 4  # about 1 s a slice on one CPU core with the CPU transformer (docs/benchmarks.md)
 THRESHOLD_SPLIT = "validate"
 DILATION = 1  # codes
 SMOOTHING = 2.0  # pixels: the Gaussian's sigma

@@ -45,7 +45,7 @@ from common.limits import MAX_HEALINGS
 from common.nifti_options import CutVolume, Slicing, add_slicing_arguments
 from common.output_dir import atomic_output_dir, check_output_dir
 from common.sample_files import save_image
-from common.shard_format import IMAGE_SIZE
+from common.shard_format import IMAGE_SIZE, MANIFEST
 from common.slice_inputs import InputSlice, gather, sample_key
 
 MAPS_FILE = "maps.npz"  # the marker of an anomaly folder; each command records its kind, and --force keeps to its own
@@ -100,9 +100,10 @@ class AnomalyRequest:
             args.force,
         )
 
-    def sources(self, model: Path) -> list[Path]:
-        """Everything read: the output may be none of them, nor hold or lie inside one."""
-        return [Path(model), *self.inputs, *[Path(p) for p in (self.shards, self.nifti) if p is not None]]
+    def sources(self, *models: Path) -> list[Path]:
+        """Everything read (`models`: the model files' folders): the output may be none of them, nor hold or lie
+        inside one."""
+        return [*map(Path, models), *self.inputs, *[Path(p) for p in (self.shards, self.nifti) if p is not None]]
 
     def check_output(self, model: Path, kind: str) -> None:
         """Refuse an output folder that may not be (re)written, before any model is loaded."""
@@ -122,7 +123,13 @@ def quantile_choice(text: str) -> float:
 
 def add_anomaly_arguments(parser: argparse.ArgumentParser) -> None:
     """The options both anomaly commands take (each adds its model's: --checkpoint or --model-dir)."""
-    parser.add_argument("--images", type=Path, nargs="+", default=[], help="PNG files, or folders of them")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="PNG files or folders of them (8-bit gray, 256x256), or one shards folder (with manifest.json; --split)",
+    )
     parser.add_argument("--shards", type=Path, default=None, help="instead: a folder written by `data_tools shard`")
     parser.add_argument(
         "--split",
@@ -253,9 +260,10 @@ class AnomalyInputs:
 def read_inputs(request: AnomalyRequest, num_conditions: int) -> AnomalyInputs:
     """Every input slice, read and checked whole (with its position, for a prior of `num_conditions`) before the
     models' work, so a bad file costs no time and leaves no output."""
-    found, _, source, cut = gather(
-        list(request.inputs), request.shards, request.nifti, request.split, IMAGE_SIZE, request.slicing
-    )
+    inputs, shards = list(request.inputs), request.shards
+    if shards is None and len(inputs) == 1 and (inputs[0] / MANIFEST).is_file():  # --images SHARDS
+        inputs, shards = [], inputs[0]
+    found, _, source, cut = gather(inputs, shards, request.nifti, request.split, IMAGE_SIZE, request.slicing)
     slices = list(found)
     if not slices:
         raise DataError(f"{source}: no slices")
@@ -263,10 +271,17 @@ def read_inputs(request: AnomalyRequest, num_conditions: int) -> AnomalyInputs:
 
 
 def run_anomaly(
-    request: AnomalyRequest, inputs: AnomalyInputs, models: AnomalyModels, record: dict | None, model: Path, kind: str
+    request: AnomalyRequest,
+    inputs: AnomalyInputs,
+    models: AnomalyModels,
+    record: dict | None,
+    model: Path,
+    kind: str,
+    also_read: tuple[Path, ...] = (),
 ) -> dict:
-    """Map every input slice with `models` (a side's: torch or onnxruntime, loaded from `model`), thresholding by
-    `record` (the healthy NLL quantiles), and write the folder, whole or not at all; returns the summary."""
+    """Map every input slice with `models` (a side's: torch or onnxruntime, loaded from `model`, which also read
+    `also_read`), thresholding by `record` (the healthy NLL quantiles), and write the folder, whole or not at all;
+    returns the summary."""
     threshold = threshold_of(record, request.quantile, str(model))
     options = HealingOptions(threshold, request.healings, request.seed, request.temperature, request.top_k)
     slices, conditions = inputs.slices, inputs.conditions
@@ -286,7 +301,7 @@ def run_anomaly(
     }
     positions = [item.position for item in slices] if conditions is None else conditions.tolist()
     title = f"{kind} on {inputs.source} (healthy NLL quantile {request.quantile:g}, {request.healings} healings)"
-    outputs = {"marker": MAPS_FILE, "force": request.force, "inputs": request.sources(model), "kind": kind}
+    outputs = {"marker": MAPS_FILE, "force": request.force, "inputs": request.sources(model, *also_read), "kind": kind}
     with atomic_output_dir(request.out, **outputs) as tmp:
         summary["figure"] = str(request.out / write_outputs(tmp, maps, positions, title).name)
         if inputs.cut is not None:

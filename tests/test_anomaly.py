@@ -180,7 +180,8 @@ def test_the_thresholds_stored_at_export_are_those_trainer_anomaly_computes(prio
 def test_shards_and_a_nifti_volume_are_mapped(priors, demo_shards, tmp_path):
     _, model_dir = priors["transformer"]
     common = ["anomaly", "--model-dir", str(model_dir), "--healings", "1", "--batch-size", "32", "--quiet"]
-    assert export_cli([*common, "--shards", str(demo_shards), "--split", "validate", "--out", str(tmp_path / "s")]) == 0
+    shards = ["--images", str(demo_shards), "--split", "validate"]  # a shards folder given as --images: its split
+    assert export_cli([*common, *shards, "--out", str(tmp_path / "s")]) == 0
     with np.load(tmp_path / "s" / "maps.npz") as maps:
         assert len(maps["names"]) == 32 and str(maps["names"][0]).startswith("case_")
     affine, shape = grid("RAS", (1.0, 1.0, 1.5))

@@ -77,10 +77,11 @@ def run(args: argparse.Namespace) -> None:
     checkpoint = resolve_checkpoint(Path(args.checkpoint))
     request.check_output(checkpoint, KIND)
     prior, _, info = load_prior(checkpoint, args.device)
-    vqvae, _, _, _ = load_paired_vqvae(info, args.vqvae, args.device)
+    vqvae, _, vqvae_path, _ = load_paired_vqvae(info, args.vqvae, args.device)
     inputs = read_inputs(request, prior.shape.num_conditions)
     record = healthy_threshold_record(prior, info, checkpoint)
-    summary = run_anomaly(request, inputs, TorchAnomalyModels(prior, vqvae), record, checkpoint, KIND)
+    read = (vqvae_path, Path(info["codes_dir"]))
+    summary = run_anomaly(request, inputs, TorchAnomalyModels(prior, vqvae), record, checkpoint, KIND, read)
     print(
         f"{summary['slices']} slices, {summary['codes_resampled_mean']:.1f} codes resampled per slice, "
         f"{summary['seconds_per_slice']:.2f} s a slice -> {args.out} (figure: {summary['figure']})"
