@@ -90,7 +90,9 @@ def threshold_of(record: dict | None, quantile: float, where: str) -> float:
 class Healing:
     """The rule of one healing pass over S slices of 1 + healings rows each (row 0 of a slice its scan, teacher-forced,
     then its healings), fed to a prior sampler as `choose`: it records each scan code's NLL and whether it is
-    resampled, and picks every row's code (see the module docstring)."""
+    resampled, and picks every row's code (see the module docstring). `codes` (S, h, w) are the scans', `uniforms`
+    (S, healings, h, w) the healings' (healing_randomness). The NLL is the prior's own (no temperature): the
+    temperature and top_k shape only the draws."""
 
     def __init__(
         self,
@@ -102,7 +104,7 @@ class Healing:
         top_k: int = 0,
     ):
         check_sampling_options(temperature, top_k, num_codes)
-        self.codes, self.threshold, self.uniforms = codes.astype(np.int64), threshold, uniforms  # uniforms (S, n, h, w)
+        self.codes, self.threshold, self.uniforms = codes.astype(np.int64), threshold, uniforms
         self.temperature, self.top_k = temperature, top_k
         self.rows = 1 + uniforms.shape[1]
         self.nll = np.zeros(codes.shape, np.float32)

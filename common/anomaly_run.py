@@ -41,7 +41,7 @@ from common.cli import add_batch_size_argument, add_draw_arguments, add_force_ar
 from common.cli_types import integer, non_negative_int
 from common.errors import DataError
 from common.figures.anomaly import anomaly_grid, map_colours, overlay, save_rgb
-from common.limits import MAX_HEALINGS
+from common.limits import MAX_BATCH, MAX_HEALINGS
 from common.nifti_options import CutVolume, Slicing, add_slicing_arguments
 from common.output_dir import atomic_output_dir, check_output_dir
 from common.sample_files import save_image
@@ -105,8 +105,15 @@ class AnomalyRequest:
         inside one."""
         return [*map(Path, models), *self.inputs, *[Path(p) for p in (self.shards, self.nifti) if p is not None]]
 
-    def check_output(self, model: Path, kind: str) -> None:
-        """Refuse an output folder that may not be (re)written, before any model is loaded."""
+    def check(self, model: Path, kind: str) -> None:
+        """Refuse, before any model is loaded, an output folder that may not be (re)written and a prior pass of more
+        rows than MAX_BATCH (each row holds a key/value cache or a PixelCNN band: 4,096 are GiBs)."""
+        rows = self.batch_size * (1 + self.healings)
+        if rows > MAX_BATCH:
+            raise ValueError(
+                f"--batch-size {self.batch_size} x (1 + --healings {self.healings}) is {rows} rows per prior pass, "
+                f"more than {MAX_BATCH}; map fewer slices per pass"
+            )
         check_output_dir(self.out, marker=MAPS_FILE, force=self.force, inputs=self.sources(model), kind=kind)
 
 
@@ -201,10 +208,10 @@ def map_slices(
     batches = range(0, len(slices), batch_size)
     with tqdm(total=models.height * len(batches), desc="anomaly", unit="row", disable=not show_progress) as bar:
         for start in batches:
-            part = slice(start, start + batch_size)
-            pixels = np.stack([item.pixels for item in slices[part]])
-            condition = None if conditions is None else conditions[part]
-            parts.append(slice_maps(models, pixels, condition, list(range(len(slices)))[part], options, bar))
+            numbers = list(range(start, min(start + batch_size, len(slices))))  # their healings' randomness
+            pixels = np.stack([slices[n].pixels for n in numbers])
+            condition = None if conditions is None else conditions[numbers]
+            parts.append(slice_maps(models, pixels, condition, numbers, options, bar))
     maps = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
     return {"names": np.asarray([item.name for item in slices], str), **maps}
 
@@ -213,11 +220,11 @@ def write_pngs(out: Path, maps: dict[str, np.ndarray]) -> None:
     """png/KEY_scan.png, _healed.png, _map.png and _overlay.png of every slice."""
     (out / "png").mkdir()
     for name, scan, healed, anomaly in zip(maps["names"], maps["scan"], maps["healed"], maps["anomaly"]):
-        stem = out / "png" / sample_key(str(name))
-        save_image(scan, stem.with_name(f"{stem.name}_scan.png"))
-        save_image(healed, stem.with_name(f"{stem.name}_healed.png"))
-        save_rgb(map_colours(anomaly), stem.with_name(f"{stem.name}_map.png"))
-        save_rgb(overlay(scan, anomaly), stem.with_name(f"{stem.name}_overlay.png"))
+        key = sample_key(str(name))
+        save_image(scan, out / "png" / f"{key}_scan.png")
+        save_image(healed, out / "png" / f"{key}_healed.png")
+        save_rgb(map_colours(anomaly), out / "png" / f"{key}_map.png")
+        save_rgb(overlay(scan, anomaly), out / "png" / f"{key}_overlay.png")
 
 
 def write_outputs(out: Path, maps: dict[str, np.ndarray], positions: list[int | None], title: str) -> Path:

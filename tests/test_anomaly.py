@@ -210,6 +210,7 @@ BAD_INPUTS = {
     "no healings": (lambda d: ["--images", str(PNGS[0]), "--healings", "0"], "argument --healings: must be an integer"),
     "huge healings": (lambda d: ["--images", str(PNGS[0]), "--healings", "10000000"], "argument --healings: must be"),
     "quantile off the table": (lambda d: ["--images", str(PNGS[0]), "--quantile", "0.97"], "argument --quantile"),
+    "a pass too large": (lambda d: ["--images", str(PNGS[0]), "--batch-size", "4096"], "20480 rows per prior pass"),
 }
 
 

@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     request = AnomalyRequest.from_args(args)
-    request.check_output(args.model_dir, KIND)
+    request.check(args.model_dir, KIND)
     models = ExportedModels(args.model_dir, threads=args.threads)
     info = models.info
     inputs = read_inputs(request, info["num_conditions"])

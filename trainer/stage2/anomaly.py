@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     request = AnomalyRequest.from_args(args)
     checkpoint = resolve_checkpoint(Path(args.checkpoint))
-    request.check_output(checkpoint, KIND)
+    request.check(checkpoint, KIND)
     prior, _, info = load_prior(checkpoint, args.device)
     vqvae, _, vqvae_path, _ = load_paired_vqvae(info, args.vqvae, args.device)
     inputs = read_inputs(request, prior.shape.num_conditions)
