@@ -3,7 +3,7 @@
 Sampling a batch of --batch code grids, --grid x --grid, K = 512, with a prior of the PriorModelConfig
 defaults (trainer/stage2/config.py) conditioned on 32 slice positions. Random weights: the work per sample
 does not depend on them.
-  * onnxruntime: export/runtime/sample.py's sampler (what `python -m export sample` runs), exact and fast:
+  * onnxruntime: export/runtime/prior_sampler.py's sampler (what `python -m export sample` runs), exact and fast:
     one prior_row call per row, one prior_cell call per cell, on windows covering the receptive field;
   * PyTorch fast: trainer.stage2.pixelcnn.sample, the same algorithm in eager torch (checked to draw the
     same codes);
@@ -36,7 +36,7 @@ import torch
 from common.sampling_rule import sampling_randomness
 from export.onnx_export import export_models
 from export.runtime.onnx_models import ExportedModels
-from export.runtime.sample import sample_codes
+from export.runtime.prior_sampler import sample_codes
 from trainer.run.config_file import load_config
 from trainer.stage1.config import VQVAEConfig
 from trainer.stage1.vqvae import VQVAE

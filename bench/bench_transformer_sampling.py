@@ -3,7 +3,7 @@ priors of several sizes, side by side with the gated PixelCNN of configs/prior_o
 
 Random weights: the work per grid does not depend on them. Each transformer is exported as its
 `prior_step` model (export/transformer_onnx.py) and sampled by export/runtime/transformer_sampler.py; the
-PixelCNN by export/runtime/sample.py, as `python -m export sample` does. The issue's goal: <= 3 s per 16
+PixelCNN by export/runtime/prior_sampler.py, as `python -m export sample` does. The issue's goal: <= 3 s per 16
 brains on one core. Run it pinned to one core:
     OMP_NUM_THREADS=1 taskset -c 1 python bench/bench_transformer_sampling.py --json /tmp/bench.json
 """
@@ -22,7 +22,7 @@ from bench_onnx import NUM_CODES, NUM_CONDITIONS, REPO, VQVAE_CONFIG, machine, t
 from common.sampling_rule import sampling_randomness
 from export.onnx_export import export_models
 from export.runtime.onnx_models import ExportedModels
-from export.runtime.sample import sample_codes as pixelcnn_sample_codes
+from export.runtime.prior_sampler import sample_codes as pixelcnn_sample_codes
 from export.runtime.transformer_sampler import sample_codes
 from export.transformer_onnx import export_step
 from trainer.run.config_file import load_config

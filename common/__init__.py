@@ -13,6 +13,9 @@ nifti_options   the slicing options shard --nifti and reconstruct --nifti share;
     cli_types       argparse types for numbers with bounds
     limits          the documented bounds of counts, seeds, threads and K, and why each
     sampling_rule   the random numbers and the draw rule both samplers follow (numpy)
+    slice_inputs    the slices a command runs the models on: PNG files, a split of shards, a NIfTI volume
+    anomaly_maps    anomaly maps after the prior: the healing rule, the map, the score, the healthy thresholds
+    anomaly_run     what `trainer anomaly` and `export anomaly` share: options, inputs, the run, the files
     kv_cache        the transformer prior's key/value cache layout (torch or numpy arrays)
     sample_files    the files a batch of generated brains is written as
     code_usage      codebook perplexity (one definition, numpy or torch)

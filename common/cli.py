@@ -143,11 +143,25 @@ def add_sampling_arguments(
         default=n,
         help=f"number of brains, {min_n} to {MAX_SAMPLES}{why_min} (default: %(default)s)",
     )
+    add_draw_arguments(parser, "brains")
+    if slice_option:
+        parser.add_argument(
+            "--slice",
+            type=non_negative_int,
+            default=None,
+            help="slice position to generate (0..31 on OASIS) if the prior is conditional; "
+            "default: a random position per sample",
+        )
+
+
+def add_draw_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """How the prior draws (--seed, --temperature, --top-k): the samplers' options, and the anomaly commands' for
+    the codes they resample; the same seed gives the same `what` in torch and in onnxruntime."""
     parser.add_argument(
         "--seed",
         type=integer(0, MAX_SEED),
         default=0,
-        help=f"random seed, 0 to {MAX_SEED}; the same seed gives the same brains, in either sampler "
+        help=f"random seed, 0 to {MAX_SEED}; the same seed gives the same {what}, in either sampler "
         "(default: %(default)s)",
     )
     parser.add_argument(
@@ -162,11 +176,3 @@ def add_sampling_arguments(
         default=0,
         help="sample only among the k most likely codes per cell; 0 = all (default: %(default)s)",
     )
-    if slice_option:
-        parser.add_argument(
-            "--slice",
-            type=non_negative_int,
-            default=None,
-            help="slice position to generate (0..31 on OASIS) if the prior is conditional; "
-            "default: a random position per sample",
-        )

@@ -30,6 +30,9 @@ MAX_POSITIONS = 4096
 # Synthetic lesions per slice (data_tools lesions --max-lesions): lesions that may not touch, each up to 30 pixels
 # in radius, stop fitting inside a 256x256 head well before this; past it, slices only hold fewer than asked for.
 MAX_LESIONS = 16
+# Healings per slice (anomaly --healings): each is one more row in every prior step and one more decode; their mean
+# stops changing long before this, and 64 rows of a 1,024-step pass are a minute per slice on a CPU core.
+MAX_HEALINGS = 64
 # Layer widths (channels, code dimension, transformer width) and depths: far beyond any model here, well
 # below what overflows a weight allocation.
 MAX_WIDTH = 8192

@@ -19,11 +19,13 @@ from common.nifti_volume import (
     AXES,
     MIN_FOREGROUND,
     PERCENTILES,
+    POSITIONS,
     Volume,
     Window,
     foreground,
     intensity_window,
     normalised_slice,
+    position_of,
     put_back,
     read_volume,
     slice_range,
@@ -126,6 +128,11 @@ class CutVolume:
         name = self.volume.path.name
         stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else self.volume.path.stem
         return re.sub(r"[^A-Za-z0-9-]", "-", stem).strip("-") or "volume"
+
+    def position(self, name: str, count: int = POSITIONS) -> int:
+        """The slice position (0..count-1, inferior to superior) of a kept slice: the span binned as `shard
+        --nifti` bins it, the condition a prior trained on such shards knows the slice's level by."""
+        return position_of(self.indices[name], min(self.indices.values()), max(self.indices.values()) + 1, count)
 
     def slices(self) -> Iterator[tuple[str, np.ndarray]]:
         """(name, 256x256 uint8) of every kept slice, in order."""

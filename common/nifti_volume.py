@@ -171,8 +171,15 @@ def positions(start: int, stop: int, count: int = POSITIONS) -> list[tuple[int, 
     if count == 0:
         return [(k, k) for k in range(start, stop)]
     if n <= count:
-        return [(start + i, int(count * (i + 0.5) / n)) for i in range(n)]
+        return [(k, position_of(k, start, stop, count)) for k in range(start, stop)]
     return [(start + int((i + 0.5) * n / count), i) for i in range(count)]
+
+
+def position_of(index: int, start: int, stop: int, count: int = POSITIONS) -> int:
+    """The position N of slice `index` of [start, stop) binned to `count` positions: the one `positions` gives it
+    when it keeps it, and the bin it lies in when it does not (a slice between two kept ones), so every slice of
+    the span gets the level a prior conditioned on the positions knows."""
+    return int(count * (index - start + 0.5) / (stop - start))
 
 
 def plane(data: np.ndarray, axis: int, index: int) -> np.ndarray:

@@ -54,6 +54,13 @@ def sampling_randomness(
     return uniforms, (conditions if num_conditions else None)
 
 
+def healing_randomness(number: int, healings: int, height: int, width: int, seed: int) -> np.ndarray:
+    """(healings, height, width) float32 uniforms in [0, 1) for the healings of slice `number` (its place among a
+    run's inputs) in `trainer anomaly` and `export anomaly`: numpy's PCG64 seeded with (seed, number), as a sample's
+    are, drawn up front. Healing k of a slice is the same whatever the number of healings or the batch size."""
+    return np.random.default_rng((seed, number)).random((healings, height, width), dtype=np.float32)
+
+
 def draw(logits: np.ndarray, uniforms: np.ndarray, temperature: float = 1.0, top_k: int = 0) -> np.ndarray:
     """Codes (B,) for logits (B, K) and one uniform number per row: see the module docstring."""
     scaled = tempered_log_weights(logits.astype(np.float64), temperature, top_k)

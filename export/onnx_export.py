@@ -2,7 +2,9 @@
 
     python -m export onnx --checkpoint runs/prior_oasis32_cpu --out runs/prior_oasis32_cpu/onnx
 
-model.json's "prior_kind" says which prior the folder holds. The transformer is exported as one
+model.json's "prior_kind" says which prior the folder holds, and its "anomaly" the healthy per-code NLL quantiles
+`export anomaly` thresholds by (trainer/stage2/healthy_nll.py: from the prior's validation codes, when its codes
+folder is there; a folder without them cannot map anomalies, and the export says so). The transformer is exported as one
 `prior_step` model with its key/value cache as explicit inputs and outputs (export/transformer_onnx.py).
 The gated PixelCNN is exported as `prior_row` (GatedPixelCNN.row_context) and `prior_cell` (cell_logits), not
 as the whole network run once per cell, nor as a network that caches activations between cells:
@@ -10,7 +12,7 @@ as the whole network run once per cell, nor as a network that caches activations
     `context_columns` cells to its left (trainer/stage2/pixelcnn.py), so both models take windows that
     cover exactly that receptive field, and the cost per cell is independent of the grid size;
   * the sampler's only state is the code grid: nothing to carry between calls, so the onnxruntime
-    loop (export/runtime/sample.py) is the same few lines as trainer.stage2.pixelcnn.sample;
+    loop (export/runtime/prior_sampler.py) is the same few lines as trainer.stage2.pixelcnn.sample;
   * exact: the logits are the full forward pass's up to float rounding, unlike caching schemes
     that approximate the edges or must rebuild the zero padding by hand.
 The full forward pass is not exported: the sampler never runs it, and the tests check the two
@@ -31,13 +33,14 @@ from torch.export import Dim
 from common.cli import add_checkpoint_argument, add_force_argument
 from common.cli_types import one_of
 from common.digest import file_sha256
-from common.output_dir import atomic_output_dir
+from common.output_dir import atomic_output_dir, check_output_dir
 from common.shard_format import IMAGE_SIZE
 from export.onnx_graph import export_part
 from export.runtime.model_dir import DEFAULT_OPSET, FORMAT_VERSION, MODEL_JSON, SUPPORTED_OPSETS
 from export.transformer_onnx import export_step
 from trainer.run.checkpoint import resolve_checkpoint
 from trainer.stage1.vqvae import VQVAE
+from trainer.stage2.healthy_nll import has_healthy_codes, healthy_threshold_record
 from trainer.stage2.load import load_paired_vqvae, load_prior
 from trainer.stage2.pixelcnn import GatedPixelCNN
 from trainer.stage2.transformer_prior import TransformerPrior
@@ -92,9 +95,10 @@ class PriorCellGraph(nn.Module):
 
 
 @torch.no_grad()
-def model_fields(prior: GatedPixelCNN | TransformerPrior, vqvae: VQVAE) -> dict:
+def model_fields(prior: GatedPixelCNN | TransformerPrior, vqvae: VQVAE, anomaly: dict | None = None) -> dict:
     """What the runtime must know about the models before it runs them (model.json's semantic fields, also
-    written into every graph): the prior's kind and sizes, the grid, K, the code width, the conditions."""
+    written into every graph): the prior's kind and sizes, the grid, K, the code width, the conditions, and the
+    anomaly maps' healthy NLL thresholds (`anomaly`, trainer/stage2/healthy_nll.py) when there are any."""
     shape = prior.shape
     if isinstance(prior, TransformerPrior):
         kind, details = "transformer", {}
@@ -117,6 +121,7 @@ def model_fields(prior: GatedPixelCNN | TransformerPrior, vqvae: VQVAE) -> dict:
         "code_dim": vqvae.quantizer.code_dim,
         "num_conditions": shape.num_conditions,
         **details,
+        **({} if anomaly is None else {"anomaly": anomaly}),
     }
 
 
@@ -126,10 +131,12 @@ def export_models(
     out: Path,
     opset: int = DEFAULT_OPSET,
     source: dict | None = None,
+    anomaly: dict | None = None,
 ) -> dict:
     """Write the VQ-VAE's two models, the prior's (by its kind) and model.json into the folder `out`;
-    returns model.json's contents. `source` records where the weights came from (checkpoints and their sha256)."""
-    fields = model_fields(prior, vqvae)
+    returns model.json's contents. `source` records where the weights came from (checkpoints and their sha256),
+    `anomaly` the healthy NLL thresholds of the anomaly maps."""
+    fields = model_fields(prior, vqvae, anomaly)
     kind, height, width = fields["prior_kind"], fields["height"], fields["width"]
     batch = Dim("batch")
     images = torch.rand(2, 1, IMAGE_SIZE, IMAGE_SIZE)
@@ -210,9 +217,11 @@ def export_checkpoint(
         "vqvae_checkpoint": str(vqvae_path.resolve()),
         "vqvae_sha256": vqvae_sha256,
     }
+    check_output_dir(out, marker=MODEL_JSON, force=force, inputs=[checkpoint, vqvae_path])
+    anomaly = healthy_threshold_record(prior, info, checkpoint) if has_healthy_codes(info) else None
     # --force replaces an earlier export only: never the checkpoints' folders (nor one holding them)
     with atomic_output_dir(out, marker=MODEL_JSON, force=force, inputs=[checkpoint, vqvae_path]) as tmp:
-        return export_models(prior, vqvae, tmp, opset, source)
+        return export_models(prior, vqvae, tmp, opset, source, anomaly)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -242,7 +251,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     info = export_checkpoint(args.checkpoint, args.out, args.vqvae, args.opset, args.force)
+    thresholds = (
+        f"anomaly thresholds from {info['anomaly']['codes']:,} {info['anomaly']['split']} codes"
+        if "anomaly" in info
+        else "no anomaly thresholds: the prior's codes folder has no validate split, so `export anomaly` refuses it"
+    )
     print(
         f"{args.out}: {', '.join(m['file'] for m in info['models'].values())}, model.json "
-        f"(opset {info['opset']}, grid {info['height']}x{info['width']}, K = {info['num_codes']})"
+        f"(opset {info['opset']}, grid {info['height']}x{info['width']}, K = {info['num_codes']}; {thresholds})"
     )

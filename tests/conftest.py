@@ -23,9 +23,11 @@ from trainer.run.checkpoint import save_checkpoint
 from trainer.run.config_file import config_to_dict
 from trainer.stage1.config import ModelConfig, QuantizerConfig, VQVAEConfig
 from trainer.stage1.vqvae import VQVAE
+from trainer.stage2.codes import load_code_tensors
 from trainer.stage2.config import PriorConfig, PriorModelConfig, TransformerConfig
 from trainer.stage2.load import build_prior
 from trainer.stage2.prior_contract import PriorShape
+from trainer.stage2.prior_loss import prior_loss
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SRC = REPO / "data_tools" / "demo_data" / "keras_png_slices_data"
@@ -130,7 +132,9 @@ def slices(paths: list[Path]) -> np.ndarray:
     return np.stack([read_slice(p, p.name, 256) for p in paths])[:, None].astype(np.float32) / 255
 
 
-def save_vqvae(root: Path, seed: int) -> Path:
+def save_vqvae(root: Path, seed: int, visible: bool = False) -> Path:
+    """A tiny random VQ-VAE; `visible`: its decoder's outputs spread over [0, 1] (mean 0.5, std 0.2 on the demo
+    slices' codes), where a random decoder's are about 0 and clamp to black images."""
     cfg = VQVAEConfig(
         model=ModelConfig(downsample=16, channels=16, res_channels=8, code_dim=8),
         quantizer=QuantizerConfig(num_codes=K, compile=False),
@@ -146,10 +150,19 @@ def save_vqvae(root: Path, seed: int) -> Path:
         projection.weight.div_(std[:, None, None, None])
         projection.bias.sub_(mean).div_(std)
         model.quantizer.codebook.copy_(((z - mean) / std)[torch.randperm(len(z))[:K]])
+        if visible:
+            out = model.decoder(model.quantizer.lookup(model.encode(torch.from_numpy(slices(TRAIN_PNGS)))))
+            gain, last = 0.2 / out.std(), model.decoder.net[-1]
+            last.weight.mul_(gain)
+            last.bias.mul_(gain).add_(0.5 - gain * out.mean())
     return save_checkpoint(root / f"vqvae{seed}", 1, model, {}, config_to_dict(cfg), keep=1)
 
 
-def save_prior(root: Path, vqvae: Path, num_conditions: int, kind: str = "pixelcnn") -> Path:
+def save_prior(
+    root: Path, vqvae: Path, num_conditions: int, kind: str = "pixelcnn", codes: Path | None = None, steps: int = 0
+) -> Path:
+    """A tiny prior over the VQ-VAE's grids, random or trained `steps` steps on the train split of `codes` (the
+    codes folder its prior.json records)."""
     transformer = TransformerConfig(layers=2, width=16, heads=2, kv_heads=1, mlp_ratio=2, dropout=0.0)
     cfg = PriorConfig(
         model=PriorModelConfig(
@@ -165,11 +178,13 @@ def save_prior(root: Path, vqvae: Path, num_conditions: int, kind: str = "pixelc
     )
     torch.manual_seed(1)
     prior = build_prior(cfg, PriorShape(K, GRID, GRID, num_conditions))
+    if steps:
+        fit(prior, codes, steps)
     info = {
         **vars(prior.shape),
         "vqvae_checkpoint": str(vqvae),
         "vqvae_sha256": file_sha256(vqvae / "model.safetensors"),
-        "codes_dir": "",
+        "codes_dir": "" if codes is None else str(codes),
     }
     return save_checkpoint(
         root / f"prior_{kind}{num_conditions}" / "checkpoints",
@@ -180,3 +195,17 @@ def save_prior(root: Path, vqvae: Path, num_conditions: int, kind: str = "pixelc
         keep=1,
         extra_json={"prior.json": info},
     )
+
+
+def fit(prior: torch.nn.Module, codes: Path, steps: int) -> None:
+    """Train a prior `steps` Adam steps on 16 random grids of the train split of `codes` each, then set it to eval."""
+    grids, conditions = load_code_tensors(codes, "train", prior.shape)
+    optimizer = torch.optim.Adam(prior.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        index = torch.randint(0, len(grids), (16,), generator=generator)
+        loss, _ = prior_loss(prior(grids[index], None if conditions is None else conditions[index]), grids[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    prior.eval()

@@ -23,7 +23,7 @@ from conftest import DEMO_SRC, GRID, REPO, SLICES, K, save_prior, save_vqvae, sl
 from export.__main__ import main as cli
 from export.runtime.model_dir import PARTS, PRIOR_PARTS
 from export.runtime.onnx_models import ExportedModels
-from export.runtime.sample import sample_codes
+from export.runtime.prior_sampler import sample_codes
 from trainer.stage1.image_metrics import SSIM_SETTINGS
 from trainer.stage1.load import load_vqvae
 from trainer.stage2.load import load_prior

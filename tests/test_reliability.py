@@ -21,9 +21,9 @@ from safetensors import SafetensorError
 
 import trainer.stage1.evaluate as trainer_evaluate
 from common.output_dir import atomic_output_dir
+from common.slice_inputs import output_name
 from conftest import DEMO_CONFIG, DEMO_SRC, K, interrupt_when, save_prior, save_vqvae, tiny
 from export.__main__ import main as export_cli
-from export.runtime.reconstruct import output_name
 from trainer.__main__ import main as trainer_cli
 from trainer.run.checkpoint import list_checkpoints, load_weights
 

@@ -15,7 +15,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from conftest import DEMO_CONFIG, DEMO_SRC, REPO, slices, tiny
 from export.__main__ import main as export_cli
 from export.runtime.onnx_models import ExportedModels
-from export.runtime.sample import sample_codes
+from export.runtime.prior_sampler import sample_codes
 from trainer.run.config_file import ConfigError, load_config
 from trainer.stage1.config import VQVAEConfig
 from trainer.stage1.fsq import FiniteScalarQuantizer

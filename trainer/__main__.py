@@ -1,6 +1,6 @@
 """`python -m trainer COMMAND ...`: the data flow of both stages, in order; see each `--help`.
 
-vqvae -> evaluate -> encode -> prior -> sample -> evaluate-prior
+vqvae -> evaluate -> encode -> prior -> sample -> evaluate-prior -> anomaly
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ COMMANDS = {
     "prior": ("trainer.stage2.train", "train the prior (transformer or gated PixelCNN) on code grids (stage 2)"),
     "sample": ("trainer.stage2.sample", "generate brains: sample code grids from the prior and decode them"),
     "evaluate-prior": ("trainer.stage2.evaluate", "test bits per code and accuracy, and how real generated brains are"),
+    "anomaly": ("trainer.stage2.anomaly", "anomaly maps: heal the codes the prior finds unlikely, map the difference"),
 }
 
 

@@ -11,7 +11,8 @@
         prior_step.onnx  one raster step with the key/value cache as inputs (export/transformer_onnx.py)
         model.json       prior kind, grid, K, opset, sha256 of every file and of the source weights, input
                          and output names, what the sampler needs (receptive field, cache sizes): the runtime
-                         hard-codes none of them
+                         hard-codes none of them; and "anomaly", the healthy per-code NLL quantiles
+                         `export anomaly` thresholds by (common/anomaly_maps.py), when the export had them
 
 A folder written before the transformer existed has no "prior_kind" and is a PixelCNN's; a kind this
 runtime does not know is refused, naming it, rather than sampled wrongly.
@@ -64,6 +65,7 @@ SEMANTIC_KEYS = (
     "context_columns",
     "layers",
     "channels",
+    "anomaly",
 )
 GRAPH_METADATA = "brain_vqvae.model_json"
 STEP_KEYS = ("layers", "kv_heads", "head_dim")  # prior_step's entry: what the sampler allocates the cache from

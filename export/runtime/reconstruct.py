@@ -35,11 +35,10 @@ from tqdm import tqdm
 from common.cli import add_batch_size_argument, add_force_argument, add_quiet_argument
 from common.figures.reconstruction import ReconstructionExamples, code_maps, reconstruction_grid
 from common.figures.style import code_intensity
-from common.nifti_options import CutVolume, Slicing, add_slicing_arguments, cut_volume
+from common.nifti_options import Slicing, add_slicing_arguments
 from common.output_dir import atomic_output_dir, check_output_dir
-from common.png_header import read_slice
 from common.sample_files import save_code_map, save_image
-from common.shard_format import iter_shard, read_manifest
+from common.slice_inputs import InputSlice, gather, output_name
 from common.ssim import ssim
 from export.runtime.onnx_models import ExportedModels, add_threads_argument
 
@@ -50,62 +49,6 @@ DESCRIPTION = (
     "decode them; write reconstructions/, codes/ (16-bit code maps), codes.npz, the figures reconstructions.png and "
     "code_maps.png, summary.json (PSNR, SSIM), and for a volume reconstruction.nii.gz in its space."
 )
-
-
-def output_name(file_name: str) -> str:
-    """`case_904_slice_0.nii.png` or `case_904_slice_0.png` -> `case_904_slice_0.png`: the sample key."""
-    return file_name.removesuffix(".png").removesuffix(".nii") + ".png"
-
-
-def png_files(paths: list[Path]) -> list[Path]:
-    """The PNG files named, and those directly inside the folders named, in order; names must be unique."""
-    files = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(path.glob("*.png"))
-            if not found:
-                raise FileNotFoundError(f"{path}: no .png files in this folder")
-            files += found
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    names = [output_name(f.name) for f in files]
-    repeated = sorted({name for name in names if names.count(name) > 1})
-    if repeated:
-        raise ValueError(f"two inputs would both be written as {repeated[0]}; their outputs would overwrite each other")
-    return files
-
-
-def shard_slices(shards: Path, split: str, size: int) -> tuple[Iterator[tuple[str, np.ndarray]], int]:
-    """(key.png, pixels) of every image of a split, in shard order, and the split's sample count."""
-    splits = read_manifest(shards)["splits"]
-    if split not in splits:
-        raise ValueError(f"{shards}: no split '{split}' (has {', '.join(sorted(splits))})")
-
-    def slices() -> Iterator[tuple[str, np.ndarray]]:
-        for shard in splits[split]["shards"]:
-            for sample in iter_shard(shards / shard["name"]):
-                name = f"{sample['__key__']}.png"
-                yield name, read_slice(sample["png"], f"{shards / shard['name']}:{name}", size)
-
-    return slices(), splits[split]["num_samples"]
-
-
-def gather(
-    inputs: list[Path], shards: Path | None, nifti: Path | None, split: str, size: int, slicing: Slicing | None
-) -> tuple[Iterator[tuple[str, np.ndarray]], int, str, CutVolume | None]:
-    """(name.png, pixels) of the slices to reconstruct, their count, a phrase naming them, and the cut volume."""
-    if shards is not None:
-        slices, total = shard_slices(Path(shards), split, size)
-        return slices, total, f"the {split} split of {shards}", None
-    if nifti is not None:
-        cut = cut_volume(Path(nifti), slicing or Slicing())
-        slices = ((f"{name}.png", pixels) for name, pixels in cut.slices())
-        return slices, len(cut.indices), f"{len(cut.indices)} slices of {Path(nifti).name}", cut
-    files = png_files([Path(p) for p in inputs])
-    slices = ((output_name(f.name), read_slice(f, str(f), size)) for f in files)
-    return slices, len(files), f"{len(files)} input slices", None
 
 
 def reconstruct(
@@ -123,8 +66,6 @@ def reconstruct(
 ) -> dict:
     """`python -m export reconstruct`: encode + decode PNG files, a split of shards or the slices of a NIfTI volume
     (also written back as a volume); returns the summary."""
-    if bool(inputs) + (shards is not None) + (nifti is not None) != 1:
-        raise ValueError("give one of: PNG files/folders, --shards or --nifti")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     out = Path(out)
@@ -175,7 +116,7 @@ def draw_figures(models: ExportedModels, examples: ReconstructionExamples, out: 
 
 def write_reconstructions(
     models: ExportedModels,
-    slices: Iterator[tuple[str, np.ndarray]],
+    slices: Iterator[InputSlice],
     total: int,
     out: Path,
     final: Path,
@@ -195,7 +136,8 @@ def write_reconstructions(
     started = time.perf_counter()
     with tqdm(total=total, desc="reconstruct", unit="img", disable=not show_progress) as bar:
         while batch := list(islice(slices, batch_size)):
-            batch_names, pixels = zip(*batch)
+            batch_names = [output_name(item.name) for item in batch]
+            pixels = [item.pixels for item in batch]
             images = np.stack(pixels)[:, None].astype(np.float32) / 255
             codes = models.encode(images)
             recons = models.decode(codes)

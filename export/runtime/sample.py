@@ -2,9 +2,9 @@
 
     python -m export sample --model-dir runs/prior_oasis32_cpu/onnx --n 16 --seed 0 --out samples/
 
-The loop is the torch sampler's exact fast path for the folder's prior kind: for the PixelCNN,
-trainer.stage2.pixelcnn.sample's (one `prior_row` call per row on a band of rows above it, one `prior_cell`
-call per cell on a window of columns, here); for the transformer, trainer.stage2.transformer_prior.sample's
+The loop is the torch sampler's exact fast path for the folder's prior kind (export/runtime/prior_sampler.py): for
+the PixelCNN, trainer.stage2.pixelcnn.sample's (one `prior_row` call per row on a band of rows above it, one
+`prior_cell` call per cell on a window of columns); for the transformer, trainer.stage2.transformer_prior.sample's
 (one `prior_step` call per cell with the key/value cache, export/runtime/transformer_sampler.py).
 The random numbers and the draw rule are common/sampling_rule.py's, so a seed gives the same
 code grids as `python -m trainer sample`. (The logits agree to float rounding, ~1e-7, so a draw could only differ
@@ -24,51 +24,15 @@ from tqdm import tqdm
 from common.cli import add_batch_size_argument, add_force_argument, add_quiet_argument, add_sampling_arguments
 from common.output_dir import atomic_output_dir, check_output_dir
 from common.sample_files import SAMPLES_FILE, write_samples
-from common.sampling_rule import check_sampling_options, draw, sampling_randomness
+from common.sampling_rule import sampling_randomness
 from export.runtime.onnx_models import ExportedModels, add_threads_argument
-from export.runtime.transformer_sampler import sample_codes as transformer_sample_codes
+from export.runtime.prior_sampler import sample_codes
 
 KIND = "export sample"  # recorded in the folder: --force replaces only this command's own samples folders
 DESCRIPTION = (
     "Sample code grids with the exported prior and decode them; the same options, semantics and output "
     "files as `python -m trainer sample`, and the same brains for the same seed."
 )
-
-
-def sample_codes(
-    models: ExportedModels,
-    uniforms: np.ndarray,
-    conditions: np.ndarray | None = None,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    progress: tqdm | None = None,
-) -> np.ndarray:
-    """Code grids (B, H, W) int64 in raster order from one uniform number per cell (B, H, W), by the
-    sampler of the folder's prior kind."""
-    info = models.info
-    if info["prior_kind"] == "transformer":
-        return transformer_sample_codes(
-            models.sessions["prior_step"],
-            info["models"]["prior_step"],
-            info,
-            uniforms,
-            conditions,
-            temperature,
-            top_k,
-            progress,
-        )
-    check_sampling_options(temperature, top_k, info["num_codes"])
-    batch, height, width = uniforms.shape
-    codes = np.zeros((batch, height, width), dtype=np.int64)
-    for i in range(height):
-        context = models.row_context(codes[:, max(0, i - info["context_rows"]) : i + 1], conditions)
-        for j in range(width):
-            start = max(0, j - info["context_columns"])
-            logits = models.cell_logits(codes[:, i, start : j + 1], context[..., start : j + 1], conditions)
-            codes[:, i, j] = draw(logits, uniforms[:, i, j], temperature, top_k)
-        if progress is not None:
-            progress.update(1)
-    return codes
 
 
 def generate(

@@ -9,6 +9,8 @@ agree to float rounding).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnxruntime as ort
 
@@ -25,10 +27,12 @@ def sample_codes(
     temperature: float = 1.0,
     top_k: int = 0,
     progress=None,
+    choose: Callable[[int, np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
     """Code grids (B, H, W) int64 in raster order from one uniform number per cell (B, H, W).
     `spec` is prior_step's model.json entry (export/transformer_onnx.py), checked against the graph
-    (export/runtime/onnx_models.py), `info` gives num_codes. Inputs and outputs are bound by name."""
+    (export/runtime/onnx_models.py), `info` gives num_codes. Inputs and outputs are bound by name.
+    `choose(t, logits (B, K))`, when given, picks the codes (B,) of cell t instead of the draw."""
     check_sampling_options(temperature, top_k, info["num_codes"])
     batch, height, width = uniforms.shape
     codes = np.zeros((batch, height * width), dtype=np.int64)
@@ -50,7 +54,10 @@ def sample_codes(
         }
         logits, *new = session.run(fetches, feeds)
         write_cache(cache, new, t)
-        codes[:, t] = draw(logits, uniforms[:, t // width, t % width], temperature, top_k)
+        if choose is None:
+            codes[:, t] = draw(logits, uniforms[:, t // width, t % width], temperature, top_k)
+        else:
+            codes[:, t] = choose(t, logits)
         if progress is not None and t % width == width - 1:
             progress.update(1)
     return codes.reshape(batch, height, width)

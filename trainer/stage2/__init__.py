@@ -14,4 +14,6 @@ sample              `python -m trainer sample`
 generation_metrics  how real generated brains are: Frechet distances, MS-SSIM, nearest training slices
 structure_metrics   their structure: one component, symmetry, edge contact
 evaluate            `python -m trainer evaluate-prior`: test bits per code and generated vs real
+healthy_nll         the anomaly maps' healthy thresholds: NLL quantiles of the validation codes
+anomaly             `python -m trainer anomaly`: anomaly maps, the prior healing what it finds unlikely
 """

@@ -22,6 +22,8 @@ the edges instead of padding them, so both give the full forward pass's logits u
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -138,10 +140,13 @@ def sample(
     top_k: int = 0,
     naive: bool = False,
     progress=None,
+    choose: Callable[[int, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Sample code grids (B, H, W) in raster order, one uniform number per cell (`uniforms`
     (B, H, W) in [0, 1)). `naive=True` runs the whole network for every cell, as the keras example
-    does; it exists to check and time the fast path, which it must match draw for draw."""
+    does; it exists to check and time the fast path, which it must match draw for draw. `choose(t, logits (B, K))`,
+    when given, picks the codes (B,) of raster cell t instead of the draw (teacher forcing and healing:
+    trainer/stage2/anomaly.py)."""
     batch, height, width = uniforms.shape
     check_sampling_options(temperature, top_k, prior.shape.num_codes)
     prior.shape.check_condition(condition, batch)
@@ -156,7 +161,10 @@ def sample(
             else:
                 start = max(0, j - prior.context_columns)
                 logits = prior.cell_logits(codes[:, i, start : j + 1], context[..., start : j + 1], condition)
-            codes[:, i, j] = draw(logits, uniforms[:, i, j], temperature, top_k)
+            if choose is None:
+                codes[:, i, j] = draw(logits, uniforms[:, i, j], temperature, top_k)
+            else:
+                codes[:, i, j] = choose(i * width + j, logits)
         if progress is not None:
             progress.update(1)
     return codes

@@ -33,6 +33,7 @@ costs about one forward pass's work.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -195,9 +196,11 @@ def sample(
     top_k: int = 0,
     naive: bool = False,
     progress=None,
+    choose: Callable[[int, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Sample code grids (B, H, W) in raster order, one uniform number per cell, with trainer.stage2.pixelcnn.sample's
-    arguments and rule. `naive=True` runs the whole network for every cell, to check the cached path."""
+    arguments and rule (`choose` included). `naive=True` runs the whole network for every cell, to check the cached
+    path."""
     batch, height, width = uniforms.shape
     check_sampling_options(temperature, top_k, prior.shape.num_codes)
     prior.shape.check_condition(condition, batch)
@@ -218,7 +221,10 @@ def sample(
             position = torch.tensor([t], device=uniforms.device)
             logits, new = prior.step(flat[:, max(t - 1, 0)], position, condition, cache)
             write_cache(cache, new, t)
-        flat[:, t] = draw(logits, uniforms[:, t // width, t % width], temperature, top_k)
+        if choose is None:
+            flat[:, t] = draw(logits, uniforms[:, t // width, t % width], temperature, top_k)
+        else:
+            flat[:, t] = choose(t, logits)
         if progress is not None and t % width == width - 1:
             progress.update(1)
     return codes
