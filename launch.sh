@@ -2,7 +2,8 @@
 # Entry point for the project's jobs. Usage: bash launch.sh COMMAND [ARGS]
 #
 #   demo [OUT]                 the whole chain on the embedded demo data (default OUT: runs/demo): shard,
-#                              stage 1, encode, stage 2, export to ONNX, sample with onnxruntime, figures
+#                              stage 1, encode, stage 2, export to ONNX, sample with onnxruntime, anomaly maps
+#                              of synthetic lesions, figures
 #   stage1 CONFIG [ARGS...]    train the VQ-VAE (python -m trainer vqvae --config CONFIG ARGS...)
 #                              on all local GPUs, several machines, or CPU processes
 #   stage2 CONFIG [ARGS...]    train the prior (python -m trainer prior --config CONFIG ARGS...)
@@ -146,32 +147,36 @@ stage_times() {
 
 demo() {
     local out=${1:-runs/demo}
-    stage "1/7 shard: the embedded demo data -> $out/shards"
+    stage "1/8 shard: the embedded demo data -> $out/shards"
     python -m data_tools shard --src data_tools/demo_data/keras_png_slices_data --out "$out/shards" \
         --samples-per-shard 16 --force --quiet
     python -m data_tools verify "$out/shards" --quiet
     python -m data_tools preview "$out/shards" --split train --count 16 --out "$out/figures/shards_preview.png"
-    stage "2/7 stage 1: train the VQ-VAE (configs/vqvae_demo_cpu.yaml)"
+    stage "2/8 stage 1: train the VQ-VAE (configs/vqvae_demo_cpu.yaml)"
     rm -rf "$out/vqvae" "$out/codes" "$out/prior"
     python -m trainer vqvae --config configs/vqvae_demo_cpu.yaml --set "data.shards=$out/shards" \
         --set "out_dir=$out/vqvae"
-    stage "3/7 evaluate stage 1: the demo test split"
+    stage "3/8 evaluate stage 1: the demo test split"
     python -m trainer evaluate --checkpoint "$out/vqvae" --split test --out "$out/figures/vqvae_test" --quiet \
         | python -c "import json,sys; s=json.load(sys.stdin); print(f\"test SSIM mean {s['ssim_mean']:.3f} (min {s['ssim_min']:.3f}), PSNR {s['psnr_mean']:.1f} dB, {s['codes_used']} of {s['num_codes']} codes used\")"
-    stage "4/7 stage 2: encode every split, train the prior (configs/prior_demo_cpu.yaml)"
+    stage "4/8 stage 2: encode every split, train the prior (configs/prior_demo_cpu.yaml)"
     python -m trainer encode --checkpoint "$out/vqvae" --out "$out/codes" --quiet
     python -m trainer prior --config configs/prior_demo_cpu.yaml --set "codes.dir=$out/codes" --set "out_dir=$out/prior"
-    stage "5/7 evaluate stage 2: test bits per code, and generated vs real brains"
+    stage "5/8 evaluate stage 2: test bits per code, and generated vs real brains"
     python -m trainer evaluate-prior --checkpoint "$out/prior" --out "$out/figures/prior_test" --n 16 \
         --max-pairs 120 --quiet --table
-    stage "6/7 export: the encoder, decoder and prior to ONNX -> $out/onnx"
+    stage "6/8 export: the encoder, decoder and prior to ONNX -> $out/onnx"
     python -m export onnx --checkpoint "$out/prior" --out "$out/onnx" --force
-    stage "7/7 onnxruntime only: sample 16 brains -> $out/samples, reconstruct the test split"
+    stage "7/8 onnxruntime only: sample 16 brains -> $out/samples, reconstruct the test split"
     python -m export sample --model-dir "$out/onnx" --n 16 --seed 0 --out "$out/samples"
     python -m export reconstruct --model-dir "$out/onnx" --shards "$out/shards" --split test \
         --out "$out/onnx_reconstruct" --quiet
+    stage "8/8 anomaly maps: synthetic lesions in the test split, mapped with onnxruntime -> $out/anomaly"
+    python -m data_tools lesions --images "$out/shards" --split test --out "$out/lesions" --force --quiet
+    python -m export anomaly --model-dir "$out/onnx" --images "$out/lesions/images" --out "$out/anomaly" \
+        --force --quiet
     stage_times
-    echo "== figures in $out/figures, $out/samples/generated.png and $out/onnx_reconstruct"
+    echo "== figures in $out/figures, $out/samples/generated.png, $out/onnx_reconstruct and $out/anomaly/anomaly.png"
     ls "$out/figures" "$out/figures/vqvae_test" "$out/figures/prior_test"
 }
 
