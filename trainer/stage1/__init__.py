@@ -7,6 +7,7 @@ quantizer       the EMA codebook and its fused nearest-code search
 fsq             finite scalar quantization, the codebook-free alternative
 image_metrics   SSIM/PSNR and the reconstruction loss
 load            building a VQ-VAE from a config, loading one from a checkpoint; decoding numpy codes
+realism         how alike two image sets are: a classifier two-sample test, and the Frechet distance
 train           `python -m trainer vqvae`: the training loop
 evaluate        `python -m trainer evaluate`: SSIM/PSNR, codebook usage and figures on a split
 """

@@ -47,6 +47,7 @@ from trainer.run.checkpoint import PRIOR_INFO, resolve_checkpoint
 from trainer.run.wandb_logging import log_to_wandb
 from trainer.stage1.data import SliceShards, epoch_batches
 from trainer.stage1.load import numpy_decoder
+from trainer.stage1.realism import frechet_distance
 from trainer.stage1.vqvae import VQVAE
 from trainer.stage2.codes import check_codes_vqvae, codes_shards, load_code_tensors
 from trainer.stage2.config import PriorConfig
@@ -54,7 +55,6 @@ from trainer.stage2.generate import generate
 from trainer.stage2.generation_metrics import (
     code_histogram_comparison,
     encoder_features,
-    frechet_distance,
     mean_pairwise_ms_ssim,
     nearest_ssim,
 )
