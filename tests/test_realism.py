@@ -4,9 +4,11 @@ what only identifies a subject, deterministic, strict about its inputs; and its 
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +16,20 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conftest import OASIS_SRC, REPO
+from conftest import OASIS_SRC, REPO, make_layout, save_prior, save_vqvae
+from trainer.__main__ import main as trainer_cli
+from trainer.stage1.evaluate import evaluate
 from trainer.stage1.realism import (
+    RealismOptions,
+    add_realism_arguments,
     assign_folds,
     balanced,
     fold_limit,
+    realism_options,
     realism_test,
     subject_groups,
 )
+from trainer.stage2.evaluate import summary_table
 
 SIDE, SIZE = 64, 32
 
@@ -136,6 +144,108 @@ def test_subject_groups_follow_the_oasis_names():
     names = ["case_004_slice_3.nii.png", "out/case_4_slice_9.png", "case_012_slice_0", "000.png", "brain.png"]
     groups = subject_groups(names)
     assert groups[0] == groups[1] != groups[2] and len(set(groups)) == 4
+
+
+# ---- in the commands -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_subject_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Shards whose test split holds 2 subjects (the demo's holds 1, too few for a grouped test)."""
+    from data_tools.shard import shard_dataset
+
+    root = tmp_path_factory.mktemp("realism")
+    layout = make_layout(root / "src", {"train": ["001", "002", "003"], "validate": ["004"], "test": ["005", "006"]}, 4)
+    shard_dataset(layout, root / "shards", samples_per_shard=8, workers=1, show_progress=False)
+    return root / "shards"
+
+
+def check_result(result: dict, n_per_side: int) -> None:
+    assert 0 <= result["accuracy"] <= 1 and 0 <= result["stderr"] <= 0.5
+    assert result["folds"] == 2 and len(result["fold_accuracies"]) == 2  # 5 asked, 2 subjects a side
+    assert all(0 <= value <= 1 for value in result["fold_accuracies"])
+    assert result["n_per_side"] == n_per_side and result["frechet"] >= 0
+
+
+def test_evaluate_reports_the_realism_of_reconstructions_beside_real_against_real(two_subject_shards, tmp_path):
+    vqvae = save_vqvae(tmp_path, seed=0)
+    summary = evaluate(vqvae, "test", tmp_path / "eval", shards=str(two_subject_shards), show_progress=False)
+    realism = summary["realism"]
+    assert realism["reference"] == {"split": "train", "subjects": 2, "images": 8}
+    assert realism["folds_asked"] == 5 and realism["classifier"]["size"] == 128
+    for name in ("reconstructions_vs_train", "real_vs_train"):
+        check_result(realism[name], 8)
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["realism"] == realism
+
+    one = evaluate(vqvae, "validate", tmp_path / "one", shards=str(two_subject_shards), show_progress=False)
+    assert "needs 2 in each" in one["realism"]["reconstructions_vs_train"]["skipped"]
+
+
+def test_the_realism_options_parse_and_bound():
+    parser = argparse.ArgumentParser()
+    add_realism_arguments(parser, "the test images")
+    assert realism_options(parser.parse_args([])) == RealismOptions(5, 0)
+    assert realism_options(parser.parse_args(["--realism-folds", "3", "--realism-seed", "9"])) == RealismOptions(3, 9)
+    assert realism_options(parser.parse_args(["--no-realism"])) is None
+    for bad in (["--realism-folds", "1"], ["--realism-folds", "21"], ["--realism-seed", "-1"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(bad)
+
+
+def test_evaluate_prior_reports_the_realism_of_generated_brains(two_subject_shards, tmp_path, capsys):
+    vqvae = save_vqvae(tmp_path, seed=0)
+    codes = tmp_path / "codes"
+    assert (
+        trainer_cli(
+            ["encode", "--checkpoint", str(vqvae), "--shards", str(two_subject_shards), "--out", str(codes), "--quiet"]
+        )
+        == 0
+    )
+    prior = save_prior(tmp_path, vqvae, num_conditions=0)
+    info = json.loads((prior / "prior.json").read_text())
+    (prior / "prior.json").write_text(json.dumps({**info, "codes_dir": str(codes)}))
+    out = tmp_path / "eval"
+    options = ["--n", "6", "--max-pairs", "4", "--realism-folds", "3", "--realism-seed", "2", "--quiet"]
+    assert trainer_cli(["evaluate-prior", "--checkpoint", str(prior), "--out", str(out), *options]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    realism = summary["realism"]
+    assert realism["reference"] == {"split": "train", "subjects": 2, "images": 8}
+    assert realism["folds_asked"] == 3 and realism["seed"] == 2
+    for name, n_per_side in (("generated_vs_train", 6), ("generated_vs_reconstructions", 6), ("real_vs_train", 8)):
+        check_result(realism[name], n_per_side)
+    row = [line for line in summary_table(summary).splitlines() if line.startswith("realism vs train, accuracy")]
+    expected = f"{realism['generated_vs_train']['accuracy']:.3f}", f"{realism['real_vs_train']['accuracy']:.3f}"
+    assert len(row) == 1 and tuple(row[0][26:].split()[:2]) == expected
+    assert (
+        trainer_cli(
+            ["evaluate-prior", "--checkpoint", str(prior), "--out", str(tmp_path / "x"), "--realism-folds", "1"]
+        )
+        == 2
+    )
+    assert "--realism-folds" in capsys.readouterr().err
+
+
+def test_bench_compares_two_folders_or_npz_files_grouped_by_subject(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_realism import main as bench
+
+    images = (blocky(16, seed=8) * 255).round().astype(np.uint8)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"case_{i // 4:03d}_slice_{i % 4}.nii.png")
+    np.savez(tmp_path / "b.npz", images=blurred(blocky(16, seed=9)))
+    assert (
+        bench(
+            [str(folder), str(tmp_path / "b.npz"), "--folds", "2", "--size", "32", "--json", str(tmp_path / "r.json")]
+        )
+        == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((tmp_path / "r.json").read_text())
+    assert report["groups"] == [4, 16] and report["n_per_side"] == 16 and 0 <= report["accuracy"] <= 1
+    assert bench([str(folder), str(tmp_path / "nothing"), "--size", "32"]) == 2
+    assert "neither a folder of PNGs nor a .npz file" in capsys.readouterr().err
 
 
 def oasis_subjects(split: str, count: int, every: int) -> tuple[np.ndarray, list[str]]:
