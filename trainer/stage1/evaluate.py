@@ -237,7 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", help="shard folder (default: the one in the checkpoint's config)")
     add_batch_size_argument(parser, 32)
     add_device_argument(parser)
-    add_realism_arguments(parser, "the reconstructions and the split's real slices")
+    add_realism_arguments(parser, "the reconstructions against real training slices")
     parser.add_argument(
         "--wandb",
         action="store_true",

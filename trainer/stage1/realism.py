@@ -101,9 +101,10 @@ class RealismClassifier(nn.Module):
     """Strided 3x3 convolutions with BatchNorm and LeakyReLU, global average pool, one logit (set b).
 
     BatchNorm, not GroupNorm: a per-image normalisation divides each image's responses by their own spread, so
-    an image with less fine detail than another (blur) looks the same after it. With GroupNorm the classifier
-    did not tell VQ-VAE reconstructions from their own originals in 8 epochs (held-out accuracy 0.50); with
-    BatchNorm it did within 3. Held-out images are classified with the statistics of the training images."""
+    an image with less fine detail than another (blur) looks much the same after it. With GroupNorm the
+    classifier told OASIS reconstructions from real training slices at 0.62 (12 epochs) and not from their own
+    originals at all (0.50 after 8 epochs, one fold); with BatchNorm it tells every one apart in both
+    (docs/benchmarks.md). Held-out images are classified with the statistics of the training images."""
 
     def __init__(self, channels: tuple[int, ...] = SETTINGS.channels):
         super().__init__()
@@ -136,7 +137,8 @@ def realism_test(
 ) -> RealismResult:
     """How well a classifier tells set a from set b on held-out images (see the module docstring).
 
-    a, b: (N, H, W) or (N, 1, H, W) images, uint8 or floats in [0, 1], both of one size, at least `size`.
+    a, b: (N, H, W) or (N, 1, H, W) images, uint8 or floats in [0, 1], both of one size, at least `size`; give both
+    as uint8 (`as_uint8`) when one set is real slices, so the quantisation of PNGs is no difference.
     a_groups, b_groups: one id per image (a subject; one id, one subject, in both sets). `folds` must be 2 to
     `fold_limit(a_groups, b_groups)`. `progress`: the description of a progress bar, or None for none."""
     started = time.perf_counter()
@@ -333,9 +335,9 @@ def add_realism_arguments(parser: argparse.ArgumentParser, what: str) -> None:
         "--realism",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help=f"the classifier two-sample test of {what} against real training slices, and of real against real "
-        "(held-out accuracy, 0.5 = indistinguishable; about 2 minutes per comparison of 544 slices on one CPU "
-        "core); --no-realism skips it (default: on)",
+        help=f"the classifier two-sample test of {what}, beside real against real training slices "
+        "(held-out accuracy, 0.5 = indistinguishable; on --device, about 2 minutes of one CPU core per comparison "
+        "of 544 slices a side); --no-realism skips it (default: on)",
     )
     parser.add_argument(
         "--realism-folds",

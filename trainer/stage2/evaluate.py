@@ -414,7 +414,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_batch_size_argument(parser, 32, "batch size for every pass")
     add_device_argument(parser)
-    add_realism_arguments(parser, "the generated slices (and of them against the split's reconstructions)")
+    add_realism_arguments(
+        parser, "the generated slices against real training slices and against the split's reconstructions"
+    )
     parser.add_argument("--wandb", action="store_true", help="also log the summary and figures to wandb")
     parser.add_argument(
         "--table", action="store_true", help="print a short table of the main numbers instead of the whole summary.json"
