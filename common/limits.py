@@ -24,6 +24,9 @@ MAX_PAIRS = 100_000
 MAX_PREVIEW = 1024
 # Seeds: numpy's legacy generator (np.random.seed, which accelerate's set_seed calls) takes 0 to 2**32 - 1.
 MAX_SEED = 2**32 - 1
+# Cross-validation folds of the realism test (--realism-folds): each trains a classifier afresh, one to two
+# minutes on a CPU core for a split of 544 slices; 20 is already more than the 17 subjects of an OASIS test split.
+MAX_FOLDS = 20
 # Slice positions per volume (shard --positions): a volume has at most a few thousand slices along an axis, and
 # each position is a slice condition the prior learns an embedding for.
 MAX_POSITIONS = 4096

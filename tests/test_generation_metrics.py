@@ -14,12 +14,12 @@ from torchmetrics.functional.image import (
 
 from trainer.stage1.config import ModelConfig, QuantizerConfig
 from trainer.stage1.image_metrics import SSIM_SETTINGS
+from trainer.stage1.realism import frechet_distance
 from trainer.stage1.vqvae import VQVAE
 from trainer.stage2.generation_metrics import (
     code_histogram_comparison,
     distinct_pairs,
     encoder_features,
-    frechet_distance,
     mean_pairwise_ms_ssim,
     nearest_ssim,
 )

@@ -20,13 +20,13 @@ from trainer.__main__ import main as cli
 from trainer.run.checkpoint import list_checkpoints, load_weights
 from trainer.run.config_file import load_config
 from trainer.stage1.config import VQVAEConfig
-from trainer.stage1.data import SliceShards, epoch_batches
+from trainer.stage1.data import SliceShards, epoch_batches, read_split
 from trainer.stage1.load import load_vqvae
 from trainer.stage2 import evaluate as evaluate_prior
 from trainer.stage2.codes import load_codes, read_codes_meta
 from trainer.stage2.config import PriorConfig
 from trainer.stage2.encode import encode_splits
-from trainer.stage2.evaluate import load_images, summary_table
+from trainer.stage2.evaluate import summary_table
 from trainer.stage2.generation_metrics import code_histogram_comparison
 from trainer.stage2.load import load_prior
 from trainer.stage2.pixelcnn import GatedPixelCNN
@@ -333,7 +333,7 @@ def test_evaluate_prior_reports_every_metric(
         assert (out / name).is_file(), name
     # structure: the real test slices' numbers are structure_metrics' own; the generated ones are those of the
     # decoded samples; shares are shares and the histograms count every slice
-    real = structure_metrics(load_images(str(demo_shards), "test"))
+    real = structure_metrics(read_split(demo_shards, "test")[0])
     assert summary["single_component_share_real"] == pytest.approx(real["single_component"].mean())
     assert summary["symmetry_mean_real"] == pytest.approx(real["symmetry"].mean())
     assert summary["symmetry_median_real"] == pytest.approx(np.median(real["symmetry"]))

@@ -9,6 +9,7 @@ image_metrics   SSIM/PSNR and the reconstruction loss
 discriminator   the PatchGAN discriminator of the adversarial term
 adversarial     VQGAN's adversarial term: its losses, the adaptive weight, the discriminator's part of a step
 load            building a VQ-VAE from a config, loading one from a checkpoint; decoding numpy codes
+realism         how alike two image sets are: a classifier two-sample test, and the Frechet distance
 train           `python -m trainer vqvae`: the training loop
 evaluate        `python -m trainer evaluate`: SSIM/PSNR, codebook usage and figures on a split
 """

@@ -360,3 +360,23 @@ def train_batches(
             epoch += 1
 
     yield from _rebatch(stream(), batch_size, keep_last=False)
+
+
+def read_split(shard_dir: str | Path, split: str, subjects: set[str] | None = None) -> tuple[torch.Tensor, list[str]]:
+    """A split's slices as uint8 (N, 1, H, W) in shard order, with each one's subject; given `subjects`, only
+    theirs (the others are never decoded)."""
+    dataset = SliceShards(shard_dir, split)
+    pixels, owners = [], []
+    for index in range(len(dataset.shards)):
+        raws = [
+            raw
+            for raw in dataset.read_shard(index)
+            if subjects is None or decode_metadata(raw["json"])["subject"] in subjects
+        ]
+        if raws:
+            chunk = dataset.decode(raws)
+            pixels.append(chunk["pixels"])
+            owners += [meta["subject"] for meta in chunk["meta"]]
+    if not pixels:
+        raise DataError(f"{shard_dir}: split '{split}' holds no slice of the subjects asked for")
+    return torch.cat(pixels), owners

@@ -1,9 +1,12 @@
 """`python -m trainer evaluate`: reconstruction quality of a trained VQ-VAE on a split: SSIM, PSNR,
-codebook usage, figures.
+codebook usage, figures, and how real its reconstructions look.
 
     python -m trainer evaluate --checkpoint runs/oasis64 --split test --out runs/oasis64/eval_test
 
 The SSIM and PSNR settings are trainer/stage1/image_metrics.py's (the ones validation uses during training).
+The realism test (trainer/stage1/realism.py) asks whether a classifier can tell the reconstructions from real
+training slices, and, as the baseline, the split's real slices from the same training slices: SSIM scores each
+reconstruction against its original, and cannot say whether blur gives the reconstructions away as a set.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import argparse
 import csv
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +41,25 @@ from trainer.stage1.data import SliceShards, epoch_batches
 from trainer.stage1.image_metrics import SSIM_SETTINGS, reconstruction_metrics
 from trainer.stage1.load import load_vqvae, numpy_decoder
 from trainer.stage1.quantizer import codebook_stats
+from trainer.stage1.realism import (
+    DEFAULT_OPTIONS,
+    TURNED_OFF,
+    RealismOptions,
+    add_realism_arguments,
+    as_uint8,
+    realism_options,
+    realism_report,
+    train_reference,
+)
 from trainer.stage1.vqvae import VQVAE
 
 SUMMARY = "summary.json"  # the marker of an evaluation folder: --force replaces only a folder that has it
 KIND = "trainer evaluate"  # recorded in the folder: --force replaces only this command's own summary.json folders
 DESCRIPTION = (
     "Reconstruct every image of a split; write per_image.csv, summary.json (mean, median, min SSIM, mean "
-    "PSNR, codebook perplexity and codes used over the whole pass) and figures."
+    "PSNR, codebook perplexity and codes used over the whole pass, and the realism test: held-out accuracy of a "
+    "classifier telling the reconstructions from real training slices, 0.5 = indistinguishable, beside real "
+    "against real) and figures."
 )
 
 
@@ -57,53 +73,107 @@ def evaluate(
     show_progress: bool = True,
     log_wandb: bool = False,
     force: bool = False,
+    realism: RealismOptions | None = DEFAULT_OPTIONS,
 ) -> dict:
     """Evaluate on a whole split; writes per_image.csv, summary.json and figures to `out`, which appears
     whole or not at all (and, with `log_wandb`, logs the summary and figures as a wandb run of the config's
-    project)."""
+    project). `realism` None: no realism test."""
     out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
     check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint], kind=KIND)
     model, cfg = load_vqvae(checkpoint, device)
     shards = shards or cfg.data.shards
     check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)], kind=KIND)
-    dataset = SliceShards(shards, split)
-    rows, counts = [], torch.zeros(cfg.quantizer.num_codes, dtype=torch.long)
-    examples = ReconstructionExamples(len(dataset))
-    for batch in tqdm(
-        epoch_batches(dataset, batch_size),
-        total=-(-len(dataset) // batch_size),
-        desc=f"evaluate {split}",
-        disable=not show_progress,
-    ):
-        recon, ssim, psnr, indices = reconstruction_metrics(model, batch.images.to(device))
-        counts += torch.bincount(indices.flatten().cpu(), minlength=cfg.quantizer.num_codes)
-        for i, (key, meta, s, p) in enumerate(zip(batch.keys, batch.meta, ssim.tolist(), psnr.tolist())):
-            rows.append({"key": key, "subject": meta["subject"], "slice": meta["slice"], "ssim": s, "psnr": p})
-            examples.add(key, batch.images[i, 0].numpy(), recon[i, 0].cpu().numpy(), indices[i].cpu().numpy(), s)
-    ssim_all = np.array([r["ssim"] for r in rows])
-    perplexity, used = codebook_stats(counts)
+    keep = realism is not None and split != "train"  # the realism test needs every image, and train is its reference
+    passed = reconstruct_split(
+        model, SliceShards(shards, split), cfg.quantizer.num_codes, batch_size, device, keep, show_progress
+    )
+    ssim_all = np.array([r["ssim"] for r in passed.rows])
+    perplexity, used = codebook_stats(passed.counts)
     summary = {
         "checkpoint": str(checkpoint),
         "split": split,
-        "images": len(rows),
+        "images": len(passed.rows),
         "ssim_mean": float(ssim_all.mean()),
         "ssim_median": float(np.median(ssim_all)),
         "ssim_min": float(ssim_all.min()),
-        "psnr_mean": float(np.mean([r["psnr"] for r in rows])),
+        "psnr_mean": float(np.mean([r["psnr"] for r in passed.rows])),
         "codebook_perplexity": float(perplexity),
         "codes_used": int(used),
         "num_codes": cfg.quantizer.num_codes,
-        "grid": list(indices.shape[1:]),
+        "grid": passed.grid,
         "ssim_settings": SSIM_SETTINGS,
     }
     check_finite(summary, checkpoint)
+    summary["realism"] = split_realism(passed, shards, split, realism, device, show_progress)
     with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint, Path(shards)], kind=KIND) as tmp:
-        write_per_image_csv(tmp / "per_image.csv", rows)
+        write_per_image_csv(tmp / "per_image.csv", passed.rows)
         (tmp / SUMMARY).write_text(json.dumps(summary, indent=1) + "\n")
-        write_figures(tmp, examples, counts, model, cfg, split)
+        write_figures(tmp, passed.examples, passed.counts, model, cfg, split)
     if log_wandb:
         log_to_wandb(summary, out, cfg.wandb.project, cfg.wandb.mode, f"evaluate-{split}", prefix=split)
     return summary
+
+
+@dataclass
+class SplitPass:
+    """One pass of the VQ-VAE over a split: per-image rows, code counts, the figures' examples, the code grid,
+    and (when kept, for the realism test) every original and reconstruction as uint8 (N, H, W)."""
+
+    rows: list[dict]
+    counts: torch.Tensor
+    examples: ReconstructionExamples
+    grid: list[int]
+    originals: list[np.ndarray]
+    reconstructions: list[np.ndarray]
+
+
+def reconstruct_split(
+    model: VQVAE,
+    dataset: SliceShards,
+    num_codes: int,
+    batch_size: int,
+    device: str,
+    keep_images: bool,
+    show_progress: bool,
+) -> SplitPass:
+    """Reconstruct every slice of the split and measure each."""
+    passed = SplitPass([], torch.zeros(num_codes, dtype=torch.long), ReconstructionExamples(len(dataset)), [], [], [])
+    for batch in tqdm(
+        epoch_batches(dataset, batch_size),
+        total=-(-len(dataset) // batch_size),
+        desc=f"evaluate {dataset.split}",
+        disable=not show_progress,
+    ):
+        recon, ssim, psnr, indices = reconstruction_metrics(model, batch.images.to(device))
+        passed.counts += torch.bincount(indices.flatten().cpu(), minlength=num_codes)
+        for i, (key, meta, s, p) in enumerate(zip(batch.keys, batch.meta, ssim.tolist(), psnr.tolist())):
+            passed.rows.append({"key": key, "subject": meta["subject"], "slice": meta["slice"], "ssim": s, "psnr": p})
+            passed.examples.add(key, batch.images[i, 0].numpy(), recon[i, 0].cpu().numpy(), indices[i].cpu().numpy(), s)
+        if keep_images:
+            passed.originals.append(as_uint8(batch.images[:, 0]))
+            passed.reconstructions.append(as_uint8(recon[:, 0]))
+        passed.grid = list(indices.shape[1:])
+    return passed
+
+
+def split_realism(
+    passed: SplitPass, shards: str, split: str, options: RealismOptions | None, device: str, show_progress: bool
+) -> dict:
+    """summary.json's `realism`: the reconstructions against as many whole real training subjects as the split
+    holds, and the split's real slices against the same ones (the real-vs-real baseline: about 0.5)."""
+    if options is None:
+        return dict(TURNED_OFF)
+    if split == "train":
+        return {"skipped": "the train split is the real reference: evaluate another split"}
+    subjects = [row["subject"] for row in passed.rows]
+    train, train_subjects = train_reference(shards, len(set(subjects)), options.seed)
+    real, recons = np.concatenate(passed.originals), np.concatenate(passed.reconstructions)
+    comparisons = {
+        "reconstructions_vs_train": (recons, subjects, train, train_subjects),
+        "real_vs_train": (real, subjects, train, train_subjects),
+    }
+    reference = {"split": "train", "subjects": len(set(train_subjects)), "images": len(train)}
+    return {"reference": reference, **realism_report(comparisons, options, device, show_progress)}
 
 
 def check_finite(summary: dict, checkpoint: Path) -> None:
@@ -167,6 +237,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", help="shard folder (default: the one in the checkpoint's config)")
     add_batch_size_argument(parser, 32)
     add_device_argument(parser)
+    add_realism_arguments(parser, "the reconstructions against real training slices")
     parser.add_argument(
         "--wandb",
         action="store_true",
@@ -187,5 +258,6 @@ def run(args: argparse.Namespace) -> None:
         show_progress=not args.quiet,
         log_wandb=args.wandb,
         force=args.force,
+        realism=realism_options(args),
     )
     print(json.dumps(summary, indent=1))

@@ -16,7 +16,10 @@ codes and the realism of its brains.
       the share of slices whose brain mask is one connected component, the symmetry (mirror IoU of the
       mask about the anatomical midline, which runs horizontally on these PNGs) and the share whose mask
       touches the image edge, generated vs real. Each generated slice in nearest_train.png is titled
-      with its own: components and symmetry.
+      with its own: components and symmetry;
+   f. realism (trainer/stage1/realism.py): the held-out accuracy of a classifier telling the generated
+      slices from real training slices (0.5 = indistinguishable), and from the split's reconstructions (both
+      out of the same decoder: what it finds is the prior's doing), beside real against real training slices.
 Everything goes to summary.json (printed too), with figures beside it.
 """
 
@@ -45,8 +48,19 @@ from common.output_dir import atomic_output_dir, check_output_dir
 from common.sample_files import write_samples
 from trainer.run.checkpoint import PRIOR_INFO, resolve_checkpoint
 from trainer.run.wandb_logging import log_to_wandb
-from trainer.stage1.data import SliceShards, epoch_batches
+from trainer.stage1.data import read_split
 from trainer.stage1.load import numpy_decoder
+from trainer.stage1.realism import (
+    DEFAULT_OPTIONS,
+    TURNED_OFF,
+    RealismOptions,
+    add_realism_arguments,
+    as_uint8,
+    frechet_distance,
+    realism_options,
+    realism_report,
+    train_reference,
+)
 from trainer.stage1.vqvae import VQVAE
 from trainer.stage2.codes import check_codes_vqvae, codes_shards, load_code_tensors
 from trainer.stage2.config import PriorConfig
@@ -54,7 +68,6 @@ from trainer.stage2.generate import generate
 from trainer.stage2.generation_metrics import (
     code_histogram_comparison,
     encoder_features,
-    frechet_distance,
     mean_pairwise_ms_ssim,
     nearest_ssim,
 )
@@ -69,20 +82,11 @@ KIND = "trainer evaluate-prior"  # recorded in the folder: --force replaces only
 DESCRIPTION = (
     "Bits per code and top-1 accuracy of the prior on a split's code grids; then sample --n brains and "
     "compare them with that split's real slices: nearest-training-slice SSIM (memorisation), mean "
-    "pairwise MS-SSIM (diversity), Frechet distance in the VQ-VAE encoder's feature space, code histograms "
-    "and structure (one connected brain, symmetry, edge contact). Prints and writes summary.json, "
+    "pairwise MS-SSIM (diversity), Frechet distance in the VQ-VAE encoder's feature space, code histograms, "
+    "structure (one connected brain, symmetry, edge contact) and the realism test (held-out accuracy of a "
+    "classifier telling generated from real slices, 0.5 = indistinguishable). Prints and writes summary.json, "
     "figures and the samples."
 )
-
-
-def load_images(shards: str, split: str, limit: int = 0, seed: int = 0) -> torch.Tensor:
-    """A split's slices as uint8 (N, 1, 256, 256), or `limit` of them chosen with a seed (0: all)."""
-    images = torch.cat(
-        [batch.images.mul(255).round().to(torch.uint8) for batch in epoch_batches(SliceShards(shards, split), 256)]
-    )
-    if limit and limit < len(images):
-        images = images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:limit]]
-    return images
 
 
 def uint8_to_unit(images: torch.Tensor) -> torch.Tensor:
@@ -104,24 +108,19 @@ def evaluate_generation(
     log_wandb: bool = False,
     show_progress: bool = True,
     force: bool = False,
+    realism: RealismOptions | None = DEFAULT_OPTIONS,
 ) -> dict:
     """Measure, then write summary.json, the figures and the samples into `out` (whole or not at all)."""
     out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
     prior, cfg, info, vqvae, shards, inputs = load_models(checkpoint, out, device, force)
-    summary: dict = {
-        "checkpoint": str(checkpoint),
-        "split": split,
-        "generated": n,
-        "seed": seed,
-        "temperature": temperature,
-        "top_k": top_k,
-    }
+    summary: dict = {"checkpoint": str(checkpoint), "split": split, "generated": n, "seed": seed}
+    summary.update(temperature=temperature, top_k=top_k)
 
     codes, conditions = load_code_tensors(info["codes_dir"], split, prior.shape)
     likelihood = likelihood_metrics(likelihood_sums(prior, codes, conditions, batch_size))
     summary.update({f"{split}_{k}": v for k, v in likelihood.items()})
 
-    real, reconstructions, train_images = real_images(vqvae, shards, split, batch_size, device)
+    real, reconstructions, train_images, subjects = real_images(vqvae, shards, split, batch_size, device)
     generated_codes, generated_conditions, generated, summary["sampling_seconds"] = sample_brains(
         prior, vqvae, n, seed, temperature, top_k, batch_size, show_progress
     )
@@ -134,6 +133,9 @@ def evaluate_generation(
     summary.update(code_histogram_summary(histograms))
     structure = {"generated": structure_metrics(generated.numpy()), "real": structure_metrics(real.numpy())}
     summary.update(structure_summary(structure))
+    summary["realism"] = generation_realism(
+        generated, real, reconstructions, subjects, shards, realism, device, show_progress
+    )
 
     with atomic_output_dir(out, marker=SUMMARY, force=force, inputs=inputs, kind=KIND) as tmp:
         write_samples(
@@ -189,18 +191,48 @@ def sample_brains(
 
 def real_images(
     vqvae: VQVAE, shards: str, split: str, batch_size: int, device: str
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
     """What the generated slices are measured against, as floats in [0, 1]: the split's real slices, their
-    reconstructions by the VQ-VAE (what a perfect prior could reach at best) and every training slice."""
-    real = uint8_to_unit(load_images(shards, split))
+    reconstructions by the VQ-VAE (what a perfect prior could reach at best) and every training slice; and the
+    subject of each real slice."""
+    pixels, subjects = read_split(shards, split)
+    real = uint8_to_unit(pixels)
     if len(real) < 2:  # checked before sampling: the pairwise and Frechet metrics compare at least two slices
         raise ValueError(f"{shards}: split '{split}' holds {len(real)} slice(s); evaluate-prior needs at least 2")
-    train = load_images(shards, "train")  # uint8: 0.5 GB for OASIS; as floats only once, on return
+    train = read_split(shards, "train")[0]  # uint8: 0.5 GB for OASIS; as floats only once, on return
     with torch.no_grad():
         reconstructions = torch.cat(
             [vqvae(real[i : i + batch_size].to(device))[0].clamp(0, 1).cpu() for i in range(0, len(real), batch_size)]
         )
-    return real, reconstructions, uint8_to_unit(train)
+    return real, reconstructions, uint8_to_unit(train), subjects
+
+
+def generation_realism(
+    generated: torch.Tensor,
+    real: torch.Tensor,
+    reconstructions: torch.Tensor,
+    subjects: list[str],
+    shards: str,
+    options: RealismOptions | None,
+    device: str,
+    show_progress: bool,
+) -> dict:
+    """(f) summary.json's `realism`: the classifier two-sample test of the generated slices against as many whole
+    real training subjects as the split holds, and against the split's reconstructions (both sets come out of
+    the same decoder, so what it finds is the prior's); beside them the split's real slices against the same
+    training subjects (real against real: about 0.5). Each generated slice is a group of its own."""
+    if options is None:
+        return dict(TURNED_OFF)
+    train, train_subjects = train_reference(shards, len(set(subjects)), options.seed)
+    brains = as_uint8(generated[:, 0])
+    own = [f"generated {i}" for i in range(len(brains))]
+    comparisons = {
+        "generated_vs_train": (brains, own, train, train_subjects),
+        "generated_vs_reconstructions": (brains, own, as_uint8(reconstructions[:, 0]), subjects),
+        "real_vs_train": (as_uint8(real[:, 0]), subjects, train, train_subjects),
+    }
+    reference = {"split": "train", "subjects": len(set(train_subjects)), "images": len(train)}
+    return {"reference": reference, **realism_report(comparisons, options, device, show_progress)}
 
 
 def memorisation_metrics(
@@ -349,6 +381,16 @@ def summary_table(summary: dict) -> str:
             "mirror IoU of the brain mask",
         ),
     ]
+    realism = {name: r.get("accuracy") for name, r in summary.get("realism", {}).items() if isinstance(r, dict)}
+    if realism.get("generated_vs_train") is not None and realism.get("real_vs_train") is not None:
+        rows.append(
+            (
+                "realism vs train, accuracy",
+                f"{realism['generated_vs_train']:.3f}",
+                f"{realism['real_vs_train']:.3f}",
+                "a classifier on held-out slices: 0.5 = indistinguishable",
+            )
+        )
     lines = [
         f"{split}: {summary[f'{split}_bits_per_code']:.3f} bits per code, top-1 accuracy "
         f"{summary[f'{split}_accuracy']:.3f}; {summary['generated']} generated brains"
@@ -372,6 +414,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_batch_size_argument(parser, 32, "batch size for every pass")
     add_device_argument(parser)
+    add_realism_arguments(
+        parser, "the generated slices against real training slices and against the split's reconstructions"
+    )
     parser.add_argument("--wandb", action="store_true", help="also log the summary and figures to wandb")
     parser.add_argument(
         "--table", action="store_true", help="print a short table of the main numbers instead of the whole summary.json"
@@ -395,5 +440,6 @@ def run(args: argparse.Namespace) -> None:
         log_wandb=args.wandb,
         show_progress=not args.quiet,
         force=args.force,
+        realism=realism_options(args),
     )
     print(summary_table(summary) if args.table else json.dumps(summary, indent=1))

@@ -1,8 +1,9 @@
 """How real, how novel and how diverse generated brain slices are, with no downloaded weights.
 
-- Fréchet distance (as in FID) between Gaussians fitted to features of real and generated images:
-  it compares whole distributions, so it sees both poor samples and missing variety. The features
-  are the frozen stage-1 encoder's, trained on brain MRI, instead of ImageNet Inception features.
+- Fréchet distance (as in FID; `frechet_distance` in trainer/stage1/realism.py) between Gaussians fitted to
+  features of real and generated images: it compares whole distributions, so it sees both poor samples and
+  missing variety. The features here are the frozen stage-1 encoder's, trained on brain MRI, instead of
+  ImageNet Inception features; pooled, they cannot see blur or fine texture (the realism test can).
 - Nearest-neighbour SSIM of each image to the training set: generated images much closer to the
   training set than real test images are would mean the prior memorises rather than generalises.
 - Mean pairwise MS-SSIM within a set: diversity (lower = more diverse); a collapsed sampler scores
@@ -24,26 +25,6 @@ from torch import Tensor, nn
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
 from trainer.stage1.image_metrics import ssim_per_image
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2)) for feature sets a (N, D) and b (M, D).
-
-    tr((S_a S_b)^(1/2)) is the sum of the square roots of the eigenvalues of the symmetric
-    sqrt(S_a) S_b sqrt(S_a), which has the same eigenvalues: stable in float64, no scipy needed.
-    """
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature sets must be (N, D) with the same D, got shapes {a.shape} and {b.shape}")
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"need at least 2 rows in each feature set to fit a covariance, got {len(a)} and {len(b)}")
-    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    eigenvalues, eigenvectors = np.linalg.eigh(cov_a)
-    sqrt_a = (eigenvectors * np.sqrt(eigenvalues.clip(min=0))) @ eigenvectors.T
-    middle = sqrt_a @ cov_b @ sqrt_a
-    trace_sqrt = np.sqrt(np.linalg.eigvalsh((middle + middle.T) / 2).clip(min=0)).sum()
-    mean_term = np.sum((a.mean(0) - b.mean(0)) ** 2)
-    return max(0.0, float(mean_term + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt))
 
 
 @torch.no_grad()
