@@ -22,6 +22,7 @@ from common.cli_types import integer, non_negative_int, positive_float
 from common.errors import DataError
 from common.limits import MAX_BATCH, MAX_CODES, MAX_SAMPLES, MAX_SEED
 from common.output_dir import OutputError
+from common.sampling_rule import SAMPLING_TEMPERATURE
 
 # A user's mistake: exit 2 with one line naming the file and the problem, never a traceback.
 # (Config, checkpoint and model-folder errors are ValueErrors; an OSError, e.g. a full disk or a folder
@@ -143,7 +144,7 @@ def add_sampling_arguments(
         default=n,
         help=f"number of brains, {min_n} to {MAX_SAMPLES}{why_min} (default: %(default)s)",
     )
-    add_draw_arguments(parser, "brains")
+    add_draw_arguments(parser, "brains", temperature=SAMPLING_TEMPERATURE)
     if slice_option:
         parser.add_argument(
             "--slice",
@@ -154,7 +155,7 @@ def add_sampling_arguments(
         )
 
 
-def add_draw_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+def add_draw_arguments(parser: argparse.ArgumentParser, what: str, temperature: float = 1.0) -> None:
     """How the prior draws (--seed, --temperature, --top-k): the samplers' options, and the anomaly commands' for
     the codes they resample; the same seed gives the same `what` in torch and in onnxruntime."""
     parser.add_argument(
@@ -167,7 +168,7 @@ def add_draw_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument(
         "--temperature",
         type=positive_float,
-        default=1.0,
+        default=temperature,
         help="divide the logits by this (finite, > 0); < 1 is more conservative, near 0 greedy (default: %(default)s)",
     )
     parser.add_argument(
