@@ -108,6 +108,18 @@ def add_checkpoint_argument(parser: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def add_vqvae_argument(parser: argparse.ArgumentParser) -> None:
+    """--vqvae of the commands that take a prior: the VQ-VAE must make the prior's codes (trainer/stage2/load.py)."""
+    parser.add_argument(
+        "--vqvae",
+        type=Path,
+        default=None,
+        help="VQ-VAE checkpoint to decode with (default: the one recorded in the prior's prior.json); it must make "
+        "the codes the prior was trained on: the same weights, or its decoder trained further alone "
+        "(init.decoder_only in the stage-1 config)",
+    )
+
+
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: %(default)s)")
 

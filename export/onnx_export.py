@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
-from common.cli import add_checkpoint_argument, add_force_argument
+from common.cli import add_checkpoint_argument, add_force_argument, add_vqvae_argument
 from common.cli_types import one_of
 from common.digest import file_sha256
 from common.output_dir import atomic_output_dir, check_output_dir
@@ -232,13 +232,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="folder to create; written to a temporary folder and renamed when complete",
     )
-    parser.add_argument(
-        "--vqvae",
-        type=Path,
-        default=None,
-        help="VQ-VAE checkpoint (default: the one recorded in the prior's prior.json); its weights "
-        "must be the ones the prior was trained on",
-    )
+    add_vqvae_argument(parser)
     parser.add_argument(
         "--opset",
         type=one_of(SUPPORTED_OPSETS),

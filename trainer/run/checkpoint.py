@@ -183,10 +183,9 @@ def load_state(model: nn.Module, checkpoint: Path) -> None:
     """Load a checkpoint's weights into `model`; weights of another architecture are an error naming it."""
     try:
         model.load_state_dict(load_weights(checkpoint))
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{checkpoint / 'model.safetensors'}: weights of another model ({str(err).splitlines()[0]})"
-        ) from None
+    except RuntimeError as err:  # its first line only says "Error(s) in loading state_dict": name the first key
+        detail = next((line.strip() for line in str(err).splitlines()[1:] if line.strip()), str(err))
+        raise CheckpointError(f"{checkpoint / 'model.safetensors'}: weights of another model ({detail})") from None
 
 
 def build_checked(cls: type, checkpoint: Path):

@@ -136,6 +136,22 @@ class LossConfig:
 
 
 @dataclass
+class InitConfig:
+    """Where training starts: random weights (the default), or a trained stage-1 checkpoint's, whose model and
+    quantizer sections must be this config's. With `decoder_only` the encoder and the quantizer (codebook, EMA
+    statistics, restarts) stay that checkpoint's and only the decoder trains: every slice keeps its codes, so a prior
+    trained on them still applies (`export onnx --vqvae`, trainer/stage2/load.py). That is how a sharper decoder,
+    trained with the adversarial term, serves a prior already trained, as Stable Diffusion's autoencoder had its
+    decoder alone fine-tuned."""
+
+    checkpoint: str = ""  # a stage-1 checkpoint folder, or a run folder (its newest checkpoint); "": random weights
+    decoder_only: bool = False  # freeze the encoder and the quantizer: the codes stay the checkpoint's
+
+    def check(self) -> None:
+        require(not self.decoder_only or bool(self.checkpoint), "init.decoder_only", "needs init.checkpoint")
+
+
+@dataclass
 class VQVAEConfig:
     # the sections that build the model: a resumed run must not change them (trainer/run/resume_check.py)
     MODEL_SECTIONS: ClassVar[tuple[str, ...]] = ("model", "quantizer")
@@ -145,6 +161,7 @@ class VQVAEConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 

@@ -9,7 +9,7 @@ import torch
 
 from trainer.run.checkpoint import PRIOR_INFO, CheckpointError, build_checked, load_state, resolve_checkpoint
 from trainer.run.config_file import ConfigError
-from trainer.stage1.config import VQVAEConfig
+from trainer.stage1.config import InitConfig, VQVAEConfig
 from trainer.stage1.vqvae import VQVAE
 
 
@@ -17,11 +17,26 @@ def build_vqvae(cfg: VQVAEConfig) -> VQVAE:
     return VQVAE(cfg.model, cfg.quantizer)
 
 
-def load_vqvae(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[VQVAE, VQVAEConfig]:
-    """Rebuild the model from a checkpoint's own config and load its weights (safetensors)."""
+def resolve_vqvae_checkpoint(checkpoint: Path) -> Path:
+    """A checkpoint folder, or a run folder's newest; a prior's is an error naming it."""
     checkpoint = resolve_checkpoint(checkpoint)
     if (checkpoint / PRIOR_INFO).is_file():
         raise CheckpointError(f"{checkpoint}: a prior checkpoint (it has {PRIOR_INFO}); a VQ-VAE checkpoint is needed")
+    return checkpoint
+
+
+def load_initial_weights(model: VQVAE, init: InitConfig) -> None:
+    """`init.checkpoint`'s weights into `model` (built from the run's config), the EMA codebook's statistics with
+    them; then, with `init.decoder_only`, freeze everything but the decoder. A checkpoint of another model, or a
+    prior's, is an error naming it."""
+    load_state(model, resolve_vqvae_checkpoint(Path(init.checkpoint)))
+    if init.decoder_only:
+        model.freeze_codes()
+
+
+def load_vqvae(checkpoint: Path, device: str | torch.device = "cpu") -> tuple[VQVAE, VQVAEConfig]:
+    """Rebuild the model from a checkpoint's own config and load its weights (safetensors)."""
+    checkpoint = resolve_vqvae_checkpoint(checkpoint)
     cfg = build_checked(VQVAEConfig, checkpoint)
     try:  # the sections that shape the model and its codes (K must fit the uint16 code files)
         cfg.model.check()

@@ -29,7 +29,7 @@ from trainer.stage1.adversarial import WINDOW, AdversarialTraining
 from trainer.stage1.config import VQVAEConfig
 from trainer.stage1.data import SliceShards, epoch_batches, train_batches, training_source
 from trainer.stage1.image_metrics import reconstruction_loss, reconstruction_metrics
-from trainer.stage1.load import build_vqvae
+from trainer.stage1.load import build_vqvae, load_initial_weights
 from trainer.stage1.quantizer import codebook_stats
 from trainer.stage1.vqvae import VQVAE
 
@@ -104,7 +104,10 @@ def train_vqvae(cfg: VQVAEConfig, resume: bool = False, show_progress: bool = Tr
     accelerator, out = run.accelerator, run.out
     set_seed(cfg.seed)
     model = build_vqvae(cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    if cfg.init.checkpoint:  # a resumed run's own checkpoint replaces these weights in run.start
+        load_initial_weights(model, cfg.init)
+    trainable = [p for p in model.parameters() if p.requires_grad]  # the decoder's alone with init.decoder_only
+    optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(tc))
     adversarial = None
     if cfg.loss.adversarial.weight:

@@ -101,6 +101,22 @@ class VQVAE(nn.Module):
         self.encoder = Encoder(model)
         self.quantizer = build_quantizer(quantizer, model.code_dim)
         self.decoder = Decoder(model)
+        self.codes_frozen = False
+
+    def freeze_codes(self) -> None:
+        """Train the decoder only (config `init.decoder_only`): the encoder and the quantizer keep their weights and
+        stay in eval mode whatever train() says (no EMA update, no restart), so every slice keeps its codes."""
+        self.codes_frozen = True
+        self.encoder.requires_grad_(False)
+        self.quantizer.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> VQVAE:
+        super().train(mode)
+        if self.codes_frozen:
+            self.encoder.eval()
+            self.quantizer.eval()
+        return self
 
     def forward(self, images: Tensor) -> tuple[Tensor, QuantizerOutput]:
         """Reconstruction (linear output) and the quantizer's output (losses, indices, perplexity)."""

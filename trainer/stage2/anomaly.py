@@ -21,7 +21,7 @@ import torch
 
 from common.anomaly_run import DESCRIPTION as MAPS_DESCRIPTION
 from common.anomaly_run import AnomalyRequest, add_anomaly_arguments, read_inputs, run_anomaly
-from common.cli import add_checkpoint_argument, add_device_argument
+from common.cli import add_checkpoint_argument, add_device_argument, add_vqvae_argument
 from trainer.run.checkpoint import resolve_checkpoint
 from trainer.stage1.load import numpy_decoder
 from trainer.stage1.vqvae import VQVAE
@@ -63,12 +63,7 @@ class TorchAnomalyModels:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(parser, "prior")
     add_anomaly_arguments(parser)
-    parser.add_argument(
-        "--vqvae",
-        type=Path,
-        default=None,
-        help="VQ-VAE checkpoint (default: the one recorded in the prior); its weights must be the prior's",
-    )
+    add_vqvae_argument(parser)
     add_device_argument(parser)
 
 

@@ -40,6 +40,7 @@ from common.cli import (
     add_force_argument,
     add_quiet_argument,
     add_sampling_arguments,
+    add_vqvae_argument,
 )
 from common.cli_types import integer
 from common.figures.generation import code_histograms, nearest_neighbours, structure_histograms
@@ -109,11 +110,14 @@ def evaluate_generation(
     show_progress: bool = True,
     force: bool = False,
     realism: RealismOptions | None = DEFAULT_OPTIONS,
+    vqvae_checkpoint: Path | None = None,
 ) -> dict:
-    """Measure, then write summary.json, the figures and the samples into `out` (whole or not at all)."""
+    """Measure, then write summary.json, the figures and the samples into `out` (whole or not at all).
+    `vqvae_checkpoint` decodes instead of the prior's own VQ-VAE: one that makes the same codes (load_paired_vqvae)."""
     out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
-    prior, cfg, info, vqvae, shards, inputs = load_models(checkpoint, out, device, force)
-    summary: dict = {"checkpoint": str(checkpoint), "split": split, "generated": n, "seed": seed}
+    prior, cfg, info, vqvae, shards, inputs = load_models(checkpoint, out, device, force, vqvae_checkpoint)
+    summary: dict = {"checkpoint": str(checkpoint), "vqvae": str(inputs[1]), "split": split, "generated": n}
+    summary["seed"] = seed
     summary.update(temperature=temperature, top_k=top_k)
 
     codes, conditions = load_code_tensors(info["codes_dir"], split, prior.shape)
@@ -154,14 +158,14 @@ def evaluate_generation(
 
 
 def load_models(
-    checkpoint: Path, out: Path, device: str, force: bool
+    checkpoint: Path, out: Path, device: str, force: bool, vqvae_checkpoint: Path | None = None
 ) -> tuple[GatedPixelCNN | TransformerPrior, PriorConfig, dict, VQVAE, str, list[Path]]:
     """The prior with its config and prior.json, its paired VQ-VAE, the shards its codes were made from, and every
     input `out` must not be: `out` is checked before anything loads, so a wrong --out fails at once, and again
     once the VQ-VAE, codes and shards are known. The codes must be those of the prior's VQ-VAE."""
     check_output_dir(out, marker=SUMMARY, force=force, inputs=[checkpoint], kind=KIND)
     prior, cfg, info = load_prior(checkpoint, device)
-    vqvae, vq_cfg, vqvae_path, _ = load_paired_vqvae(info, None, device)
+    vqvae, vq_cfg, vqvae_path, _ = load_paired_vqvae(info, vqvae_checkpoint, device)
     check_codes_vqvae(info["codes_dir"], info.get("vqvae_sha256"), checkpoint / PRIOR_INFO)
     shards = codes_shards(info["codes_dir"], vq_cfg.data.shards)
     inputs = [checkpoint, vqvae_path, *[Path(p) for p in (info.get("codes_dir"), shards) if p]]
@@ -406,6 +410,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split", default="test", choices=["validate", "test"], help="real split (default: %(default)s)"
     )
     add_sampling_arguments(parser, n=64, slice_option=False, min_n=2, why_min=" (pairwise metrics need 2)")
+    add_vqvae_argument(parser)
     parser.add_argument(
         "--max-pairs",
         type=integer(1, MAX_PAIRS),
@@ -441,5 +446,6 @@ def run(args: argparse.Namespace) -> None:
         show_progress=not args.quiet,
         force=args.force,
         realism=realism_options(args),
+        vqvae_checkpoint=args.vqvae,
     )
     print(summary_table(summary) if args.table else json.dumps(summary, indent=1))

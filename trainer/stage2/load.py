@@ -19,6 +19,7 @@ from common.digest import file_sha256
 from common.json_file import read_json_object
 from common.shard_format import IMAGE_SIZE
 from trainer.run.checkpoint import PRIOR_INFO, CheckpointError, build_checked, load_state, resolve_checkpoint
+from trainer.run.config_file import config_to_dict
 from trainer.stage1.config import VQVAEConfig
 from trainer.stage1.load import load_vqvae
 from trainer.stage1.vqvae import VQVAE
@@ -88,9 +89,28 @@ def load_paired_vqvae(
             f"{path}: makes {grid}x{grid} grids of {vqvae.quantizer.num_codes} codes, but the "
             f"prior models {info['height']}x{info['width']} grids of {info['num_codes']} codes"
         )
-    if info.get("vqvae_sha256") not in (None, sha256):
+    if info.get("vqvae_sha256") not in (None, sha256) and not makes_recorded_codes(vqvae, cfg, info):
         raise ValueError(
-            f"{path}: its weights (sha256 {sha256[:12]}...) are not the ones the prior was "
-            f"trained on ({info['vqvae_sha256'][:12]}..., prior.json); pass the right --vqvae"
+            f"{path}: its weights (sha256 {sha256[:12]}...) are not the ones the prior was trained on "
+            f"({info['vqvae_sha256'][:12]}..., prior.json), nor a decoder trained alone on them "
+            "(init.decoder_only); pass the right --vqvae"
         )
     return vqvae, cfg, path, sha256
+
+
+def makes_recorded_codes(vqvae: VQVAE, cfg: VQVAEConfig, info: dict) -> bool:
+    """Whether `vqvae` gives every slice the codes the prior was trained on, though its weights file differs: its
+    encoder and quantizer (weights, codebook, EMA statistics, config) are those of the VQ-VAE prior.json records,
+    whose file must still be the one recorded. A decoder trained alone (init.decoder_only) keeps them."""
+    recorded_path = resolve_checkpoint(Path(info["vqvae_checkpoint"]))
+    if file_sha256(recorded_path / "model.safetensors") != info["vqvae_sha256"]:
+        return False
+    recorded, recorded_cfg = load_vqvae(recorded_path)
+    if config_to_dict(recorded_cfg.model) != config_to_dict(cfg.model) or {
+        **config_to_dict(recorded_cfg.quantizer),
+        "compile": None,
+    } != {**config_to_dict(cfg.quantizer), "compile": None}:
+        return False
+    ours, theirs = vqvae.state_dict(), recorded.state_dict()
+    coding = [k for k in theirs if not k.startswith("decoder.")]
+    return all(k in ours and torch.equal(ours[k].cpu(), theirs[k]) for k in coding)

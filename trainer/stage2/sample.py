@@ -22,6 +22,7 @@ from common.cli import (
     add_force_argument,
     add_quiet_argument,
     add_sampling_arguments,
+    add_vqvae_argument,
 )
 from common.output_dir import atomic_output_dir, check_output_dir
 from common.sample_files import SAMPLES_FILE, write_samples
@@ -102,12 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the whole network for every cell (slow reference; gives the same samples)",
     )
-    parser.add_argument(
-        "--vqvae",
-        type=Path,
-        default=None,
-        help="VQ-VAE checkpoint to decode with (default: the one recorded in the prior)",
-    )
+    add_vqvae_argument(parser)
     parser.add_argument("--wandb", action="store_true", help="also log the figure to wandb (offline without a key)")
     add_force_argument(parser)
 
