@@ -116,9 +116,8 @@ def evaluate_generation(
     `vqvae_checkpoint` decodes instead of the prior's own VQ-VAE: one that makes the same codes (load_paired_vqvae)."""
     out, checkpoint = Path(out), resolve_checkpoint(Path(checkpoint))
     prior, cfg, info, vqvae, shards, inputs = load_models(checkpoint, out, device, force, vqvae_checkpoint)
-    summary: dict = {"checkpoint": str(checkpoint), "vqvae": str(inputs[1]), "split": split, "generated": n}
-    summary["seed"] = seed
-    summary.update(temperature=temperature, top_k=top_k)
+    summary: dict = {"checkpoint": str(checkpoint), "vqvae": str(inputs[1]), "split": split}  # inputs[1]: its folder
+    summary.update(generated=n, seed=seed, temperature=temperature, top_k=top_k)
 
     codes, conditions = load_code_tensors(info["codes_dir"], split, prior.shape)
     likelihood = likelihood_metrics(likelihood_sums(prior, codes, conditions, batch_size))
