@@ -9,7 +9,8 @@ an `images` array (N, H, W) or (N, 1, H, W), uint8 or floats in [0, 1], and opti
 Images whose file name or key holds an OASIS subject (`case_XXX`) are grouped by subject, so the slices of one
 brain never straddle a fold (one subject in both sets is one group); any other image is a group of its own.
 For a fair real-against-real baseline, compare whole subjects (all their slices) on both sides.
-Prints the result as JSON (and writes it with --json); a bad set is exit 2 with one line.
+Prints the result as JSON (and writes it with --json), with each set's `fine_detail` (trainer/stage1/realism.py: the
+mean absolute Laplacian inside the head, which blur lowers); a bad set is exit 2 with one line.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from common.cli_types import integer  # noqa: E402
 from common.limits import MAX_FOLDS, MAX_SEED  # noqa: E402
-from trainer.stage1.realism import SIZE, realism_test, subject_groups  # noqa: E402
+from trainer.stage1.realism import SIZE, fine_detail, realism_test, subject_groups  # noqa: E402
 
 
 def read_set(path: Path) -> tuple[np.ndarray, list[str]]:
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report = {"a": str(args.a), "b": str(args.b), "groups": [len(set(a_groups)), len(set(b_groups))]}
     report.update(result.as_dict())
+    report["fine_detail"] = [fine_detail(a), fine_detail(b)]  # the Laplacian inside the head, set a then b
     text = json.dumps(report, indent=1)
     print(text)
     if args.json:

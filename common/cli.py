@@ -156,7 +156,7 @@ def add_sampling_arguments(
         default=n,
         help=f"number of brains, {min_n} to {MAX_SAMPLES}{why_min} (default: %(default)s)",
     )
-    add_draw_arguments(parser, "brains", temperature=SAMPLING_TEMPERATURE)
+    add_draw_arguments(parser, "brains")
     if slice_option:
         parser.add_argument(
             "--slice",
@@ -167,7 +167,7 @@ def add_sampling_arguments(
         )
 
 
-def add_draw_arguments(parser: argparse.ArgumentParser, what: str, temperature: float = 1.0) -> None:
+def add_draw_arguments(parser: argparse.ArgumentParser, what: str) -> None:
     """How the prior draws (--seed, --temperature, --top-k): the samplers' options, and the anomaly commands' for
     the codes they resample; the same seed gives the same `what` in torch and in onnxruntime."""
     parser.add_argument(
@@ -180,7 +180,7 @@ def add_draw_arguments(parser: argparse.ArgumentParser, what: str, temperature: 
     parser.add_argument(
         "--temperature",
         type=positive_float,
-        default=temperature,
+        default=SAMPLING_TEMPERATURE,
         help="divide the logits by this (finite, > 0); < 1 is more conservative, near 0 greedy (default: %(default)s)",
     )
     parser.add_argument(

@@ -23,10 +23,11 @@ import numpy as np
 
 from common.limits import MAX_SAMPLES
 
-# The samplers' default temperature, chosen by the realism test (docs/benchmarks.md, "The prior's steps"): on OASIS a
-# classifier told 544 generated brains from the VQ-VAE's reconstructions of real ones at 0.550 with T = 1.0 and 0.585
-# with T = 0.9 for the CPU transformer prior of 2,000 steps, whose T = 1.0 brains also sit further from the training
-# slices. (For the under-trained prior of 1,000 steps 0.9 had won: 0.749 against 0.824.)
+# The default temperature of the samplers and of the anomaly commands' healing, chosen by the realism test
+# (docs/benchmarks.md, "The prior's steps"): on OASIS a classifier told 544 generated brains from the VQ-VAE's
+# reconstructions of real ones at 0.550 with T = 1.0 and 0.585 with T = 0.9 for the CPU transformer prior of 2,000
+# steps, whose T = 1.0 brains also sit further from the training slices. (For the under-trained prior of 1,000 steps
+# 0.9 had won: 0.749 against 0.824.)
 SAMPLING_TEMPERATURE = 1.0
 
 

@@ -24,6 +24,7 @@ from trainer.stage1.realism import (
     add_realism_arguments,
     assign_folds,
     balanced,
+    fine_detail,
     fold_limit,
     realism_options,
     realism_test,
@@ -276,3 +277,16 @@ def test_on_real_oasis_slices_real_against_real_is_at_chance_and_a_slight_blur_i
     soft = x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
     apart = realism_test(test, test_groups, soft, train_groups, folds=4)  # every 4th: more to learn from
     assert apart.n_per_side == 128 and apart.accuracy > 0.95, apart
+
+
+def test_fine_detail_is_the_laplacian_inside_the_head_and_blur_lowers_it():
+    image = np.full((1, 16, 16), 100, np.uint8)
+    image[0, 8, 8] = 200  # centre |4 x 200 - 4 x 100| = 400, its 4 neighbours |400 - 200 - 300| = 100 each
+    assert fine_detail(image) == pytest.approx((400 + 4 * 100) / 14**2)
+    floats = image.astype(np.float32)[:, None] / 255  # (N, 1, H, W) in [0, 1]
+    assert fine_detail(floats) == pytest.approx(fine_detail(image))
+    assert fine_detail(np.full((2, 16, 16), 10, np.uint8)) == 0  # nothing above 20: no head
+    rng = np.random.default_rng(0)
+    sharp = rng.uniform(30, 220, (4, 64, 64))
+    blurred = F.avg_pool2d(torch.from_numpy(sharp)[:, None], 3, 1, 1)[:, 0].numpy()
+    assert fine_detail(blurred / 255) < 0.5 * fine_detail(sharp / 255)

@@ -123,6 +123,20 @@ class RealismClassifier(nn.Module):
         return self.head(self.embed(x))[:, 0]
 
 
+def fine_detail(images: np.ndarray) -> float:
+    """The fine detail that blur removes, the cue that gives decoded slices away: per slice the mean absolute
+    4-neighbour Laplacian where the slice is above 20 of 255 (inside the head), on the 0-255 scale, then the mean over
+    slices. `images` (N, H, W) or (N, 1, H, W), uint8 or floats in [0, 1]."""
+    scale = 1.0 if np.issubdtype(images.dtype, np.integer) else 255.0
+    means = []
+    for image in images.reshape(-1, *images.shape[-2:]):
+        x = image.astype(np.float64) * scale
+        centre = x[1:-1, 1:-1]
+        laplacian = np.abs(4 * centre - x[:-2, 1:-1] - x[2:, 1:-1] - x[1:-1, :-2] - x[1:-1, 2:])
+        means.append(laplacian[centre > 20].mean() if (centre > 20).any() else 0.0)
+    return float(np.mean(means))
+
+
 def realism_test(
     a: np.ndarray,
     a_groups,
