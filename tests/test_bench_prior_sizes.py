@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REPO
 
@@ -16,6 +17,15 @@ sys.path.insert(0, str(REPO / "bench"))
 from bench_prior_sizes import main  # noqa: E402
 
 CONFIG = REPO / "configs" / "prior_oasis_32_transformer_cpu.yaml"
+
+
+@pytest.fixture(autouse=True)
+def keep_torch_threads():
+    """main() sets torch to one thread for the whole process, as a benchmark should; later tests must not inherit
+    it (a different thread count changes float sums, and tests compare numbers with a subprocess)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
