@@ -1,6 +1,6 @@
 """Benchmark: the training step of transformer priors of several sizes against the config's own, in one run, and
-the steps each one gets in the time the config's `train.max_steps` take: the step counts of an equal-time
-comparison of sizes (docs/benchmarks.md, "The prior's size").
+the steps each one gets in the time of the config's `train.max_steps` (or `--budget-steps`): the step counts of an
+equal-time comparison of sizes (docs/benchmarks.md, "The prior's size at equal time").
 
 Random codes (the work per step does not depend on them), the config's batch, AdamW, forward + backward + step,
 as `trainer prior` trains. The sizes take turns, two steps each per round, and each keeps its fastest round, so
