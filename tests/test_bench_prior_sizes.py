@@ -32,9 +32,9 @@ def keep_torch_threads():
 def small_config(tmp_path: Path) -> Path:
     """The CPU config at 1 layer of width 32: the same file, a step that takes milliseconds."""
     text = CONFIG.read_text()
-    assert "    layers: 4\n" in text and "    width: 128\n" in text
+    assert "    layers: 2\n" in text and "    width: 128\n" in text
     path = tmp_path / "prior.yaml"
-    path.write_text(text.replace("    layers: 4\n", "    layers: 1\n").replace("    width: 128\n", "    width: 32\n"))
+    path.write_text(text.replace("    layers: 2\n", "    layers: 1\n").replace("    width: 128\n", "    width: 32\n"))
     return path
 
 
@@ -56,13 +56,34 @@ def test_equal_time_steps_follow_the_measured_cost(small_config: Path, tmp_path:
 def test_budget_defaults_to_the_configs_steps(small_config: Path, tmp_path: Path) -> None:
     out = tmp_path / "sizes.json"
     assert main(["--config", str(small_config), "--sizes", "1:32:4:1", "--rounds", "1", "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["budget_steps"] == 2000  # the config's train.max_steps
+    assert json.loads(out.read_text())["budget_steps"] == 3700  # the config's train.max_steps
+
+
+def test_set_changes_the_reference_size(small_config: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sizes.json"
+    argv = [
+        "--config",
+        str(small_config),
+        "--set",
+        "model.transformer.layers=3",
+        "--sizes",
+        "1:32:4:1",
+        "--rounds",
+        "1",
+    ]
+    assert main([*argv, "--json", str(out)]) == 0
+    results = json.loads(out.read_text())
+    reference, other = results["rows"]
+    assert (reference["layers"], reference["width"]) == (3, 32) and (other["layers"], other["width"]) == (1, 32)
+    assert reference["parameters"] > other["parameters"]
+    assert results["overrides"] == ["model.transformer.layers=3"]
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--sizes", "4:100:3:1"], "model.transformer.heads: must divide width (100)"),
+        (["--set", "model.transformer.depth=4"], "model.transformer.depth: unknown key"),
         (["--config", "missing.yaml"], "missing.yaml: config file not found"),
         (["--config", str(REPO / "configs" / "prior_oasis_32_cpu.yaml")], "this benchmark compares transformers"),
     ],
