@@ -1,6 +1,6 @@
 """Benchmark: seconds for one slice's anomaly map with onnxruntime on one core, by number of healings (issue 22's goal:
-<= 2 s a slice with the prior of configs/prior_oasis_32_transformer_cpu.yaml; its figures in the docs were measured with
-the config's former 4 layers of width 128, more work per code than its 2 layers now).
+<= 2 s a slice with the prior of configs/prior_oasis_32_transformer_cpu.yaml; docs/benchmarks.md has its 2 layers
+side by side with its former 4).
 
 What `python -m export anomaly` runs per slice, one slice per pass (--batch-size 1): encode, the prior's pass of
 1 + healings rows over the 1,024 codes (the scan teacher-forced, its NLL, the healings), decoding and the map
