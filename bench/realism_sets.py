@@ -69,14 +69,14 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.shards}: --subjects {args.subjects}, but the train split has {len(set(owners))}")
         pixels, subjects = read_split(args.shards, args.split)
         recons = reconstruct(model, pixels) if model is not None else None
-    except (DataError, OSError, ValueError, KeyError) as err:
+        args.out.mkdir(parents=True, exist_ok=True)
+        np.savez(args.out / "real_train.npz", images=train, keys=case_keys(owners))
+        np.savez(args.out / f"real_{args.split}.npz", images=pixels[:, 0].numpy(), keys=case_keys(subjects))
+        if recons is not None:
+            np.savez(args.out / f"recon_{args.split}.npz", images=recons, keys=case_keys(subjects))
+    except (DataError, OSError, ValueError, KeyError) as err:  # an unwritable --out is an OSError too
         print(f"error: {err}", file=sys.stderr)
         return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out / "real_train.npz", images=train, keys=case_keys(owners))
-    np.savez(args.out / f"real_{args.split}.npz", images=pixels[:, 0].numpy(), keys=case_keys(subjects))
-    if recons is not None:
-        np.savez(args.out / f"recon_{args.split}.npz", images=recons, keys=case_keys(subjects))
     print(f"{args.out}: {len(train)} train slices of {len(set(owners))} subjects, {len(pixels)} {args.split} slices")
     return 0
 

@@ -49,3 +49,11 @@ def test_bad_options_exit_2(argv: list[str], tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--shards", str(tmp_path), "--out", str(tmp_path / "o"), *argv])
     assert exit_info.value.code == 2
+
+
+def test_an_unwritable_out_is_one_line(demo_shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("mine")
+    assert main(["--shards", str(demo_shards), "--out", str(blocker / "sets"), "--subjects", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(blocker) in err and "\n" not in err and blocker.read_text() == "mine"
